@@ -1,0 +1,446 @@
+"""
+Settings: the ``resource_management:`` YAML section, environment overrides, validation.
+
+Covers: :class:`SupervisorSettings` (frozen), :func:`load_settings` (YAML file, then
+``RESOURCE_SUPERVISOR_*`` environment variables with ``__`` for nesting), and the
+translation of every validation failure into :class:`ConfigError` naming the dotted
+key, the value and the reason. Does not cover: what the settings mean at run time
+(see :mod:`._policy`, :mod:`._supervisor`, :mod:`.broker`).
+
+Precedence, highest first: keyword arguments given to ``SupervisorSettings(...)``,
+environment variables (only inside :func:`load_settings`), the YAML file, defaults.
+Core code never reads the environment: constructing ``SupervisorSettings()``
+directly gives pure defaults.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from ._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pydantic.fields import FieldInfo
+
+__all__ = (
+    "ENV_PREFIX",
+    "ConcurrencySettings",
+    "DaskSettings",
+    "SupervisorSettings",
+    "load_settings",
+)
+
+ENV_PREFIX = "RESOURCE_SUPERVISOR_"
+_SECTION = "resource_management"
+
+Percent = Annotated[float, Field(ge=0, le=100)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+def _auto_or_positive_int(value: object) -> object:
+    """Accept ``"auto"`` or an integer >= 1 (also given as a digit string from env)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError('must be "auto" or a positive integer')
+    if value < 1:
+        raise ValueError('must be "auto" or a positive integer (>= 1)')
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class DaskSettings(_Frozen):
+    """
+    The distributed backend of the process lane (``concurrency.backend: dask``).
+
+    With ``address`` or ``scheduler_file`` the lane connects to an existing
+    scheduler and never closes it; with neither, the supervisor owns a
+    ``LocalCluster`` on 127.0.0.1.
+    """
+
+    address: str | None = None
+    """``tcp://host:port`` of an existing scheduler."""
+    scheduler_file: str | None = None
+    """Path of a scheduler file written by ``dask scheduler --scheduler-file``."""
+    n_workers: int | Literal["auto"] = "auto"
+    """Owned cluster only: worker processes (``auto`` = the lane's worker count)."""
+    memory_limit_bytes: int | None = Field(default=None, gt=0)
+    """Owned cluster only: memory limit per worker (``None`` = effective limit / workers)."""
+    retries: int = Field(default=0, ge=0, le=100)
+    """0 = at most once (crash fails the call); N > 0 = at least once with N retries."""
+    scheduler_in_subprocess: bool = False
+    """Owned cluster only: run the scheduler in its own process, off the service's loop."""
+    target_chunk_seconds: PositiveSeconds = 0.1
+    """map_in_processes grows chunks until each takes about this long."""
+    poll_interval: PositiveSeconds = 1.0
+    """Seconds between reads of the cluster's pressure (paused workers, memory, queue)."""
+    connect_timeout: PositiveSeconds = 10.0
+    """Seconds to wait for the scheduler (and owned workers) on start."""
+    close_timeout: PositiveSeconds = 10.0
+    """Seconds to wait for an owned cluster to close before killing what is left."""
+
+    _check_workers = field_validator("n_workers", mode="before")(_auto_or_positive_int)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DaskSettings:
+        if self.address is not None and self.scheduler_file is not None:
+            raise ValueError("give either address or scheduler_file, not both")
+        return self
+
+
+class ConcurrencySettings(_Frozen):
+    """
+    The executor broker: thread lane (I/O) and process lane (CPU).
+    """
+
+    default_cpu_workers: int | Literal["auto"] = "auto"
+    """Process workers; ``auto`` = usable CPUs (affinity and cgroup CPU quota)."""
+    default_io_workers: int | Literal["auto"] = "auto"
+    """Thread-lane threads; ``auto`` = ``min(32, usable CPUs + 4)`` as CPython's default."""
+    max_total_workers: int | None = Field(default=None, ge=1)
+    """Optional cap on lane threads plus worker processes together."""
+    start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
+    """How worker processes start; forkserver is safe in a threaded asyncio process."""
+    idle_timeout: PositiveSeconds = 60.0
+    """Seconds a worker process may sit idle before it is retired."""
+    queue_limit: int = Field(default=1000, ge=0)
+    """Calls the process lane keeps queued at CRITICAL before refusing new ones."""
+    max_tasks_per_worker: int | None = Field(default=None, ge=1)
+    """Retire a worker process after this many calls (None = never)."""
+    worker_max_rss_bytes: int | None = Field(default=None, gt=0)
+    """Retire a worker process between calls once its RSS exceeds this."""
+    backend: Literal["local", "dask"] = "local"
+    """Where the process lane runs: local worker processes or a Dask cluster."""
+    dask: DaskSettings = DaskSettings()
+    """Settings of the Dask backend (used when ``backend: dask``)."""
+
+    _check_workers = field_validator("default_cpu_workers", "default_io_workers", mode="before")(
+        _auto_or_positive_int
+    )
+
+
+class SupervisorSettings(BaseSettings):
+    """
+    Every setting of a :class:`Supervisor`, frozen. Build with :func:`load_settings`
+    (YAML + environment) or directly with keyword arguments (pure defaults otherwise).
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    monitoring_interval: PositiveSeconds = 30.0
+    """Seconds between samples."""
+    monitoring_enabled: bool = True
+    """Sample in the background; when false, only ``update_metrics()`` samples."""
+    warning_threshold_memory: Percent = 75.0
+    """Percent of the effective memory limit that enters WARNING (normal cleanup)."""
+    aggressive_threshold_memory: Percent = 85.0
+    """Percent of the effective memory limit that enters CRITICAL (aggressive cleanup)."""
+    warning_threshold_cpu: Percent = 80.0
+    """System CPU percent that logs a warning and emits an event (no cleanup)."""
+    hysteresis: Annotated[float, Field(ge=0, le=50)] = 5.0
+    """Percentage points below a threshold the usage must fall to leave its level."""
+    cleanup_cooldown: Annotated[float, Field(ge=0)] = 30.0
+    """While a level holds, its cleanup repeats at most once per this many seconds."""
+    cleanup_handler_timeout: PositiveSeconds = 10.0
+    """Seconds each cleanup handler may run before it is cancelled and reported as timeout."""
+    provider_timeout: PositiveSeconds = 1.0
+    """Seconds a metrics provider may take before it is skipped for that sample."""
+    psi_warning_some_avg10: Percent | None = None
+    """Optional: memory PSI ``some avg10`` that enters WARNING (None = off)."""
+    psi_critical_full_avg10: Percent | None = None
+    """Optional: memory PSI ``full avg10`` that enters CRITICAL (None = off)."""
+    warning_threshold_gpu_memory: Percent | None = None
+    """Optional: percent of a GPU's memory that enters WARNING (None = off)."""
+    aggressive_threshold_gpu_memory: Percent | None = None
+    """Optional: percent of a GPU's memory that enters CRITICAL (None = off)."""
+    session_ttl: PositiveSeconds = 1800.0
+    """Seconds a session may stay idle before normal cleanup evicts it."""
+    session_ttl_aggressive: PositiveSeconds = 300.0
+    """Shorter idle cut used by aggressive cleanup."""
+    stream_buffer: int = Field(default=16, ge=1, le=1_000_000)
+    """Default buffer of a subscription (snapshots kept for a slow reader)."""
+    concurrency: ConcurrencySettings = ConcurrencySettings()
+    """The executor broker."""
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> SupervisorSettings:
+        if self.warning_threshold_memory >= self.aggressive_threshold_memory:
+            raise _RelationError(
+                "warning_threshold_memory",
+                self.warning_threshold_memory,
+                "must be below aggressive_threshold_memory "
+                f"({self.aggressive_threshold_memory:g})",
+            )
+        if self.hysteresis >= self.warning_threshold_memory:
+            raise _RelationError(
+                "hysteresis",
+                self.hysteresis,
+                f"must be below warning_threshold_memory ({self.warning_threshold_memory:g})",
+            )
+        gpu_w, gpu_a = self.warning_threshold_gpu_memory, self.aggressive_threshold_gpu_memory
+        if gpu_w is not None and gpu_a is not None and gpu_w >= gpu_a:
+            raise _RelationError(
+                "warning_threshold_gpu_memory",
+                gpu_w,
+                f"must be below aggressive_threshold_gpu_memory ({gpu_a:g})",
+            )
+        if self.session_ttl_aggressive > self.session_ttl:
+            raise _RelationError(
+                "session_ttl_aggressive",
+                self.session_ttl_aggressive,
+                f"must not exceed session_ttl ({self.session_ttl:g})",
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment and YAML are only consulted inside load_settings(): the
+        # context variable carries them, so direct construction stays pure.
+        return (init_settings, _LoadingSource(settings_cls))
+
+
+class _RelationError(ValueError):
+    """A cross-field check that knows which key is at fault."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.value = value
+        self.reason = reason
+
+
+_LOADING: contextvars.ContextVar[tuple[dict[str, Any], dict[str, str]] | None] = (
+    contextvars.ContextVar("resource_supervisor_loading", default=None)
+)
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _GivenEnvSource(EnvSettingsSource):
+    """The standard environment source, reading a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._given = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # settings are case-insensitive: the standard source lower-cases names too
+        return {name.lower(): value for name, value in self._given.items()}
+
+
+class _LoadingSource(PydanticBaseSettingsSource):
+    """YAML data with environment overrides, active only inside load_settings()."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # pragma: no cover - __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        loading = _LOADING.get()
+        if loading is None:
+            return {}
+        yaml_data, environ = loading
+        return _deep_merge(yaml_data, _GivenEnvSource(self.settings_cls, environ)())
+
+
+# -- load_settings ---------------------------------------------------------------
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> dict[str, type[BaseModel] | None]:
+    """Every dotted key path of *model*, mapped to its nested model type (or None)."""
+    paths: dict[str, type[BaseModel] | None] = {}
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths[path] = annotation
+            paths.update(_field_paths(annotation, f"{path}."))
+        else:
+            paths[path] = None
+    return paths
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_env_keys(environ: Mapping[str, str]) -> None:
+    """Reject ``RESOURCE_SUPERVISOR_*`` variables that name no setting."""
+    paths = _field_paths(SupervisorSettings)
+    for var in environ:
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        dotted = var[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if dotted not in paths:
+            names = [p.replace(".", "__").upper() for p in paths]
+            hint = _suggest(var[len(ENV_PREFIX) :].upper(), names)
+            raise ConfigError(
+                f"{_SECTION}.{dotted} (environment {var})",
+                environ[var],
+                f"unknown setting{hint}",
+            )
+
+
+def _translate(exc: ValidationError) -> ConfigError:
+    """Turn the first pydantic error into a ConfigError naming key, value and reason."""
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
+    ctx_error = error.get("ctx", {}).get("error")
+    if isinstance(ctx_error, _RelationError):
+        return ConfigError(f"{_SECTION}.{ctx_error.key}", ctx_error.value, ctx_error.reason)
+    # drop the union/literal branch tags pydantic appends (e.g. "int", "literal['auto']")
+    known = _field_paths(SupervisorSettings)
+    parts: list[str] = []
+    for part in loc:
+        candidate = ".".join([*parts, part])
+        if candidate in known or error["type"] == "extra_forbidden":
+            parts.append(part)
+    key = ".".join(parts) or "<root>"
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        parent = ".".join(parts[:-1])
+        siblings = [p[len(parent) + 1 :] if parent else p for p in known if _is_child(p, parent)]
+        reason = "unknown setting" + _suggest(parts[-1], siblings)
+    else:
+        reason = str(error["msg"])
+        reason = reason.removeprefix("Value error, ")
+    return ConfigError(f"{_SECTION}.{key}", value, reason)
+
+
+def _is_child(path: str, parent: str) -> bool:
+    if not parent:
+        return "." not in path
+    return path.startswith(parent + ".") and "." not in path[len(parent) + 1 :]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(_SECTION, where, "config file not found") from None
+    except OSError as exc:
+        raise ConfigError(_SECTION, where, f"cannot read config file: {exc}") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_SECTION, where, f"not valid YAML: {exc}") from exc
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            "<document>", type(document).__name__, "the YAML document must be a mapping"
+        )
+    section = document.get(_SECTION, {})
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(_SECTION, section, "must be a mapping of settings")
+    _check_nested_mappings(section)
+    return section
+
+
+def _check_nested_mappings(section: Mapping[str, Any]) -> None:
+    for key, nested in (("concurrency", ConcurrencySettings), ("concurrency.dask", DaskSettings)):
+        node: Any = section
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, dict):
+            raise ConfigError(f"{_SECTION}.{key}", node, f"must be a mapping ({nested.__name__})")
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> SupervisorSettings:
+    """
+    Read settings from the ``resource_management:`` section of a YAML file, then
+    apply ``RESOURCE_SUPERVISOR_*`` environment overrides (``__`` for nesting, e.g.
+    ``RESOURCE_SUPERVISOR_CONCURRENCY__DEFAULT_CPU_WORKERS=4``).
+
+    Args:
+        path: A YAML file; ``None`` means defaults plus environment only.
+        environ: The environment to read (defaults to :data:`os.environ`).
+
+    Returns:
+        A frozen :class:`SupervisorSettings`.
+
+    Raises:
+        ConfigError: If the file is missing or unreadable, is not YAML or not a
+            mapping, or a key is unknown or has an invalid value. The error names
+            the dotted key, the value and the reason.
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    env = {k: v for k, v in (os.environ if environ is None else environ).items()}
+    _check_env_keys(env)
+    token = _LOADING.set((data, env))
+    try:
+        return SupervisorSettings()
+    except ValidationError as exc:
+        raise _translate(exc) from None
+    finally:
+        _LOADING.reset(token)
+
+
+def build_settings(**values: Any) -> SupervisorSettings:
+    """
+    Construct settings from keyword arguments, translating errors to ConfigError.
+
+    Args:
+        values: Settings by name (nested as dicts or models).
+
+    Returns:
+        A frozen :class:`SupervisorSettings`.
+
+    Raises:
+        ConfigError: If a key is unknown or a value invalid.
+    """
+    try:
+        return SupervisorSettings(**values)
+    except ValidationError as exc:
+        raise _translate(exc) from None

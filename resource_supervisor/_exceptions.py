@@ -1,0 +1,177 @@
+"""
+Every error the library raises, in one tree.
+
+Covers: the exception classes and their messages. Does not cover: where they are
+raised (see the lanes in :mod:`resource_supervisor.broker`, :mod:`._config`).
+
+```
+ResourceSupervisorError
+ +-- ConfigError (also ValueError)        invalid settings: names key, value, reason
+ +-- NoSupervisorError (also RuntimeError) Supervisor.current() outside a supervisor
+ +-- SupervisorClosedError (also RuntimeError) use after exit
+ +-- ExecutorError
+      +-- WorkerCrashedError              a worker died while running the call
+      |    +-- ClusterConnectionLostError the distributed scheduler went away
+      +-- OverloadedError                 admission refused at CRITICAL pressure
+      +-- CallTimeoutError (also TimeoutError) a per-call timeout expired
+      +-- UnpicklableError (also TypeError) the callable or an argument cannot be pickled
+```
+
+Every class passes all its constructor arguments to ``super().__init__`` so that it
+survives :mod:`pickle` across the process pool.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "CallTimeoutError",
+    "ClusterConnectionLostError",
+    "ConfigError",
+    "ExecutorError",
+    "NoSupervisorError",
+    "OverloadedError",
+    "ResourceSupervisorError",
+    "SupervisorClosedError",
+    "UnpicklableError",
+    "WorkerCrashedError",
+)
+
+
+class ResourceSupervisorError(Exception):
+    """
+    Raised by nothing directly: the root of every error this library raises.
+    """
+
+
+class ConfigError(ResourceSupervisorError, ValueError):
+    """
+    Raised when settings are invalid: names the dotted key path, the value and why.
+    """
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        super().__init__(key, value, reason)
+        self.key = key
+        self.value = value
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.key}: invalid value {self.value!r}: {self.reason}"
+
+
+class NoSupervisorError(ResourceSupervisorError, RuntimeError):
+    """
+    Raised by :meth:`Supervisor.current` when no supervisor is running in this context.
+    """
+
+    def __str__(self) -> str:
+        return (
+            "no Supervisor is running here; use `async with Supervisor(...)` "
+            "(or the FastAPI lifespan helper) before calling Supervisor.current()"
+        )
+
+
+class SupervisorClosedError(ResourceSupervisorError, RuntimeError):
+    """
+    Raised when a supervisor or one of its lanes is used before entry or after exit.
+    """
+
+    def __init__(self, what: str = "supervisor") -> None:
+        super().__init__(what)
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"{self.what} is not running (used outside `async with`, or after exit)"
+
+
+class ExecutorError(ResourceSupervisorError):
+    """
+    Raised by nothing directly: the root of errors from the executor broker.
+    """
+
+
+class WorkerCrashedError(ExecutorError):
+    """
+    Raised when the worker running a call died before returning (``os._exit``,
+    a signal, an out-of-memory kill). Only the call that was running fails; the
+    call ran at most once.
+    """
+
+    def __init__(
+        self,
+        function: str,
+        exitcode: int | None = None,
+        signal: int | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(function, exitcode, signal, detail)
+        self.function = function
+        self.exitcode = exitcode
+        self.signal = signal
+        self.detail = detail
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            how = f"killed by signal {self.signal}"
+        elif self.exitcode is not None:
+            how = f"exited with code {self.exitcode}"
+        else:
+            how = "died"
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"worker running {self.function} {how}{extra}"
+
+
+class ClusterConnectionLostError(WorkerCrashedError):
+    """
+    Raised when the connection to a distributed scheduler was lost while a call
+    was in flight; whether the call ran is unknown.
+    """
+
+
+class OverloadedError(ExecutorError):
+    """
+    Raised when a lane refuses new work: the pressure level is CRITICAL and the
+    lane's queue already holds ``queue_limit`` calls.
+    """
+
+    def __init__(self, lane: str, queued: int, queue_limit: int, level: str) -> None:
+        super().__init__(lane, queued, queue_limit, level)
+        self.lane = lane
+        self.queued = queued
+        self.queue_limit = queue_limit
+        self.level = level
+
+    def __str__(self) -> str:
+        return (
+            f"{self.lane} lane refused the call: pressure is {self.level} and "
+            f"{self.queued} calls are queued (queue_limit={self.queue_limit})"
+        )
+
+
+class CallTimeoutError(ExecutorError, TimeoutError):
+    """
+    Raised when a call passed ``timeout=`` did not finish in time; its worker was
+    killed and replaced.
+    """
+
+    def __init__(self, function: str, timeout: float) -> None:
+        super().__init__(function, timeout)
+        self.function = function
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return f"{self.function} did not finish within {self.timeout:g} s; its worker was replaced"
+
+
+class UnpicklableError(ExecutorError, TypeError):
+    """
+    Raised before any worker is taken when the callable or an argument cannot be
+    pickled for a worker process. The pickling error is the ``__cause__``.
+    """
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(what, detail)
+        self.what = what
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"cannot send {self.what} to a worker process: {self.detail}"

@@ -1,0 +1,172 @@
+"""
+The immutable metrics snapshot and the pressure level.
+
+Covers: :class:`PressureLevel` and :class:`MetricsSnapshot`, a read-only mapping of
+metric name to value with attribute access. Does not cover: how the values are read
+(:mod:`._sampler`, :mod:`._sources`) or graded (:mod:`._policy`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Final, TypeAlias
+
+__all__ = ("MetricValue", "MetricsSnapshot", "PressureLevel")
+
+MetricValue: TypeAlias = float | int | str
+"""A value in a snapshot: a number, or a short label such as ``memory_limit_source``."""
+
+
+class PressureLevel(enum.IntEnum):
+    """
+    How close the service is to its memory budget. Ordered: ``NORMAL < WARNING < CRITICAL``.
+    """
+
+    NORMAL = 0
+    WARNING = 1
+    CRITICAL = 2
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_REQUIRED: Final = (
+    "system_memory_percent",
+    "system_cpu_percent",
+    "memory_used_bytes",
+    "memory_limit_bytes",
+    "memory_percent",
+    "memory_limit_source",
+    "process_rss_bytes",
+    "process_cpu_percent",
+    "process_threads",
+    "process_fds",
+    "pressure_level",
+    "active_sessions_rag",
+    "last_metrics_update_ts",
+)
+
+
+class MetricsSnapshot(Mapping[str, MetricValue]):
+    """
+    One immutable sample of every metric, as a read-only mapping.
+
+    Keys are metric names (``"system_memory_percent"``); values are numbers, or a
+    short label for a few keys (``memory_limit_source``). Provider metrics are
+    namespaced ``"<provider>_<metric>"``. The common metrics are also typed
+    attributes (``snap.memory_percent``); any key can be read as an attribute.
+
+    A snapshot never changes after it is built: hand it to any task or thread.
+    """
+
+    __slots__ = ("_data",)
+    _data: Mapping[str, MetricValue]
+
+    def __init__(self, data: Mapping[str, MetricValue]) -> None:
+        """
+        Build a snapshot from *data*, copied.
+
+        Args:
+            data: Metric name to value. Must include every core metric.
+
+        Raises:
+            ValueError: If a core metric is missing.
+        """
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise ValueError(f"snapshot is missing core metrics: {', '.join(missing)}")
+        level = data["pressure_level"]
+        copy = dict(data)
+        copy["pressure_level"] = PressureLevel(int(level))
+        object.__setattr__(self, "_data", MappingProxyType(copy))
+
+    # -- Mapping ---------------------------------------------------------------
+    def __getitem__(self, key: str) -> MetricValue:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, name: str) -> MetricValue:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("MetricsSnapshot is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("MetricsSnapshot is immutable")
+
+    def __reduce__(self) -> tuple[type[MetricsSnapshot], tuple[dict[str, MetricValue]]]:
+        return (MetricsSnapshot, (dict(self._data),))
+
+    def __repr__(self) -> str:
+        return (
+            f"MetricsSnapshot(level={self.pressure_level.name}, "
+            f"memory_percent={self.memory_percent:.1f}, keys={len(self._data)})"
+        )
+
+    # -- typed accessors for the core metrics ----------------------------------
+    @property
+    def pressure_level(self) -> PressureLevel:
+        """The graded pressure level when this snapshot was published."""
+        value = self._data["pressure_level"]
+        assert isinstance(value, PressureLevel)
+        return value
+
+    @property
+    def memory_percent(self) -> float:
+        """Working set as a percent of the effective memory limit."""
+        return float(self._data["memory_percent"])
+
+    @property
+    def memory_used_bytes(self) -> int:
+        """Working set in bytes (cgroup usage minus inactive file cache, or host used)."""
+        return int(self._data["memory_used_bytes"])
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        """The effective limit: the smaller of host memory and the cgroup limit."""
+        return int(self._data["memory_limit_bytes"])
+
+    @property
+    def memory_available_bytes(self) -> int:
+        """``memory_limit_bytes - memory_used_bytes``, never negative."""
+        return max(0, self.memory_limit_bytes - self.memory_used_bytes)
+
+    @property
+    def memory_limit_source(self) -> str:
+        """Where the limit comes from: ``"host"``, ``"cgroup_v1"`` or ``"cgroup_v2"``."""
+        return str(self._data["memory_limit_source"])
+
+    @property
+    def system_cpu_percent(self) -> float:
+        """System-wide CPU use in percent since the previous sample."""
+        return float(self._data["system_cpu_percent"])
+
+    @property
+    def system_memory_percent(self) -> float:
+        """Host memory use in percent (``psutil.virtual_memory().percent``)."""
+        return float(self._data["system_memory_percent"])
+
+    @property
+    def process_rss_bytes(self) -> int:
+        """Resident set size of this process."""
+        return int(self._data["process_rss_bytes"])
+
+    @property
+    def active_sessions_rag(self) -> int:
+        """Sessions open in the session registry."""
+        return int(self._data["active_sessions_rag"])
+
+    @property
+    def last_metrics_update_ts(self) -> float:
+        """Wall-clock time (``time.time()``) the sample was taken."""
+        return float(self._data["last_metrics_update_ts"])
