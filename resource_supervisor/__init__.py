@@ -1,1 +1,1 @@
-"""resource-supervisor."""
+"""resource-supervisor: keep an asyncio service inside its memory and CPU budget."""
