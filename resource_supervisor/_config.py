@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from ._exceptions import ConfigError
@@ -61,7 +63,8 @@ def _auto_or_positive_int(value: object) -> object:
         if text.isdigit():
             value = int(text)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError('must be "auto" or a positive integer')
+        # pydantic turns ValueError (not TypeError) into a validation error
+        raise ValueError('must be "auto" or a positive integer')  # noqa: TRY004
     if value < 1:
         raise ValueError('must be "auto" or a positive integer (>= 1)')
     return value
@@ -197,8 +200,7 @@ class SupervisorSettings(BaseSettings):
             raise _RelationError(
                 "warning_threshold_memory",
                 self.warning_threshold_memory,
-                "must be below aggressive_threshold_memory "
-                f"({self.aggressive_threshold_memory:g})",
+                f"must be below aggressive_threshold_memory ({self.aggressive_threshold_memory:g})",
             )
         if self.hysteresis >= self.warning_threshold_memory:
             raise _RelationError(
@@ -416,13 +418,23 @@ def load_settings(
             the dotted key, the value and the reason.
     """
     data = _read_yaml(Path(path)) if path is not None else {}
-    env = {k: v for k, v in (os.environ if environ is None else environ).items()}
+    env = dict(os.environ if environ is None else environ)
     _check_env_keys(env)
     token = _LOADING.set((data, env))
     try:
         return SupervisorSettings()
     except ValidationError as exc:
         raise _translate(exc) from None
+    except SettingsError as exc:
+        # a nested setting given as a malformed JSON string in the environment
+        match = re.search(r'field "([^"]+)"', str(exc))
+        field_name = match.group(1) if match else "<environment>"
+        var = f"{ENV_PREFIX}{field_name.upper()}"
+        raise ConfigError(
+            f"{_SECTION}.{field_name} (environment {var})",
+            env.get(var, next((v for k, v in env.items() if k.upper() == var), None)),
+            f"a nested setting must be a JSON object; or set its keys one by one with {var}__<KEY>",
+        ) from exc
     finally:
         _LOADING.reset(token)
 

@@ -124,7 +124,9 @@ def grade(previous: Mapping[str, PressureLevel], readings: list[Reading]) -> Gra
     trigger: Reading | None = None
     for reading in readings:
         key = reading.resource if reading.device is None else f"{reading.resource}:{reading.device}"
-        level = next_level(previous.get(key, PressureLevel.NORMAL), reading.value, reading.thresholds)
+        level = next_level(
+            previous.get(key, PressureLevel.NORMAL), reading.value, reading.thresholds
+        )
         levels[key] = level
         if level > worst:
             worst, trigger = level, reading
