@@ -1,0 +1,492 @@
+"""
+The sampler: one call reads every source and provider into a flat metrics dict.
+
+Covers: :class:`Sampler`, which keeps the ``/proc``, cgroup and PSI files open
+(:mod:`._sources`), turns their figures into the core metrics (effective memory,
+CPU percentages since the previous sample, process RSS, threads and fds), and runs
+the registered metrics providers concurrently, each under a timeout, namespacing
+their keys ``<provider>_<key>``; and :class:`SamplerStatistics`.
+
+Does not cover: when to sample (the interval loop lives in :mod:`._supervisor`),
+grading pressure (:mod:`._policy`), building the immutable snapshot
+(:mod:`._snapshot`; the supervisor adds ``pressure_level``, ``active_sessions_rag``
+and the broker and stream counters), or publishing it (:mod:`._streams`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+import anyio
+import anyio.to_thread
+import psutil
+
+from ._sources._cgroup import CgroupMemoryReader, MemoryFigures, effective_memory
+from ._sources._proc import CpuTimes, HostMemory, ProcReader
+from ._sources._psi import PsiReader
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._snapshot import MetricValue
+
+__all__ = ("MetricsProvider", "Sampler", "SamplerStatistics")
+
+logger: Final = logging.getLogger("resource_supervisor.sampler")
+
+ProviderResult: TypeAlias = Mapping[str, float | int]
+MetricsProvider: TypeAlias = Callable[[], ProviderResult | Awaitable[ProviderResult]]
+"""A sync or async callable returning metric name -> number."""
+
+_PROVIDER_NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
+_METRIC_KEY: Final = re.compile(r"[A-Za-z0-9_]+")
+
+#: Keys the sampler or the supervisor sets; provider metrics may not shadow them.
+_RESERVED_KEYS: Final = frozenset(
+    {
+        "system_memory_percent",
+        "system_cpu_percent",
+        "memory_used_bytes",
+        "memory_limit_bytes",
+        "memory_percent",
+        "memory_limit_source",
+        "host_memory_total_bytes",
+        "process_rss_bytes",
+        "process_cpu_percent",
+        "process_threads",
+        "process_fds",
+        "psi_memory_some_avg10",
+        "psi_memory_full_avg10",
+        "cgroup_memory_limit_bytes",
+        "last_metrics_update_ts",
+        "provider_failures_total",
+        "sample_duration_seconds",
+        "pressure_level",
+        "active_sessions_rag",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerStatistics:
+    """Counters of a :class:`Sampler`."""
+
+    samples: int
+    """Samples completed."""
+    provider_failures: int
+    """Provider calls that raised, timed out or returned something unusable."""
+    sample_seconds_last: float
+    """Duration of the last completed sample, providers included."""
+
+
+class _ProviderFailedError(Exception):
+    """Raised inside the sampler when a provider's result cannot be used."""
+
+
+class _Provider:
+    """One registered provider and its failure streak."""
+
+    __slots__ = ("failed_samples", "func", "is_async", "name", "thread_busy")
+
+    def __init__(self, name: str, func: MetricsProvider) -> None:
+        self.name = name
+        self.func = func
+        call = getattr(func, "__call__", None)  # noqa: B004  # async __call__ objects
+        self.is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
+        self.failed_samples = 0
+        # Set while a sync call is handed to a worker thread, cleared by that thread
+        # when the call returns: a provider still hung from an earlier sample (its
+        # thread abandoned) is not started again, so hung threads cannot pile up.
+        self.thread_busy = False
+
+
+class _ThreadCall:
+    """One call of a sync provider in a worker thread."""
+
+    __slots__ = ("provider", "started")
+
+    def __init__(self, provider: _Provider) -> None:
+        self.provider = provider
+        self.started = False
+
+    def __call__(self) -> ProviderResult | Awaitable[ProviderResult]:
+        self.started = True
+        try:
+            return self.provider.func()
+        finally:
+            self.provider.thread_busy = False
+
+
+class Sampler:
+    """
+    Read every metric source and provider into one flat dict per call.
+
+    Sources are files kept open between samples (``/proc``, cgroup v1/v2, PSI) and
+    read with ``os.pread``, so the event-loop cost of a sample without providers is
+    tens of microseconds. A source that cannot be read degrades to host figures or
+    leaves its keys out; a sample never raises because of one.
+
+    The sampler is used from one event loop; it is not thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        proc_root: str = "/proc",
+        cgroup_root: str = "/sys/fs/cgroup",
+        pid: int | None = None,
+        provider_timeout: float = 1.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """
+        Prepare a sampler; no file is opened until :meth:`open`.
+
+        Args:
+            proc_root: Where procfs is mounted (a directory laid out like it in tests).
+            cgroup_root: Where the cgroup hierarchies are mounted.
+            pid: The process to measure; ``None`` means this process.
+            provider_timeout: Seconds each provider may take per sample.
+            wall_clock: Source of ``last_metrics_update_ts``.
+
+        Raises:
+            ValueError: If *provider_timeout* is not positive.
+        """
+        if not provider_timeout > 0:
+            raise ValueError(f"provider_timeout must be positive, got {provider_timeout!r}")
+        self._proc = ProcReader(proc_root=proc_root, pid=pid)
+        self._cgroup = CgroupMemoryReader(proc_root=proc_root, cgroup_root=cgroup_root, pid=pid)
+        self._psi = PsiReader(proc_root=proc_root, cgroup_root=cgroup_root, pid=pid)
+        self._provider_timeout = provider_timeout
+        self._wall_clock = wall_clock
+        self._providers: dict[str, _Provider] = {}
+        self._opened = False
+        self._last_cpu: CpuTimes | None = None
+        self._last_process_ticks: int | None = None
+        self._last_process_time = 0.0
+        self._samples = 0
+        self._provider_failures = 0
+        self._sample_seconds_last = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------
+    def open(self) -> None:
+        """
+        Open the kept-open files and take the CPU baselines; idempotent. Synchronous
+        and cheap (a few ``open`` calls). Sources that cannot be opened are skipped.
+        """
+        if self._opened:
+            return
+        self._proc.open()
+        self._cgroup.open()
+        self._psi.open()
+        self._opened = True
+        self._last_cpu = self._read_cpu_times()
+        self._last_process_ticks = self._read_process_ticks()
+        self._last_process_time = time.monotonic()
+
+    def close(self) -> None:
+        """Close every kept-open file; idempotent. :meth:`open` may be called again."""
+        self._opened = False
+        self._proc.close()
+        self._cgroup.close()
+        self._psi.close()
+
+    def __enter__(self) -> Sampler:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- providers -----------------------------------------------------------------
+    def register_provider(self, name: str, provider: MetricsProvider) -> None:
+        """
+        Add a metrics provider; its keys appear as ``<name>_<key>`` from the next sample.
+
+        Args:
+            name: Lower-case identifier (``[a-z][a-z0-9_]*``), unique in this sampler.
+            provider: A sync or async callable returning a mapping of metric name
+                (letters, digits, ``_``) to int or float. Sync providers run in a
+                worker thread, so a slow one cannot block the event loop.
+
+        Raises:
+            ValueError: If *name* is malformed or already registered.
+            TypeError: If *provider* is not callable.
+        """
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise ValueError(f"provider name {name!r} must match [a-z][a-z0-9_]*")
+        if name in self._providers:
+            raise ValueError(f"a provider named {name!r} is already registered")
+        if not callable(provider):
+            raise TypeError(f"provider {name!r} must be callable, got {provider!r}")
+        self._providers[name] = _Provider(name, provider)
+
+    def unregister_provider(self, name: str) -> None:
+        """
+        Remove a provider; a sample already running still uses it.
+
+        Args:
+            name: The name it was registered under.
+
+        Raises:
+            KeyError: If no provider has that name.
+        """
+        try:
+            del self._providers[name]
+        except KeyError:
+            raise KeyError(f"no provider named {name!r} is registered") from None
+
+    # -- reading -------------------------------------------------------------------
+    def statistics(self) -> SamplerStatistics:
+        """Return the sampler's counters."""
+        return SamplerStatistics(
+            samples=self._samples,
+            provider_failures=self._provider_failures,
+            sample_seconds_last=self._sample_seconds_last,
+        )
+
+    def read_memory(self) -> tuple[int, int]:
+        """
+        Read the effective memory now: a few preads, cheap enough for the event loop.
+
+        Returns:
+            ``(working-set used bytes, effective limit bytes)``, the same figures as
+            ``memory_used_bytes`` and ``memory_limit_bytes`` of :meth:`sample`.
+
+        Raises:
+            RuntimeError: If the sampler is not open.
+        """
+        self._check_open()
+        figures = self._read_memory_figures(self._read_host_memory())
+        return figures.used_bytes, figures.limit_bytes
+
+    async def sample(self) -> dict[str, MetricValue]:
+        """
+        Take one sample of every source and provider.
+
+        File sources are read synchronously first (microseconds); then providers run
+        concurrently, each under ``provider_timeout``. A provider that raises, times
+        out or returns something other than a mapping of names to numbers is left out
+        of this sample and counted in ``provider_failures_total``.
+
+        Returns:
+            Metric name to value; see the module and ``DESIGN.md`` for the keys.
+
+        Raises:
+            RuntimeError: If the sampler is not open.
+
+        Cancellation:
+            The file reads happen before the first checkpoint, so a call cancelled
+            before then leaves nothing behind. Cancelled while providers run, the
+            call raises the cancellation, cancels async providers, abandons sync
+            providers still running in worker threads (such a provider is not called
+            again until its thread returns), and counts no sample and no failure.
+        """
+        self._check_open()
+        started = time.perf_counter()
+        data = self._read_core()
+        providers = list(self._providers.values())
+        if providers:
+            sync_count = sum(1 for provider in providers if not provider.is_async)
+            # The sampler's own limiter, never anyio's default one.
+            limiter = anyio.CapacityLimiter(max(1, sync_count))
+            results: dict[str, dict[str, float | int]] = {}
+            async with anyio.create_task_group() as tg:
+                for provider in providers:
+                    tg.start_soon(self._run_provider, provider, limiter, results)
+            for provider in providers:
+                result = results.get(provider.name)
+                if result is not None:
+                    data.update(result)
+        data["provider_failures_total"] = self._provider_failures
+        elapsed = time.perf_counter() - started
+        data["sample_duration_seconds"] = elapsed
+        self._sample_seconds_last = elapsed
+        self._samples += 1
+        return data
+
+    # -- internals -----------------------------------------------------------------
+    def _check_open(self) -> None:
+        if not self._opened:
+            raise RuntimeError("the sampler is not open; call open() first")
+
+    def _read_host_memory(self) -> HostMemory:
+        try:
+            return self._proc.read_host_memory()
+        except (OSError, ValueError):
+            pass
+        try:
+            vm = psutil.virtual_memory()
+        except (OSError, psutil.Error):
+            return HostMemory(total_bytes=0, available_bytes=0)
+        return HostMemory(total_bytes=vm.total, available_bytes=vm.available)
+
+    def _read_memory_figures(self, host: HostMemory) -> MemoryFigures:
+        # Usage and memory.stat cost a third of a sample and matter only when a
+        # limit below host memory applies, so the limits are read first.
+        try:
+            limit = self._cgroup.read_limit()
+            if limit is None or limit > host.total_bytes:
+                return effective_memory(host, None)
+            cgroup = self._cgroup.read(limit=limit)
+        except (OSError, ValueError) as exc:
+            logger.debug("memory cgroup unreadable, using host figures: %s", exc)
+            cgroup = None
+        return effective_memory(host, cgroup)
+
+    def _read_cpu_times(self) -> CpuTimes | None:
+        try:
+            return self._proc.read_cpu_times()
+        except (OSError, ValueError, psutil.Error):
+            return None
+
+    def _read_process_ticks(self) -> int | None:
+        try:
+            return self._proc.read_process_stat().cpu_ticks
+        except (OSError, ValueError):
+            return None
+
+    def _read_core(self) -> dict[str, MetricValue]:
+        data: dict[str, MetricValue] = {"last_metrics_update_ts": self._wall_clock()}
+        host = self._read_host_memory()
+        figures = self._read_memory_figures(host)
+        data["system_memory_percent"] = host.percent
+        data["host_memory_total_bytes"] = host.total_bytes
+        data["memory_used_bytes"] = figures.used_bytes
+        data["memory_limit_bytes"] = figures.limit_bytes
+        data["memory_percent"] = figures.percent
+        data["memory_limit_source"] = figures.source
+        if figures.cgroup_limit_bytes is not None:
+            data["cgroup_memory_limit_bytes"] = figures.cgroup_limit_bytes
+
+        cpu = self._read_cpu_times()
+        system_cpu = 0.0
+        if cpu is not None and self._last_cpu is not None:
+            total = cpu.total - self._last_cpu.total
+            if total > 0:
+                system_cpu = min(100.0, max(0.0, (cpu.busy - self._last_cpu.busy) / total * 100))
+        if cpu is not None:
+            self._last_cpu = cpu
+        data["system_cpu_percent"] = system_cpu
+
+        threads = 0
+        process_cpu = 0.0
+        now = time.monotonic()
+        try:
+            stat = self._proc.read_process_stat()
+        except (OSError, ValueError):
+            pass
+        else:
+            threads = stat.threads
+            elapsed = now - self._last_process_time
+            if self._last_process_ticks is not None and elapsed > 0:
+                used = (stat.cpu_ticks - self._last_process_ticks) / self._proc.clock_ticks
+                process_cpu = max(0.0, used / elapsed * 100)
+            self._last_process_ticks = stat.cpu_ticks
+            self._last_process_time = now
+        data["process_cpu_percent"] = process_cpu
+        data["process_threads"] = threads
+        try:
+            data["process_rss_bytes"] = self._proc.read_rss_bytes()
+        except (OSError, ValueError):
+            data["process_rss_bytes"] = 0
+        try:
+            data["process_fds"] = self._proc.read_fd_count()
+        except OSError:
+            data["process_fds"] = 0
+
+        try:
+            psi = self._psi.read()
+        except (OSError, ValueError):
+            psi = None
+        if psi is not None:
+            data["psi_memory_some_avg10"] = psi.some_avg10
+            if psi.full_avg10 is not None:
+                data["psi_memory_full_avg10"] = psi.full_avg10
+        return data
+
+    async def _call_provider(
+        self, provider: _Provider, limiter: anyio.CapacityLimiter
+    ) -> ProviderResult:
+        with anyio.fail_after(self._provider_timeout):
+            if provider.is_async:
+                result = provider.func()
+            else:
+                if provider.thread_busy:
+                    raise _ProviderFailedError("still running since an earlier sample")
+                call = _ThreadCall(provider)
+                provider.thread_busy = True
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        call, abandon_on_cancel=True, limiter=limiter
+                    )
+                except BaseException:
+                    # A call abandoned while running clears the flag when its thread
+                    # returns; one cancelled before it started never will.
+                    if not call.started:
+                        provider.thread_busy = False
+                    raise
+            if inspect.isawaitable(result):
+                result = await result
+        return result
+
+    async def _run_provider(
+        self,
+        provider: _Provider,
+        limiter: anyio.CapacityLimiter,
+        results: dict[str, dict[str, float | int]],
+    ) -> None:
+        try:
+            raw = await self._call_provider(provider, limiter)
+            metrics = _namespace(provider.name, raw)
+        except TimeoutError:
+            self._provider_failed(provider, f"timed out after {self._provider_timeout} s", None)
+        except Exception as exc:  # noqa: BLE001  # logged once per failure streak below
+            self._provider_failed(provider, f"{type(exc).__name__}: {exc}", exc)
+        else:
+            results[provider.name] = metrics
+            if provider.failed_samples:
+                logger.info(
+                    "metrics provider %r recovered after %d failed samples",
+                    provider.name,
+                    provider.failed_samples,
+                )
+                provider.failed_samples = 0
+
+    def _provider_failed(self, provider: _Provider, reason: str, exc: BaseException | None) -> None:
+        self._provider_failures += 1
+        provider.failed_samples += 1
+        if provider.failed_samples == 1:
+            logger.warning(
+                "metrics provider %r failed (%s); its metrics are left out until it recovers",
+                provider.name,
+                reason,
+                exc_info=exc,
+            )
+
+
+def _namespace(name: str, raw: object) -> dict[str, float | int]:
+    """Validate a provider's result and prefix its keys; raise on anything unusable."""
+    if not isinstance(raw, Mapping):
+        raise _ProviderFailedError(f"returned {type(raw).__name__}, not a mapping")
+    metrics: dict[str, float | int] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _METRIC_KEY.fullmatch(key):
+            raise _ProviderFailedError(f"metric name {key!r} is not letters, digits and _")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _ProviderFailedError(f"metric {key!r} is {type(value).__name__}, not a number")
+        full = f"{name}_{key}"
+        if full in _RESERVED_KEYS:
+            raise _ProviderFailedError(f"metric {full!r} would shadow a core metric")
+        metrics[full] = value
+    return metrics
