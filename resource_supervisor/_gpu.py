@@ -206,9 +206,9 @@ class TorchGpuReclaimer:
     aggressive requests do the same: the cache is either returned or not.
 
     Freed bytes per device are ``before - after`` readings of *source* (never
-    negative): this process's own GPU memory where NVML reports it in both
-    readings, otherwise the device's used memory (which also moves with other
-    processes).
+    negative): this process's own GPU memory where NVML reports it, otherwise
+    the device's used memory (which also moves with other processes); see
+    :func:`freed_bytes`.
 
     Args:
         source: An open :class:`GpuSource` to measure with, shared with the
@@ -289,9 +289,11 @@ def freed_bytes(
     """
     Bytes freed per device between two :meth:`GpuSource.read` results. Pure.
 
-    Uses ``gpu{i}_process_memory_bytes`` where both readings have it, else
-    ``gpu{i}_memory_used_bytes``; a device missing from either reading is left
-    out. Growth counts as 0 freed.
+    Uses ``gpu{i}_process_memory_bytes`` where both readings have it and this
+    process held memory there before, else ``gpu{i}_memory_used_bytes`` (NVML
+    reports 0 for this process inside a container with its own PID namespace,
+    which must not read as "nothing freed"). A device missing from either
+    reading is left out. Growth counts as 0 freed.
 
     Args:
         before: The reading before reclaiming.
@@ -305,7 +307,7 @@ def freed_bytes(
     for i in range(count):
         for name in (f"gpu{i}_process_memory_bytes", f"gpu{i}_memory_used_bytes"):
             old, new = before.get(name), after.get(name)
-            if isinstance(old, int) and isinstance(new, int):
+            if isinstance(old, int) and isinstance(new, int) and (old > 0 or "used" in name):
                 freed[f"cuda:{i}"] = max(0, old - new)
                 break
     return freed
