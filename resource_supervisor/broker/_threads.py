@@ -1,0 +1,498 @@
+"""
+The thread lane: blocking I/O calls run on anyio worker threads, off the event loop.
+
+Covers: :class:`ThreadLane` (``run``, ``statistics``, ``metrics``, ``aclose``) and
+:class:`ThreadLaneStatistics`. Does not cover: CPU-bound work in worker processes
+(:mod:`._processes`, :mod:`._dask`), how many threads the lane gets (the supervisor
+resolves ``default_io_workers``; :func:`._executors.split_worker_budget` applies
+``max_total_workers``), or the public facade (:mod:`._executors`).
+
+How it works. The lane keeps its own queue of calls. Its workers are long-lived
+loops, each hosted on an anyio worker thread
+(``anyio.to_thread.run_sync(loop, limiter=<the lane's limiter>)``) and each serving
+many calls from the queue. A worker is started lazily, up to the lane's capacity,
+only when a call is queued and no worker is free; a worker idle for
+``idle_timeout`` seconds exits, so an idle service holds no lane thread (the anyio
+thread it ran on returns to anyio's own idle pool, which retires it after 10 s).
+Results go back to the event loop in batches: one ``loop.call_soon_threadsafe``
+per batch of completions, not per call. That is what makes the lane cheaper than
+one ``anyio.to_thread.run_sync`` per call.
+
+The lane's limiter is its own ``anyio.CapacityLimiter``, never anyio's default
+one: a busy application cannot starve the lane, nor the lane the application.
+
+The worker hosts run in a task group that the lane owns: use the lane as an async
+context manager (:class:`._executors.Executors` does). The lane needs an asyncio
+event loop; its callers must run on the loop it was entered on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import queue
+import threading
+from typing import TYPE_CHECKING, Final, Self, TypeVar, TypeVarTuple, cast
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from .._exceptions import SupervisorClosedError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from .._snapshot import MetricValue
+
+__all__ = ("ThreadLane", "ThreadLaneStatistics")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+THREAD_NAME: Final = "resource-supervisor thread lane"
+"""Name a lane worker's thread carries while it serves the lane (restored after)."""
+
+# Call states; every transition happens under the lane's lock.
+_QUEUED: Final = 0  # in the queue, not taken by a worker
+_RUNNING: Final = 1  # taken by a worker; it will run to the end
+_DROPPED: Final = 2  # cancelled while queued, or failed by aclose(); never runs
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ThreadLaneStatistics:
+    """
+    A point-in-time view of a :class:`ThreadLane`.
+
+    Attributes:
+        capacity: Most lane threads that may exist at once.
+        busy: Calls running in a lane thread now (abandoned ones included).
+        queued: Calls waiting for a lane thread.
+        threads: Lane threads alive now (busy or idle).
+        completed: Calls that returned, since the lane started.
+        failed: Calls that raised, since the lane started.
+    """
+
+    capacity: int
+    busy: int
+    queued: int
+    threads: int
+    completed: int
+    failed: int
+
+
+class _Call:
+    """One queued call and, once it ran, its outcome."""
+
+    __slots__ = ("args", "context", "error", "finished", "func", "future", "state", "value")
+
+    def __init__(
+        self,
+        func: Callable[..., object],
+        args: tuple[object, ...],
+        future: asyncio.Future[None],
+    ) -> None:
+        self.func = func
+        self.args = args
+        self.context = contextvars.copy_context()
+        self.future = future
+        self.state = _QUEUED
+        self.finished = False  # outcome delivered on the event loop
+        self.value: object = None
+        self.error: BaseException | None = None
+
+
+class ThreadLane:
+    """
+    Runs blocking calls on anyio worker threads under the lane's own limiter.
+
+    Use as an async context manager; :meth:`run` works only inside it.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        idle_timeout: float = 5.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        """
+        Prepare the lane; no thread starts until a call needs one.
+
+        Args:
+            capacity: Most threads the lane runs at once. The supervisor passes
+                ``default_io_workers`` resolved to an int: ``"auto"`` is CPython's
+                thread-pool default, ``min(32, usable_cpus + 4)``.
+            idle_timeout: Seconds a lane thread waits for a call before it exits.
+            close_timeout: Seconds :meth:`aclose` waits for running calls before it
+                stops waiting for them.
+
+        Raises:
+            ValueError: If *capacity* is below 1 or a timeout is not positive.
+        """
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if idle_timeout <= 0 or close_timeout <= 0:
+            raise ValueError("idle_timeout and close_timeout must be positive")
+        self._capacity = capacity
+        self._idle_timeout = idle_timeout
+        self._close_timeout = close_timeout
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        # Guards every counter below and each call's state; held for a few
+        # bytecodes only, by the loop thread and the lane threads.
+        self._lock = threading.Lock()
+        self._queued = 0  # calls in state _QUEUED
+        self._threads = 0  # workers started and not yet retired
+        self._idle = 0  # workers waiting for a call (counted from their start)
+        self._closing = False
+        self._done: list[_Call] = []  # finished calls not yet handed to the loop
+        self._flush_scheduled = False
+        # Loop-thread-only state.
+        self._completed = 0
+        self._failed = 0
+        self._state = "new"  # new -> open -> closed
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._task_group: TaskGroup | None = None
+        self._stopped: anyio.Event | None = None
+        self._host_scopes: set[anyio.CancelScope] = set()
+
+    # -- lifecycle --------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        """
+        Open the lane and its task group of worker hosts; starts no thread.
+
+        Raises:
+            RuntimeError: If the lane was entered before.
+
+        Cancellation:
+            Not a checkpoint beyond entering the task group; a cancelled entry
+            leaves the lane unopened.
+        """
+        if self._state != "new":
+            raise RuntimeError("a ThreadLane can be entered only once")
+        self._loop = asyncio.get_running_loop()
+        self._limiter = anyio.CapacityLimiter(self._capacity)
+        self._stopped = anyio.Event()
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """
+        Close the lane (see :meth:`aclose`) and leave its task group.
+
+        Cancellation:
+            As :meth:`aclose`: the lane always closes.
+        """
+        try:
+            await self.aclose()
+        finally:
+            task_group, self._task_group = self._task_group, None
+            if task_group is not None:
+                # Every host has returned or been abandoned by aclose().
+                await task_group.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """
+        Close the lane: fail queued calls, wait (bounded) for running ones.
+
+        Idempotent. It always closes, even when cancelled or failing. Calls still
+        queued fail with ``SupervisorClosedError("thread lane")`` and never run;
+        later :meth:`run` calls raise the same. Running calls are waited for, up to
+        ``close_timeout`` seconds, and their callers get their outcome as usual.
+        Once they end, every lane thread has exited. A call still running after
+        ``close_timeout`` cannot be interrupted: its thread runs on unobserved and
+        exits as soon as the call returns.
+
+        Cancellation:
+            The wait for running calls is shielded: cancelling ``aclose`` does not
+            shorten it (``close_timeout`` bounds it).
+        """
+        if self._state == "closed":
+            return
+        opened = self._state == "open"
+        self._state = "closed"
+        if not opened:
+            return
+        dropped: list[_Call] = []
+        # Fail what is still queued. A call is popped either here or by a worker;
+        # its state decides who owns it.
+        while True:
+            try:
+                call = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if call is None:
+                continue
+            with self._lock:
+                if call.state != _QUEUED:
+                    continue
+                call.state = _DROPPED
+                self._queued -= 1
+            dropped.append(call)
+        for call in dropped:
+            call.error = SupervisorClosedError("thread lane")
+            self._deliver(call)
+        with self._lock:
+            self._closing = True
+            threads = self._threads
+        for _ in range(threads):
+            self._queue.put(None)  # one stop marker per worker
+        if threads:
+            assert self._stopped is not None
+            with anyio.move_on_after(self._close_timeout, shield=True):
+                await self._stopped.wait()
+        # Abandon the hosts of calls that outlived close_timeout. Never cancel the
+        # task group's own scope: it encloses the body of the owner's `async with`.
+        for scope in self._host_scopes:
+            scope.cancel()
+
+    # -- calls ------------------------------------------------------------------
+    async def run(
+        self,
+        func: Callable[[*Ts], T],
+        *args: *Ts,
+        abandon_on_cancel: bool = False,
+    ) -> T:
+        """
+        Call ``func(*args)`` in a lane thread. Use functools.partial for keywords.
+
+        The call runs in a copy of the caller's :mod:`contextvars` context, as with
+        ``anyio.to_thread.run_sync``: it sees the caller's values, and what it sets
+        stays in the thread's copy.
+
+        Args:
+            func: A blocking callable; it must not touch the event loop.
+            args: Positional arguments for *func*.
+            abandon_on_cancel: What cancellation does once the thread runs.
+
+        Returns:
+            Whatever ``func(*args)`` returns; its exceptions propagate unchanged
+            (the same object, its traceback intact).
+
+        Raises:
+            SupervisorClosedError: If the lane is not open, or closed while the call
+                was queued (``what == "thread lane"``).
+
+        Cancellation:
+            Checked before the call is queued. A call cancelled while queued is
+            removed and never runs. A running *func* cannot be interrupted: by
+            default the caller waits for it, then raises the cancellation and drops
+            the result. With ``abandon_on_cancel=True`` the caller raises at once and
+            the thread runs on unobserved; its slot (a lane thread and a limiter
+            token) is freed only when *func* returns.
+        """
+        if self._state != "open":
+            raise SupervisorClosedError("thread lane")
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        loop = self._loop
+        assert loop is not None
+        call = _Call(cast("Callable[..., object]", func), args, loop.create_future())
+        with self._lock:
+            self._queued += 1
+            start = self._queued > self._idle and self._threads < self._capacity
+            if start:
+                self._threads += 1
+                self._idle += 1
+        self._queue.put(call)
+        if start:
+            assert self._task_group is not None
+            self._task_group.start_soon(self._host, name=THREAD_NAME)
+        try:
+            await call.future
+        except asyncio.CancelledError:
+            with self._lock:
+                queued = call.state == _QUEUED
+                if queued:
+                    call.state = _DROPPED
+                    self._queued -= 1
+            if not (queued or abandon_on_cancel):
+                await self._wait_finished(call)
+            raise
+        error = call.error
+        if error is not None:
+            call.error = None
+            try:
+                raise error
+            finally:
+                del error, call  # no frame <-> traceback cycle
+        return cast("T", call.value)
+
+    async def _wait_finished(self, call: _Call) -> None:
+        """Wait, shielded, until *call*'s outcome reaches the loop."""
+        loop = self._loop
+        assert loop is not None
+        with anyio.CancelScope(shield=True):
+            while not call.finished:
+                call.future = loop.create_future()
+                try:
+                    await call.future
+                except asyncio.CancelledError:
+                    # A plain asyncio cancel goes through anyio's shield; the call
+                    # still runs, so keep waiting and raise the first cancel after.
+                    continue
+
+    # -- inspection ---------------------------------------------------------------
+    def statistics(self) -> ThreadLaneStatistics:
+        """
+        Return the lane's counters now; cheap, never blocks.
+
+        Returns:
+            A frozen :class:`ThreadLaneStatistics`.
+        """
+        with self._lock:
+            threads = self._threads
+            idle = self._idle
+            queued = self._queued
+        return ThreadLaneStatistics(
+            capacity=self._capacity,
+            busy=threads - idle,
+            queued=queued,
+            threads=threads,
+            completed=self._completed,
+            failed=self._failed,
+        )
+
+    def metrics(self) -> dict[str, MetricValue]:
+        """
+        Return the lane's counters as flat ``thread_lane_*`` snapshot metrics.
+
+        Returns:
+            ``thread_lane_busy``, ``thread_lane_capacity``, ``thread_lane_queued``,
+            ``thread_lane_threads``, ``thread_lane_completed_total`` and
+            ``thread_lane_failed_total``.
+        """
+        stats = self.statistics()
+        return {
+            "thread_lane_busy": stats.busy,
+            "thread_lane_capacity": stats.capacity,
+            "thread_lane_queued": stats.queued,
+            "thread_lane_threads": stats.threads,
+            "thread_lane_completed_total": stats.completed,
+            "thread_lane_failed_total": stats.failed,
+        }
+
+    # -- workers --------------------------------------------------------------------
+    async def _host(self) -> None:
+        """Host one worker loop on an anyio worker thread under the lane's limiter."""
+        ran = False
+
+        def serve() -> None:
+            nonlocal ran
+            ran = True
+            self._serve()
+
+        # A failure to start a thread propagates to the lane's task group, as a
+        # lane that cannot get a thread is broken.
+        try:
+            with anyio.CancelScope() as scope:
+                self._host_scopes.add(scope)
+                # abandon_on_cancel: aclose() may give up on a call that never returns.
+                await anyio.to_thread.run_sync(serve, limiter=self._limiter, abandon_on_cancel=True)
+        finally:
+            self._host_scopes.discard(scope)
+            if not ran:
+                # Cancelled (or failed) before the thread started: undo its count.
+                with self._lock:
+                    self._threads -= 1
+                    self._idle -= 1
+                    stopped = self._closing and self._threads == 0
+                if stopped:
+                    self._set_stopped()
+
+    def _serve(self) -> None:
+        """The worker loop: run queued calls until told to stop or idle too long."""
+        thread = threading.current_thread()
+        old_name = thread.name
+        thread.name = THREAD_NAME
+        lock = self._lock
+        get = self._queue.get
+        timeout = self._idle_timeout
+        stopped = False
+        try:
+            while True:
+                try:
+                    call = get(timeout=timeout)
+                except queue.Empty:
+                    with lock:
+                        if self._queued:
+                            continue  # a call arrived as the wait timed out
+                        stopped = self._retire()
+                    break
+                if call is None:
+                    with lock:
+                        stopped = self._retire()
+                    break
+                with lock:
+                    if call.state != _QUEUED:
+                        continue  # cancelled while queued, or failed by aclose()
+                    call.state = _RUNNING
+                    self._queued -= 1
+                    self._idle -= 1
+                try:
+                    call.value = call.context.run(call.func, *call.args)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                    call.error = exc
+                with lock:
+                    self._idle += 1
+                    self._done.append(call)
+                    flush = not self._flush_scheduled
+                    self._flush_scheduled = True
+                del call  # the loop owns it now
+                if flush:
+                    self._post(self._flush)
+        finally:
+            thread.name = old_name
+        if stopped:
+            self._post(self._set_stopped)
+
+    def _retire(self) -> bool:
+        """Count this worker out (lock held); True if it was the last one at close."""
+        self._threads -= 1
+        self._idle -= 1
+        return self._closing and self._threads == 0
+
+    def _post(self, callback: Callable[[], object]) -> None:
+        """Schedule *callback* on the lane's loop from a lane thread."""
+        assert self._loop is not None
+        # RuntimeError: the loop is closed; an abandoned call outlived it, nobody waits.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback)
+
+    def _set_stopped(self) -> None:
+        assert self._stopped is not None
+        self._stopped.set()
+
+    # -- completions (event loop) ---------------------------------------------
+    def _flush(self) -> None:
+        """Hand every finished call's outcome to its caller (one batch)."""
+        with self._lock:
+            self._flush_scheduled = False
+            batch = self._done
+            self._done = []
+        for call in batch:
+            if call.error is None:
+                self._completed += 1
+            else:
+                self._failed += 1
+            self._deliver(call)
+
+    @staticmethod
+    def _deliver(call: _Call) -> None:
+        call.finished = True
+        future = call.future
+        if not future.done():
+            future.set_result(None)
