@@ -1,0 +1,394 @@
+"""Tests of the Dask lane against real Dask clusters on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import psutil
+import pytest
+
+from resource_supervisor._config import ConcurrencySettings, DaskSettings
+from resource_supervisor._exceptions import (
+    ConfigError,
+    OverloadedError,
+    SupervisorClosedError,
+    UnpicklableError,
+    WorkerCrashedError,
+)
+from resource_supervisor._snapshot import PressureLevel
+from resource_supervisor.broker._dask import DaskLane
+from tests import _dask_workers as w
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
+MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[1]
+DASK = Path(sys.executable).with_name("dask")
+
+
+def _settings(**dask: object) -> ConcurrencySettings:
+    values: dict[str, object] = {"n_workers": 2, "memory_limit_bytes": 600 * MiB}
+    values.update(dask)
+    return ConcurrencySettings(backend="dask", dask=DaskSettings.model_validate(values))
+
+
+def _listening() -> set[tuple[str, int]]:
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process().net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def _children() -> set[int]:
+    """Child processes, without multiprocessing's resource tracker: it is started once
+    per interpreter by the first spawned process and lives as long as the interpreter."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "multiprocessing.resource_tracker" not in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """After the test, no child process or listening socket it made is left."""
+    children, listening = _children(), _listening()
+    yield
+    deadline = time.monotonic() + 10.0  # hang guard: nannies reap their workers
+    while _children() - children and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children() - children == set()
+    assert _listening() - listening == set()
+
+
+@pytest.fixture
+async def lane(no_leaks: None) -> AsyncIterator[DaskLane]:
+    """An owned two-worker LocalCluster, one thread per worker."""
+    async with DaskLane(_settings(poll_interval=0.2), max_workers=2) as started:
+        yield started
+
+
+async def _run(lane: DaskLane, func: Callable[..., object], args: tuple[object, ...]) -> None:
+    await lane.run(func, args, timeout=None)
+
+
+async def _wait_for(directory: Path, name: str, n: int = 1) -> None:
+    """Wait (hang guard 20 s) until *name* was recorded *n* times."""
+    with anyio.fail_after(20):
+        while w.count(directory, name) < n:  # noqa: ASYNC110 - another process writes it
+            await anyio.sleep(0.01)
+
+
+async def test_round_trip_and_metrics(lane: DaskLane) -> None:
+    """A call returns its result; metrics show the owned cluster and at-most-once."""
+    assert await lane.run(w.add, (2, 3), timeout=None) == 5
+    stats = lane.metrics()
+    assert stats["process_lane_backend"] == "dask"
+    assert stats["process_lane_delivery"] == "at-most-once"
+    assert stats["dask_workers"] == 2
+    assert stats["dask_threads"] == 2
+    assert stats["dask_memory_limit_bytes"] == 2 * 600 * MiB
+    assert stats["process_completed_total"] == 1
+    assert stats["process_workers_target"] == 2
+    assert lane.cluster_level() == PressureLevel.NORMAL
+
+
+async def test_remote_key_error_keeps_its_type(lane: DaskLane) -> None:
+    """A KeyError raised on a worker arrives as KeyError, with its argument."""
+    with pytest.raises(KeyError) as info:
+        await lane.run(w.raise_key_error, ("missing",), timeout=None)
+    assert type(info.value) is KeyError
+    assert info.value.args == ("missing",)
+    assert lane.metrics()["process_failed_total"] == 1
+
+
+async def test_unpicklable_input_fails_before_submitting(lane: DaskLane) -> None:
+    """
+    A lambda or an unpicklable argument raises UnpicklableError before the first
+    await: even in an already-cancelled scope, so nothing was submitted.
+    """
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(UnpicklableError):
+            await lane.run(lambda: 1, (), timeout=None)
+        with pytest.raises(UnpicklableError, match="argument 1"):
+            await lane.run(w.add, (1, threading.Lock()), timeout=None)
+    stats = lane.metrics()
+    assert stats["process_completed_total"] == stats["process_failed_total"] == 0
+
+
+async def test_crash_fails_only_that_call(lane: DaskLane, tmp_path: Path) -> None:
+    """
+    A worker that dies fails exactly its call with WorkerCrashedError, which ran once;
+    three concurrent bystanders each run once and succeed; the cluster recovers.
+    """
+    directory = str(tmp_path)
+    results: dict[str, object] = {}
+
+    async def call(name: str, crash: bool) -> None:
+        try:
+            if crash:
+                await lane.run(w.record_and_crash, (directory, name), timeout=None)
+            else:
+                results[name] = await lane.run(
+                    w.record_and_sleep, (directory, name, 0.3), timeout=None
+                )
+        except WorkerCrashedError as exc:
+            results[name] = exc
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "bystander0", False)
+            await _wait_for(tmp_path, "bystander0")
+            tg.start_soon(call, "crasher", True)
+            tg.start_soon(call, "bystander1", False)
+            tg.start_soon(call, "bystander2", False)
+    assert isinstance(results["crasher"], WorkerCrashedError)
+    assert w.count(tmp_path, "crasher") == 1
+    for name in ("bystander0", "bystander1", "bystander2"):
+        assert results[name] == name
+        assert w.count(tmp_path, name) == 1
+    assert lane.metrics()["process_crashed_total"] == 1
+    assert await lane.run(w.add, (1, 1), timeout=None) == 2
+
+
+async def test_memory_kill_is_a_crash(no_leaks: None) -> None:
+    """A call that grows past its worker's memory limit is killed: WorkerCrashedError."""
+    settings = _settings(n_workers=1, memory_limit_bytes=300 * MiB, poll_interval=0.2)
+    async with DaskLane(settings, max_workers=1) as lane:
+        with anyio.fail_after(30), pytest.raises(WorkerCrashedError):
+            await lane.run(w.grow_memory, (25 * MiB, 40, 0.05), timeout=None)
+        assert lane.metrics()["process_crashed_total"] == 1
+        assert await lane.run(w.add, (2, 2), timeout=None) == 4
+
+
+async def test_cancelled_caller_frees_its_slot(lane: DaskLane, tmp_path: Path) -> None:
+    """
+    Cancelling a caller whose call runs gives the slot back at once; the call itself
+    finishes on its worker (it cannot be interrupted).
+    """
+    release = tmp_path / "release"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_run, lane, w.block_until, (str(tmp_path), "blocked", str(release)))
+        await _wait_for(tmp_path, "blocked")
+        assert lane.metrics()["process_in_flight"] == 1
+        tg.cancel_scope.cancel()
+    assert lane.metrics()["process_in_flight"] == 0
+    release.touch()
+    await _wait_for(tmp_path, "blocked-done")
+    assert lane.metrics()["process_completed_total"] == 0
+
+
+async def test_ordered_map_reads_items_lazily(lane: DaskLane) -> None:
+    """An ordered map yields in input order and never pulls more than its window."""
+    pulled: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(40):
+            pulled.append(i)
+            yield i
+
+    results: list[int] = []
+    async for value in lane.map(w.square, items(), ordered=True, chunksize=2, max_in_flight=2):
+        if not results:
+            assert len(pulled) <= 4  # two chunks of two in flight, nothing read ahead
+        results.append(value)
+    assert results == [i * i for i in range(40)]
+
+
+async def test_unordered_map_with_growing_chunks(lane: DaskLane) -> None:
+    """An unordered map with automatic chunks returns every result once."""
+    stream = lane.map(w.square, range(500), ordered=False, chunksize=None, max_in_flight=None)
+    results = [value async for value in stream]
+    assert sorted(results) == [i * i for i in range(500)]
+    assert int(lane.metrics()["process_completed_total"]) < 100  # chunks grew past one item
+
+
+async def test_map_error_is_raised_bare(lane: DaskLane) -> None:
+    """A remote error inside a map chunk is raised as itself, not as an ExceptionGroup."""
+    with pytest.raises(KeyError):
+        async for _ in lane.map(
+            w.square_or_fail, range(30), ordered=True, chunksize=4, max_in_flight=2
+        ):
+            pass
+
+
+async def test_critical_refuses_beyond_queue_limit(tmp_path: Path, no_leaks: None) -> None:
+    """
+    At CRITICAL with queue_limit=0 a call that would have to wait is refused with
+    OverloadedError; a call with a free slot is still admitted.
+    """
+    settings = ConcurrencySettings(
+        backend="dask",
+        queue_limit=0,
+        dask=DaskSettings(n_workers=2, memory_limit_bytes=600 * MiB, poll_interval=0.2),
+    )
+    release = tmp_path / "release"
+    async with DaskLane(settings, max_workers=2) as lane:
+        lane.set_pressure(PressureLevel.CRITICAL)
+        async with anyio.create_task_group() as tg:
+            for name in ("a", "b"):
+                tg.start_soon(_run, lane, w.block_until, (str(tmp_path), name, str(release)))
+                await _wait_for(tmp_path, name)
+            with pytest.raises(OverloadedError) as info:
+                await lane.run(w.add, (1, 2), timeout=None)
+            assert info.value.queue_limit == 0
+            assert lane.metrics()["process_refused_total"] == 1
+            release.touch()
+        lane.set_pressure(PressureLevel.NORMAL)
+        assert await lane.run(w.add, (1, 2), timeout=None) == 3
+
+
+async def test_retries_and_closed_lane(no_leaks: None) -> None:
+    """
+    dask.retries > 0 is reported as at-least-once; after aclose() (idempotent) a
+    call raises SupervisorClosedError.
+    """
+    lane = DaskLane(_settings(n_workers=1, retries=1), max_workers=1)
+    async with lane:
+        assert lane.metrics()["process_lane_delivery"] == "at-least-once"
+    await lane.aclose()
+    with pytest.raises(SupervisorClosedError):
+        await lane.run(w.add, (1, 2), timeout=None)
+
+
+async def test_unreachable_address_is_a_config_error() -> None:
+    """An address where no scheduler listens raises ConfigError naming dask.address."""
+    with socket_reserved() as port:
+        settings = _settings(address=f"tcp://127.0.0.1:{port}", connect_timeout=0.5)
+        with pytest.raises(ConfigError, match=r"concurrency\.dask\.address"):
+            async with DaskLane(settings, max_workers=1):
+                pass
+
+
+class socket_reserved:  # noqa: N801 - used as a context manager
+    """A port bound (not listening) for the duration, so nothing answers on it."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+
+# -- connect mode -------------------------------------------------------------------
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(DASK), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _kill_tree(process: subprocess.Popen[bytes]) -> None:
+    try:
+        family = [*psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    process.kill()
+    process.wait(10)
+    for child in family:
+        try:
+            child.kill()
+            child.wait(10)
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture(scope="module")
+def external_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """
+    A scheduler (allowed-failures 0) and two one-thread workers started as separate
+    processes on 127.0.0.1; yields the scheduler file; killed at the end.
+    """
+    scheduler_file = tmp_path_factory.mktemp("dask") / "scheduler.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
+        "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
+    }
+    common = ["--host", "127.0.0.1", "--no-dashboard", "--scheduler-file", str(scheduler_file)]
+    processes = [_start(["scheduler", "--port", "0", *common], env)]
+    try:
+        deadline = time.monotonic() + 30
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        processes.extend(_start(["worker", "--nthreads", "1", *common], env) for _ in range(2))
+        yield scheduler_file
+    finally:
+        for process in reversed(processes):
+            _kill_tree(process)
+
+
+async def test_connect_mode_leaves_the_scheduler_running(
+    external_scheduler: Path, tmp_path: Path
+) -> None:
+    """
+    With scheduler_file the lane connects, runs calls on the external workers, reports
+    at-most-once (the scheduler's allowed-failures is 0), and aclose() leaves the
+    scheduler and its workers running.
+    """
+    settings = _settings(scheduler_file=str(external_scheduler), poll_interval=0.2)
+    async with DaskLane(settings, max_workers=1) as lane:
+        with anyio.fail_after(30):
+            while int(lane.metrics()["dask_workers"]) < 2:  # noqa: ASYNC110 - polled figures
+                await anyio.sleep(0.05)
+        assert await lane.run(w.add, (20, 22), timeout=None) == 42
+        stats = lane.metrics()
+        assert stats["process_lane_delivery"] == "at-most-once"
+        assert stats["dask_threads"] == 2
+    settings = _settings(scheduler_file=str(external_scheduler))
+    async with DaskLane(settings, max_workers=1) as again:
+        assert await again.run(w.add, (1, 1), timeout=None) == 2
+        assert again.metrics()["dask_workers"] == 2
+
+
+@pytest.fixture(scope="module")
+def retrying_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A scheduler with Dask's default allowed-failures (3), no workers; killed at the end."""
+    scheduler_file = tmp_path_factory.mktemp("dask") / "scheduler.json"
+    args = ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    process = _start([*args, "--scheduler-file", str(scheduler_file)], dict(os.environ))
+    try:
+        deadline = time.monotonic() + 30
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield scheduler_file
+    finally:
+        _kill_tree(process)
+
+
+async def test_connect_mode_warns_when_scheduler_retries(retrying_scheduler: Path) -> None:
+    """
+    Connected to a scheduler whose allowed-failures is above 0, a lane asked for
+    at-most-once warns and reports at-least-once.
+    """
+    settings = _settings(scheduler_file=str(retrying_scheduler))
+    with pytest.warns(RuntimeWarning, match="allowed-failures is 3"):
+        lane = await DaskLane(settings, max_workers=1).__aenter__()
+    try:
+        assert lane.metrics()["process_lane_delivery"] == "at-least-once"
+    finally:
+        await lane.aclose()
