@@ -63,7 +63,7 @@ class FakeProcess:
 
 @dataclass
 class FakeGpu:
-    """One fake device; set ``error`` to an NVML return code to fail its memory read."""
+    """One fake device; the ``*error`` fields make a query fail with that NVML code."""
 
     uuid: str
     name: str = "NVIDIA Fake 80GB"
@@ -72,6 +72,8 @@ class FakeGpu:
     utilization: int | None = 0  # None: the query is not supported
     processes: list[FakeProcess] = field(default_factory=list)
     error: int | None = None
+    utilization_error: int | None = None
+    processes_error: int | None = None
 
 
 class FakeNvml:
@@ -85,6 +87,7 @@ class FakeNvml:
         self.gpus = gpus
         self.init_error = init_error
         self.count_error: int | None = None
+        self.shutdown_error: int | None = None
         self.calls: dict[str, int] = {}
 
     def _call(self, name: str) -> None:
@@ -97,6 +100,8 @@ class FakeNvml:
 
     def nvmlShutdown(self) -> None:  # noqa: N802
         self._call("shutdown")
+        if self.shutdown_error is not None:
+            raise pynvml.NVMLError(self.shutdown_error)
 
     def nvmlDeviceGetCount(self) -> int:  # noqa: N802
         self._call("count")
@@ -126,6 +131,8 @@ class FakeNvml:
     def nvmlDeviceGetUtilizationRates(self, handle: object) -> FakeUtilization:  # noqa: N802
         assert isinstance(handle, FakeGpu)
         self._call("utilization")
+        if handle.utilization_error is not None:
+            raise pynvml.NVMLError(handle.utilization_error)
         if handle.utilization is None:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return FakeUtilization(handle.utilization)
@@ -135,6 +142,8 @@ class FakeNvml:
     ) -> list[FakeProcess]:
         assert isinstance(handle, FakeGpu)
         self._call("processes")
+        if handle.processes_error is not None:
+            raise pynvml.NVMLError(handle.processes_error)
         return list(handle.processes)
 
 
@@ -299,6 +308,16 @@ def test_read_reports_memory_utilisation_and_own_process_memory() -> None:
     source.close()
 
 
+def test_zero_sized_device_has_no_percent() -> None:
+    """A device reporting 0 total bytes (broken or virtual) gets no percent, not a crash."""
+    source, _ = fake_source([FakeGpu(UUIDS[0], total=0)])
+    assert source.open()
+    metrics = source.read()
+    assert metrics["gpu0_memory_total_bytes"] == 0
+    assert "gpu0_memory_percent" not in metrics
+    source.close()
+
+
 def test_pid_can_be_chosen() -> None:
     """The process whose memory is reported can be given explicitly."""
     gpu = FakeGpu(UUIDS[0], processes=[FakeProcess(4242, 7 * MIB)])
@@ -330,6 +349,45 @@ def test_unsupported_utilisation_is_left_out_and_not_asked_again() -> None:
     assert nvml.calls["utilization"] == 1
     assert source.statistics().read_failures == 0
     source.close()
+
+
+def test_process_query_unsupported_is_left_out_and_not_asked_again() -> None:
+    """Where the process list cannot be queried at all, the metric is absent, nothing counted."""
+    gpu = FakeGpu(UUIDS[0], processes_error=pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+    source, nvml = fake_source([gpu])
+    assert source.open()
+    for _ in range(3):
+        metrics = source.read()
+        assert "gpu0_process_memory_bytes" not in metrics
+        assert "gpu0_memory_used_bytes" in metrics
+    assert nvml.calls["processes"] == 1
+    assert source.statistics().read_failures == 0
+    source.close()
+
+
+@pytest.mark.parametrize("query", ["utilization_error", "processes_error"])
+def test_other_query_errors_fail_the_device_read(query: str) -> None:
+    """An error other than "not supported" in any query skips the device for that sample."""
+    gpu = FakeGpu(UUIDS[0])
+    setattr(gpu, query, pynvml.NVML_ERROR_UNKNOWN)
+    source, _ = fake_source([gpu])
+    assert source.open()
+    assert source.read() == {"gpu_count": 1, "gpu_read_failures_total": 1}
+    setattr(gpu, query, None)
+    assert "gpu0_memory_used_bytes" in source.read()  # asked again, and it works now
+    source.close()
+
+
+def test_shutdown_error_does_not_escape(caplog: pytest.LogCaptureFixture) -> None:
+    """close() never raises for an NVML shutdown error; it logs at debug level only."""
+    caplog.set_level(logging.DEBUG, logger="resource_supervisor")
+    source, nvml = fake_source([FakeGpu(UUIDS[0])])
+    nvml.shutdown_error = pynvml.NVML_ERROR_UNKNOWN
+    assert source.open()
+    source.close()
+    assert nvml.calls["shutdown"] == 1
+    assert source.read() == {"gpu_count": 0}
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
 
 
 def test_failed_device_is_skipped_and_counted() -> None:
