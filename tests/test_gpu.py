@@ -73,6 +73,7 @@ def test_no_gpu_no_readings() -> None:
     """Without a visible GPU (gpu_count 0 or absent), there is nothing to grade."""
     assert gpu_readings({"gpu_count": 0}, warning=75, critical=85, hysteresis=5) == []
     assert gpu_readings({}, warning=75, critical=85, hysteresis=5) == []
+    assert gpu_readings({"gpu_count": "n/a"}, warning=75, critical=85, hysteresis=5) == []
 
 
 def test_one_reading_per_device() -> None:
