@@ -1,0 +1,327 @@
+"""Tests for the session registry (resource_supervisor._sessions)."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from resource_supervisor._cleanup import Cleanup, CleanupDispatcher, CleanupRequest
+from resource_supervisor._exceptions import SupervisorClosedError
+from resource_supervisor._sessions import SessionRegistry, SessionStatistics
+from resource_supervisor._snapshot import PressureLevel
+
+NORMAL = CleanupRequest(aggressive=False, level=PressureLevel.WARNING, reason="test", snapshot=None)
+AGGRESSIVE = CleanupRequest(
+    aggressive=True, level=PressureLevel.CRITICAL, reason="test", snapshot=None
+)
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Closer:
+    """Records the ids passed to on_close."""
+
+    def __init__(self) -> None:
+        self.closed: list[str] = []
+
+    async def __call__(self, session_id: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.closed.append(session_id)
+
+
+def make_registry(
+    clock: ManualClock, *, ttl: float = 60.0, aggressive_ttl: float = 10.0
+) -> SessionRegistry:
+    return SessionRegistry(ttl=ttl, aggressive_ttl=aggressive_ttl, clock=clock, close_timeout=5.0)
+
+
+async def test_open_counts_and_reopen_touches() -> None:
+    """open() adds a session once; opening it again only restarts its idle time."""
+    clock = ManualClock()
+    registry = make_registry(clock)
+    registry.open("a")
+    clock.advance(50)
+    registry.open("a")
+    registry.open("b")
+    assert registry.active == 2
+    assert "a" in registry
+    clock.advance(20)  # "a" idles 20 s since its re-open, below the 60 s ttl
+    await registry.cleanup(NORMAL)
+    assert registry.active == 2
+    assert registry.statistics().opened_total == 2
+    await registry.aclose()
+
+
+async def test_touch_restarts_idle_time_and_rejects_unknown_ids() -> None:
+    """touch() keeps a session from idling out; an unknown id raises KeyError naming it."""
+    clock = ManualClock()
+    registry = make_registry(clock)
+    registry.open("a")
+    clock.advance(50)
+    registry.touch("a")
+    clock.advance(50)
+    await registry.cleanup(NORMAL)
+    assert "a" in registry
+    with pytest.raises(KeyError, match="'ghost'"):
+        registry.touch("ghost")
+    await registry.aclose()
+
+
+async def test_cleanup_evicts_idle_sessions_past_ttl() -> None:
+    """Normal cleanup evicts sessions idle longer than ttl and runs their on_close."""
+    clock = ManualClock()
+    closer = Closer()
+    registry = make_registry(clock)
+    registry.open("old", on_close=closer)
+    clock.advance(45)
+    registry.open("fresh", on_close=closer)
+    clock.advance(30)  # old: 75 s idle, fresh: 30 s
+    await registry.cleanup(NORMAL)
+    assert closer.closed == ["old"]
+    assert "old" not in registry
+    assert "fresh" in registry
+    assert registry.statistics().evicted_total == 1
+    await registry.aclose()
+
+
+async def test_aggressive_cleanup_uses_shorter_ttl() -> None:
+    """Aggressive cleanup evicts sessions idle longer than aggressive_ttl."""
+    clock = ManualClock()
+    registry = make_registry(clock)
+    registry.open("a")
+    clock.advance(30)
+    await registry.cleanup(NORMAL)
+    assert registry.active == 1
+    await registry.cleanup(AGGRESSIVE)
+    assert registry.active == 0
+    assert registry.statistics().evicted_total == 1
+    await registry.aclose()
+
+
+async def test_session_in_use_is_never_evicted() -> None:
+    """A session inside a session() block survives aggressive cleanup however long it idles."""
+    clock = ManualClock()
+    registry = make_registry(clock)
+    async with registry.session("busy"):
+        assert registry.statistics().in_use == 1
+        clock.advance(10_000)
+        await registry.cleanup(AGGRESSIVE)
+        assert "busy" in registry
+    assert registry.statistics().in_use == 0
+    await registry.aclose()
+
+
+async def test_leaving_session_block_keeps_session_and_touches_it() -> None:
+    """Leaving a session() block does not close the session; its idle time starts at exit."""
+    clock = ManualClock()
+    closer = Closer()
+    registry = make_registry(clock)
+    async with registry.session("conv", on_close=closer):
+        clock.advance(100)
+    assert "conv" in registry
+    assert closer.closed == []
+    clock.advance(59)
+    await registry.cleanup(NORMAL)
+    assert "conv" in registry
+    clock.advance(2)
+    await registry.cleanup(NORMAL)
+    assert closer.closed == ["conv"]
+    await registry.aclose()
+
+
+async def test_nested_blocks_count_use_once_per_session() -> None:
+    """Two blocks on one session keep it in use until both have left."""
+    clock = ManualClock()
+    registry = make_registry(clock)
+    async with registry.session("s"):
+        async with registry.session("s"):
+            assert registry.statistics().in_use == 1
+        clock.advance(1000)
+        await registry.cleanup(AGGRESSIVE)
+        assert "s" in registry
+    assert registry.statistics() == SessionStatistics(
+        active=1, in_use=0, opened_total=1, evicted_total=0
+    )
+    await registry.aclose()
+
+
+async def test_cancelled_block_releases_session() -> None:
+    """A session() block left by cancellation releases the session (in_use back to 0)."""
+    clock = ManualClock()
+    registry = make_registry(clock)
+
+    async def use() -> None:
+        async with registry.session("s"):
+            await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(use)
+        await anyio.wait_all_tasks_blocked()
+        assert registry.statistics().in_use == 1
+        tg.cancel_scope.cancel()
+    assert registry.statistics().in_use == 0
+    assert "s" in registry
+    await registry.aclose()
+
+
+async def test_close_runs_on_close_and_ignores_unknown_ids() -> None:
+    """close() removes the session and awaits on_close; an unknown id does nothing."""
+    clock = ManualClock()
+    closer = Closer()
+    registry = make_registry(clock)
+    registry.open("a", on_close=closer)
+    await registry.close("a")
+    await registry.close("a")
+    await registry.close("never-opened")
+    assert closer.closed == ["a"]
+    assert registry.active == 0
+    await registry.aclose()
+
+
+async def test_close_while_in_use_ends_block_quietly() -> None:
+    """Closing a session inside its block is allowed; leaving the block does not reopen it."""
+    clock = ManualClock()
+    closer = Closer()
+    registry = make_registry(clock)
+    async with registry.session("s", on_close=closer):
+        await registry.close("s")
+    assert "s" not in registry
+    assert closer.closed == ["s"]
+    await registry.aclose()
+
+
+async def test_on_close_errors_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    """A failing on_close is logged with its traceback; other sessions still close."""
+    clock = ManualClock()
+    closer = Closer()
+
+    async def broken(session_id: str) -> None:
+        raise RuntimeError("cannot free")
+
+    registry = make_registry(clock)
+    registry.open("bad", on_close=broken)
+    registry.open("good", on_close=closer)
+    clock.advance(100)
+    with caplog.at_level(logging.WARNING, logger="resource_supervisor.sessions"):
+        await registry.cleanup(NORMAL)
+    assert closer.closed == ["good"]
+    assert registry.active == 0
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'bad'" in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)
+
+
+async def test_hanging_on_close_is_bounded_by_close_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An on_close that hangs is abandoned after close_timeout and logged."""
+    clock = ManualClock()
+
+    async def hang(session_id: str) -> None:
+        await anyio.sleep_forever()
+
+    registry = SessionRegistry(ttl=1, aggressive_ttl=1, clock=clock, close_timeout=0.05)
+    registry.open("stuck", on_close=hang)
+    with anyio.fail_after(10), caplog.at_level(logging.WARNING, "resource_supervisor.sessions"):
+        await registry.close("stuck")
+    assert "stuck" not in registry
+    assert any("did not finish" in r.getMessage() for r in caplog.records)
+    await registry.aclose()
+
+
+async def test_cancelled_close_still_runs_on_close_to_completion() -> None:
+    """A close() cancelled while on_close runs lets it finish, then raises the cancellation."""
+    clock = ManualClock()
+    started, release = anyio.Event(), anyio.Event()
+    finished: list[str] = []
+
+    async def slow(session_id: str) -> None:
+        started.set()
+        await release.wait()
+        finished.append(session_id)
+
+    registry = make_registry(clock)
+    registry.open("s", on_close=slow)
+    after_close: list[bool] = []
+    closer_scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+
+        async def closer() -> None:
+            with closer_scope:
+                await registry.close("s")
+                after_close.append(True)
+
+        tg.start_soon(closer)
+        await started.wait()
+        closer_scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert finished == []
+        release.set()
+    assert finished == ["s"]
+    assert after_close == []  # the cancellation was raised after on_close
+    assert closer_scope.cancelled_caught
+    assert registry.active == 0
+    await registry.aclose()
+
+
+async def test_aclose_closes_everything_and_refuses_new_sessions() -> None:
+    """aclose closes every session (in use too), is idempotent, and refuses later opens."""
+    clock = ManualClock()
+    closer = Closer()
+    registry = make_registry(clock)
+    registry.open("a", on_close=closer)
+    async with registry.session("b", on_close=closer):
+        await registry.aclose()
+    await registry.aclose()
+    assert sorted(closer.closed) == ["a", "b"]
+    assert registry.active == 0
+    with pytest.raises(SupervisorClosedError):
+        registry.open("c")
+    with pytest.raises(SupervisorClosedError):
+        async with registry.session("c"):
+            pass
+
+
+async def test_registry_is_a_cleanup_participant() -> None:
+    """The registry registers with the dispatcher as a Cleanup object and evicts through it."""
+    clock = ManualClock()
+    registry = make_registry(clock)
+    assert isinstance(registry, Cleanup)
+    dispatcher = CleanupDispatcher(handler_timeout=5, measure_used_bytes=lambda: 0)
+    dispatcher.register(registry, name="sessions")
+    registry.open("a")
+    clock.advance(61)
+    report = await dispatcher.run(NORMAL)
+    assert report.ok
+    assert registry.active == 0
+    await registry.aclose()
+
+
+@pytest.mark.parametrize(
+    ("ttl", "aggressive_ttl", "message"),
+    [
+        (0, 1, "ttl"),
+        (10, -1, "aggressive_ttl"),
+        (10, float("nan"), "aggressive_ttl"),
+        (5, 6, "must not exceed"),
+    ],
+)
+def test_rejects_bad_durations(ttl: float, aggressive_ttl: float, message: str) -> None:
+    """Non-positive or non-finite TTLs, and an aggressive_ttl above ttl, raise ValueError."""
+    with pytest.raises(ValueError, match=message):
+        SessionRegistry(ttl=ttl, aggressive_ttl=aggressive_ttl)
