@@ -1,0 +1,347 @@
+"""
+The executor broker's facade, ``sup.executors``: one object over both lanes.
+
+Covers: :class:`Executors` (``run_in_thread``, ``run_in_process``,
+``map_in_processes``, ``set_pressure``, ``metrics``, ``aclose``) and
+:func:`split_worker_budget`, the pure rule that applies ``max_total_workers``.
+Does not cover: how the lanes work (:mod:`._threads`; :mod:`._processes` for the
+local process lane; :mod:`._dask` for the distributed one, behind the
+:class:`~._backend.ProcessBackend` seam), or resolving ``"auto"`` worker counts
+(the supervisor does that and passes ints).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar, TypeVarTuple
+
+from .._exceptions import SupervisorClosedError
+from .._snapshot import PressureLevel
+from ._threads import ThreadLane
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+    from types import TracebackType
+
+    from .._config import ConcurrencySettings
+    from .._snapshot import MetricValue
+    from ._backend import ProcessBackend
+
+    class _Backend(ProcessBackend, Protocol):
+        """A process backend that is also an async context manager."""
+
+        async def __aenter__(self) -> Self: ...
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> bool | None: ...
+
+
+__all__ = ("Executors", "split_worker_budget")
+
+T = TypeVar("T")
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
+
+
+def split_worker_budget(cpu: int, io: int, cap: int | None) -> tuple[int, int]:
+    """
+    Fit ``cpu`` worker processes and ``io`` lane threads under a total *cap*.
+
+    Pure. Within the cap (or without one) the counts are returned unchanged. Over
+    it, both are scaled down in proportion, keeping at least one of each (so a cap
+    of 1 still gives one of each); the CPU share is rounded down and the I/O share
+    takes the rest, so together they use the whole cap.
+
+    Args:
+        cpu: Worker processes wanted (at least 1).
+        io: Lane threads wanted (at least 1).
+        cap: ``max_total_workers``, or ``None`` for no cap.
+
+    Returns:
+        ``(cpu_workers, io_workers)``.
+
+    Raises:
+        ValueError: If *cpu*, *io* or *cap* is below 1.
+    """
+    if cpu < 1 or io < 1:
+        raise ValueError(f"worker counts must be at least 1, got cpu={cpu} io={io}")
+    if cap is None or cpu + io <= cap:
+        return cpu, io
+    if cap < 1:
+        raise ValueError(f"max_total_workers must be at least 1, got {cap}")
+    cpu_share = max(1, cpu * cap // (cpu + io))
+    return cpu_share, max(1, cap - cpu_share)
+
+
+def _make_backend(settings: ConcurrencySettings, cpu_workers: int) -> _Backend:
+    """Build the process backend named by ``settings.backend`` (imported lazily)."""
+    if settings.backend == "dask":
+        try:
+            from ._dask import DaskLane  # lazily: keeps the dask extra optional
+        except ImportError as exc:
+            raise ImportError(
+                "concurrency.backend 'dask' needs the 'dask' extra: "
+                "pip install 'resource-supervisor[dask]'"
+            ) from exc
+        return DaskLane(settings, max_workers=cpu_workers)
+    from ._processes import ProcessLane  # lazily: only built on entry
+
+    return ProcessLane(settings, max_workers=cpu_workers)
+
+
+class Executors:
+    """
+    The executor broker: a thread lane for blocking I/O and a process lane for CPU work.
+
+    Reached as ``sup.executors``. Use as an async context manager (the supervisor
+    does): entering starts the lanes, which start no thread or process until
+    first used; leaving closes them (see :meth:`aclose`).
+    """
+
+    def __init__(
+        self,
+        settings: ConcurrencySettings,
+        *,
+        cpu_workers: int,
+        io_workers: int,
+    ) -> None:
+        """
+        Prepare both lanes; nothing starts until ``async with``.
+
+        Args:
+            settings: The broker's settings (``concurrency:``).
+            cpu_workers: Worker processes, already resolved from ``"auto"``.
+            io_workers: Lane threads, already resolved from ``"auto"``. When
+                ``cpu_workers + io_workers`` exceeds ``settings.max_total_workers``
+                both are scaled down (:func:`split_worker_budget`).
+
+        Raises:
+            ValueError: If a worker count is below 1.
+        """
+        self._settings = settings
+        self._cpu_workers, self._io_workers = split_worker_budget(
+            cpu_workers, io_workers, settings.max_total_workers
+        )
+        self._threads = ThreadLane(self._io_workers)
+        self._backend: _Backend | None = None
+        self._level = PressureLevel.NORMAL
+        self._state = "new"  # new -> open -> closed
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def cpu_workers(self) -> int:
+        """Most worker processes of the process lane (after ``max_total_workers``)."""
+        return self._cpu_workers
+
+    @property
+    def io_workers(self) -> int:
+        """Most threads of the thread lane (after ``max_total_workers``)."""
+        return self._io_workers
+
+    # -- lifecycle --------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        """
+        Start both lanes (no thread or worker process starts until first use).
+
+        Raises:
+            RuntimeError: If entered twice.
+            ImportError: If ``backend: dask`` is set without the ``dask`` extra.
+
+        Cancellation:
+            A cancelled entry closes whatever lane it had already started.
+        """
+        if self._state != "new":
+            raise RuntimeError("Executors can be entered only once")
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self._threads)
+            backend = _make_backend(self._settings, self._cpu_workers)
+            await stack.enter_async_context(backend)
+            backend.set_pressure(self._level)
+            self._backend = backend
+            self._stack = stack.pop_all()
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """
+        Close both lanes (see :meth:`aclose`).
+
+        Cancellation:
+            As :meth:`aclose`: the lanes always close.
+        """
+        try:
+            await self.aclose()
+        finally:
+            await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """
+        Close both lanes: queued calls fail, running ones are waited for (bounded).
+
+        Idempotent. It always closes both lanes, even when cancelled or when closing
+        one of them fails. Afterwards every method raises
+        ``SupervisorClosedError("executors")``. Calls queued in a lane fail with
+        :class:`SupervisorClosedError`; running thread calls are waited for (up to
+        the thread lane's close timeout); the process lane stops and reaps its
+        workers, failing calls it can no longer finish.
+
+        Cancellation:
+            Shielded: cancelling ``aclose`` does not stop it from closing both lanes.
+        """
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        backend = self._backend
+        try:
+            await self._threads.aclose()
+        finally:
+            if backend is not None:
+                await backend.aclose()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise SupervisorClosedError("executors")
+
+    # -- calls ------------------------------------------------------------------
+    async def run_in_thread(
+        self,
+        func: Callable[[*Ts], T],
+        *args: *Ts,
+        abandon_on_cancel: bool = False,
+    ) -> T:
+        """
+        Call ``func(*args)`` in the thread lane. Use functools.partial for keywords.
+
+        For blocking I/O (files, sockets, drivers without asyncio support). The call
+        runs in a copy of the caller's :mod:`contextvars` context.
+
+        Args:
+            func: A blocking callable; it must not touch the event loop.
+            args: Positional arguments for *func*.
+            abandon_on_cancel: What cancellation does once the thread runs.
+
+        Returns:
+            Whatever ``func(*args)`` returns; its exceptions propagate unchanged.
+
+        Raises:
+            SupervisorClosedError: If the executors are not open, or close while the
+                call is queued.
+
+        Cancellation:
+            Checked before the call is queued. A call cancelled while queued never
+            runs. A running *func* cannot be interrupted: by default the caller waits
+            for it, then raises the cancellation and drops the result. With
+            ``abandon_on_cancel=True`` the caller raises at once and the thread runs
+            on unobserved; its slot is freed only when *func* returns.
+        """
+        self._check_open()
+        return await self._threads.run(func, *args, abandon_on_cancel=abandon_on_cancel)
+
+    async def run_in_process(
+        self,
+        func: Callable[[*Ts], T],
+        *args: *Ts,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-call worker deadline
+    ) -> T:
+        """
+        Call ``func(*args)`` in a worker process. Use functools.partial for keywords.
+
+        For CPU-bound work. *func*, the arguments and the result cross a process
+        boundary, so they must pickle (a lambda or a local function does not).
+
+        Args:
+            func: A picklable, module-level callable.
+            args: Picklable positional arguments for *func*.
+            timeout: Seconds the call may run; on expiry its worker is killed and
+                replaced (``None`` = no limit).
+
+        Returns:
+            Whatever ``func(*args)`` returns; its exception propagates with its type.
+
+        Raises:
+            SupervisorClosedError: If the executors are not open or close meanwhile.
+            UnpicklableError: If *func* or an argument cannot be pickled.
+            WorkerCrashedError: If the worker died while running the call.
+            CallTimeoutError: If *timeout* expired.
+            OverloadedError: At CRITICAL pressure, when the lane's queue is full.
+
+        Cancellation:
+            Checked before a worker is taken. A call cancelled while queued never
+            runs; one already running in a worker finishes there and its result is
+            dropped (the process backend's contract); the caller raises at once.
+        """
+        self._check_open()
+        assert self._backend is not None
+        return await self._backend.run(func, args, timeout=timeout)
+
+    def map_in_processes(
+        self,
+        func: Callable[[T], R],
+        items: Iterable[T] | AsyncIterable[T],
+        *,
+        ordered: bool = True,
+        chunksize: int | None = None,
+        max_in_flight: int | None = None,
+    ) -> AsyncIterator[R]:
+        """
+        Map *func* over *items* in worker processes, lazily, in chunks.
+
+        Use as ``async for result in sup.executors.map_in_processes(f, items):``.
+        Items are read only as chunks can be sent, so an endless or async input is
+        fine; memory stays bounded by ``max_in_flight`` chunks.
+
+        Args:
+            func: A picklable one-argument callable.
+            items: A sync or async iterable of picklable items.
+            ordered: Yield results in input order (else as they complete).
+            chunksize: Items per chunk; ``None`` picks one automatically.
+            max_in_flight: Most chunks sent and not yet yielded; ``None`` = twice the
+                worker count.
+
+        Returns:
+            An async iterator of results. Breaking out of the loop, or closing the
+            iterator, drops the chunks still in flight.
+
+        Raises:
+            SupervisorClosedError: If the executors are not open.
+        """
+        self._check_open()
+        assert self._backend is not None
+        return self._backend.map(
+            func, items, ordered=ordered, chunksize=chunksize, max_in_flight=max_in_flight
+        )
+
+    # -- pressure and metrics -------------------------------------------------------
+    def set_pressure(self, level: PressureLevel) -> None:
+        """
+        Tell the process backend the supervisor's pressure level (admission, sizing).
+
+        Args:
+            level: The level just graded. Kept and handed over on entry when the
+                backend is not started yet.
+        """
+        self._level = level
+        if self._backend is not None and self._state == "open":
+            self._backend.set_pressure(level)
+
+    def metrics(self) -> dict[str, MetricValue]:
+        """
+        Return the thread lane's and the process backend's metrics, merged.
+
+        Returns:
+            ``thread_lane_*`` metrics, plus the backend's ``process_*`` metrics
+            once it has been started. Cheap; never blocks.
+        """
+        data = self._threads.metrics()
+        if self._backend is not None:
+            data.update(self._backend.metrics())
+        return data
