@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from resource_supervisor._config import ConcurrencySettings, DaskSettings
 from resource_supervisor._exceptions import (
+    CallTimeoutError,
     ConfigError,
     OverloadedError,
     SupervisorClosedError,
@@ -123,7 +125,7 @@ async def test_unpicklable_input_fails_before_submitting(lane: DaskLane) -> None
         scope.cancel()
         with pytest.raises(UnpicklableError):
             await lane.run(lambda: 1, (), timeout=None)
-        with pytest.raises(UnpicklableError, match="argument 1"):
+        with pytest.raises(UnpicklableError, match="argument 2"):
             await lane.run(w.add, (1, threading.Lock()), timeout=None)
     stats = lane.metrics()
     assert stats["process_completed_total"] == stats["process_failed_total"] == 0
@@ -189,6 +191,30 @@ async def test_cancelled_caller_frees_its_slot(lane: DaskLane, tmp_path: Path) -
     release.touch()
     await _wait_for(tmp_path, "blocked-done")
     assert lane.metrics()["process_completed_total"] == 0
+
+
+async def test_timeout_kills_the_owned_worker(lane: DaskLane, tmp_path: Path) -> None:
+    """
+    A call past its timeout raises CallTimeoutError; on an owned cluster its worker is
+    killed (the call never finishes) and the lane keeps serving.
+    """
+    release = tmp_path / "release"
+    args = (str(tmp_path), "slow", str(release))
+    with pytest.raises(CallTimeoutError):
+        await lane.run(w.block_until, args, timeout=0.5)
+    release.touch()
+    assert await lane.run(w.add, (1, 2), timeout=None) == 3
+    assert await lane.run(w.add, (2, 2), timeout=None) == 4
+    assert w.count(tmp_path, "slow") == 1
+    assert w.count(tmp_path, "slow-done") == 0
+
+
+async def test_scheduler_in_subprocess(no_leaks: None) -> None:
+    """scheduler_in_subprocess=True runs calls; closing leaves no process or port."""
+    settings = _settings(n_workers=1, scheduler_in_subprocess=True)
+    async with DaskLane(settings, max_workers=1) as lane:
+        assert lane.metrics()["dask_workers"] == 1
+        assert await lane.run(w.add, (3, 4), timeout=None) == 7
 
 
 async def test_ordered_map_reads_items_lazily(lane: DaskLane) -> None:
@@ -301,19 +327,21 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def _kill_tree(process: subprocess.Popen[bytes]) -> None:
-    try:
-        family = [*psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    process.kill()
-    process.wait(10)
-    for child in family:
+def _kill_tree(*processes: subprocess.Popen[bytes]) -> None:
+    """Kill the processes and all their descendants, then reap them."""
+    family: list[psutil.Process] = []
+    for process in processes:
         try:
-            child.kill()
-            child.wait(10)
+            parent = psutil.Process(process.pid)
+            family.extend([parent, *parent.children(recursive=True)])
         except psutil.NoSuchProcess:
             pass
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(family, timeout=10)
+    for process in processes:
+        process.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -338,8 +366,7 @@ def external_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         processes.extend(_start(["worker", "--nthreads", "1", *common], env) for _ in range(2))
         yield scheduler_file
     finally:
-        for process in reversed(processes):
-            _kill_tree(process)
+        _kill_tree(*processes)
 
 
 async def test_connect_mode_leaves_the_scheduler_running(

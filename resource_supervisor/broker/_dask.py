@@ -33,11 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 import warnings
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import psutil
 
 from .._exceptions import (
     CallTimeoutError,
@@ -48,8 +50,9 @@ from .._exceptions import (
 )
 from .._snapshot import PressureLevel
 from ._dask_cluster import ClusterHandle, close_cluster, open_cluster, probe_scheduler
-from ._dask_map import apply_chunk, check_picklable, map_window
+from ._dask_map import apply_chunk, map_window
 from ._dask_pressure import ClusterReading, ClusterThresholds, grade_cluster, parse_identity
+from ._pickling import check_picklable, describe_callable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -64,10 +67,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _LOG = logging.getLogger("resource_supervisor.broker.dask")
-
-
-def _function_name(func: object) -> str:
-    return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or func)
 
 
 def _worker_thresholds() -> ClusterThresholds:
@@ -303,7 +302,7 @@ class DaskLane:
         from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
 
-        name = _function_name(func)
+        name = describe_callable(func)
         key = f"{getattr(func, '__name__', 'call')}-{uuid.uuid4().hex}"
         try:
             future = client.submit(func, *args, key=key, pure=False)  # type: ignore[attr-defined]
@@ -342,19 +341,25 @@ class DaskLane:
             future.release()
 
     async def _abandon(self, client: object, future: object, key: str) -> None:
-        """After a timeout: cancel the task; on an owned cluster restart its worker too."""
-        workers: list[str] = []
-        owned = self._handle_owned()
+        """After a timeout: cancel the task; on an owned cluster kill its worker too."""
+        pids: list[int] = []
         with contextlib.suppress(Exception):
-            if owned:
+            if self._handle_owned():
                 processing = await client.scheduler.processing()  # type: ignore[attr-defined]
                 workers = [addr for addr, keys in processing.items() if key in keys]
+                if workers:
+                    found = await client.run(os.getpid, workers=workers)  # type: ignore[attr-defined]
+                    pids = [pid for pid in found.values() if isinstance(pid, int)]
+        with contextlib.suppress(Exception):
             await client.cancel([future])  # type: ignore[attr-defined]
-            if workers:
-                # One thread per worker: restarting it stops exactly this call, as the
-                # local lane replaces a timed-out worker. Never done on a shared cluster.
-                with anyio.fail_after(self._settings.dask.connect_timeout):
-                    await client.restart_workers(workers, raise_for_error=False)  # type: ignore[attr-defined]
+        # One thread per worker: killing it stops exactly this call, as the local lane
+        # replaces a timed-out worker; its nanny starts a new one. Only our own
+        # descendants are killed, never a process of a shared cluster.
+        ours = {child.pid for child in psutil.Process().children(recursive=True)}
+        for pid in pids:
+            if pid in ours:
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()
 
     async def run(
         self,
@@ -384,8 +389,8 @@ class DaskLane:
             ClusterConnectionLostError: If the scheduler connection went away; the
                 call may or may not have run.
             CallTimeoutError: If *timeout* expired; the Dask task is cancelled. On an
-                owned cluster a started call is stopped by restarting its worker; on a
-                connected cluster it runs to its end there.
+                owned cluster a started call is stopped by killing its worker process
+                (its nanny starts a new one); on a connected cluster it runs to its end.
             SupervisorClosedError: If the lane is not entered or already closed.
 
         Cancellation:

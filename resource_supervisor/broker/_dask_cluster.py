@@ -29,6 +29,7 @@ trio is refused with a clear error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -153,13 +154,19 @@ async def _own(settings: DaskSettings, n_workers: int, memory_limit: int | str) 
                     silence_logs=logging.ERROR,
                     asynchronous=True,
                 )
+    client = None
     try:
         with anyio.fail_after(settings.connect_timeout):
             client = await Client(  # type: ignore[no-untyped-call]
                 cluster, asynchronous=True, set_as_default=False
             )
+            # a subprocess cluster returns before its workers have registered
+            await client.wait_for_workers(n_workers)
     except BaseException:
         with anyio.CancelScope(shield=True):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
             await _close_owned(cluster, settings.close_timeout)
         raise
     return ClusterHandle(client=client, cluster=cluster, address=str(client.scheduler.address))

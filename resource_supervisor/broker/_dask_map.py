@@ -1,16 +1,16 @@
 """
-The Dask lane's chunked map: a sliding window of chunk tasks, and the pickling check.
+The Dask lane's chunked map: a sliding window of chunk tasks.
 
 Covers: :func:`apply_chunk` (worker side: one chunk in, a list of results out),
 :func:`grow_chunksize` (pure: the next chunk size from the last chunk's duration),
 :func:`map_window` (caller side: lazily reads the items, keeps at most
-``max_in_flight`` chunks submitted, yields in order or as completed) and
-:func:`check_picklable` (stdlib pickle, so Dask's cloudpickle fallback cannot
-accept what the local lane would refuse).
+``max_in_flight`` chunks submitted, yields in order or as completed). Every
+chunk is first checked with stdlib pickle (:func:`._pickling.check_picklable`),
+so Dask's cloudpickle fallback cannot accept what the local lane would refuse.
 
 Does not cover: admission and task submission (:mod:`._dask`). The generic
-versions shared with the local lane live in :mod:`._mapping` and :mod:`._pickling`;
-this module keeps the Dask lane working on its own until it moves onto them.
+chunked map of the local lane lives in :mod:`._mapping`; this module keeps the
+Dask lane independent of it until both share one.
 """
 
 from __future__ import annotations
@@ -18,19 +18,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-import pickle
 import time
 from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from .._exceptions import UnpicklableError
+from ._pickling import check_picklable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 
-__all__ = ("apply_chunk", "check_picklable", "grow_chunksize", "map_window")
+__all__ = ("apply_chunk", "grow_chunksize", "map_window")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,29 +49,6 @@ def apply_chunk(func: Callable[[T], R], chunk: list[T]) -> list[R]:
         The results, in order; the first exception propagates.
     """
     return [func(item) for item in chunk]
-
-
-def check_picklable(func: object, args: tuple[object, ...]) -> None:
-    """
-    Raise :class:`UnpicklableError` unless stdlib :mod:`pickle` accepts *func* and *args*.
-
-    Args:
-        func: The callable.
-        args: Its arguments.
-
-    Raises:
-        UnpicklableError: Naming the callable or the argument; the pickling error is
-            the ``__cause__``.
-    """
-    try:
-        pickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise UnpicklableError(f"callable {func!r}", repr(exc)) from exc
-    for index, arg in enumerate(args):
-        try:
-            pickle.dumps(arg, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise UnpicklableError(f"argument {index} ({type(arg).__name__})", repr(exc)) from exc
 
 
 def grow_chunksize(current: int, items: int, seconds: float, target_seconds: float) -> int:
