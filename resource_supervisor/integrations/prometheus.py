@@ -1,0 +1,290 @@
+"""
+Prometheus exposition of the supervisor's snapshots (extra ``[prometheus]``).
+
+Covers: :class:`SupervisorCollector`, a ``prometheus_client`` collector whose
+``collect()`` only formats the latest snapshot (it never samples), :func:`register`,
+and :func:`describe_key`, the pure rule that names each snapshot key as a metric
+family ``resource_supervisor_<what>_<unit>``. Does not cover: sampling (see
+:mod:`resource_supervisor._supervisor`) or serving HTTP (see
+:mod:`resource_supervisor.integrations.fastapi`, whose ``/metrics`` route uses this
+collector). Nothing is registered at import time.
+
+Naming rules, applied to every numeric key of a snapshot:
+
+* ``*_percent`` keys become ``*_ratio`` families, the value divided by 100.
+* ``*_total`` keys are counters (the family is exposed as ``<name>_total``).
+* ``gpu<i>_<what>`` keys share one family per ``<what>`` with a ``device`` label.
+* Keys that no part of the library produces are provider metrics: one gauge family,
+  ``resource_supervisor_provider_value``, labelled ``provider`` and ``metric``
+  (the key split at its first ``_``).
+* A few core keys get a clearer name (``memory_used_bytes`` is the working set).
+* String values (``memory_limit_source``, ``process_lane_backend``, ...) become
+  labels of the ``resource_supervisor_info`` gauge, whose value is 1.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+try:
+    from prometheus_client.core import (
+        REGISTRY,
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        Metric,
+    )
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "resource_supervisor.integrations.prometheus needs the 'prometheus' extra: "
+        'pip install "resource-supervisor[prometheus]"'
+    ) from exc
+
+from .._exceptions import SupervisorClosedError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from prometheus_client.registry import CollectorRegistry
+
+    from .._snapshot import MetricValue
+    from .._supervisor import Supervisor
+
+__all__ = (
+    "PREFIX",
+    "MetricDescription",
+    "SupervisorCollector",
+    "describe_key",
+    "register",
+    "snapshot_families",
+)
+
+PREFIX: Final = "resource_supervisor"
+"""The namespace of every exported family."""
+
+#: Prefixes of the keys the library itself puts in a snapshot; any other key comes
+#: from a metrics provider registered by the application.
+_CORE_PREFIXES: Final = (
+    "system_",
+    "memory_",
+    "host_memory_",
+    "cgroup_",
+    "process_",
+    "psi_",
+    "last_metrics_",
+    "provider_failures_",
+    "sample_",
+    "pressure_",
+    "active_sessions_",
+    "sessions_",
+    "stream_",
+    "cleanup_",
+    "thread_lane_",
+    "dask_",
+    "gpu_",
+    "batch_",
+)
+
+#: Core keys whose generic name would be unclear: their name, and the factor that
+#: turns the value into the unit the name states.
+_RENAMED: Final[Mapping[str, tuple[str, float]]] = {
+    "system_memory_percent": ("system_memory_utilization_ratio", 0.01),
+    "system_cpu_percent": ("system_cpu_utilization_ratio", 0.01),
+    "memory_percent": ("memory_utilization_ratio", 0.01),
+    "memory_used_bytes": ("memory_working_set_bytes", 1.0),
+    "process_rss_bytes": ("process_resident_memory_bytes", 1.0),
+    "process_cpu_percent": ("process_cpu_utilization_ratio", 0.01),
+    "process_fds": ("process_open_fds", 1.0),
+    # PSI averages are percentages of wall time in which tasks stalled
+    "psi_memory_some_avg10": ("psi_memory_some_avg10_ratio", 0.01),
+    "psi_memory_full_avg10": ("psi_memory_full_avg10_ratio", 0.01),
+    "last_metrics_update_ts": ("last_update_timestamp_seconds", 1.0),
+    "active_sessions_rag": ("active_sessions", 1.0),
+    "gpu_memory_percent": ("gpu_memory_utilization_ratio", 0.01),
+    "gpu_utilization_percent": ("gpu_utilization_ratio", 0.01),
+}
+
+#: Labels of the info family that would change on every level change: left out.
+_INFO_SKIPPED: Final = frozenset({"pressure_level_name"})
+
+_GPU_KEY: Final = re.compile(r"gpu(\d+)_(.+)")
+_GPU_PATTERN: Final = r"gpu<i>_\2"
+_LABEL_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_]")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDescription:
+    """
+    How one snapshot key is exported.
+
+    Attributes:
+        name: The family name, without ``_total`` for counters.
+        kind: ``"gauge"`` or ``"counter"``.
+        labels: Label names and values that tell this key apart in its family.
+        scale: Multiply the snapshot value by this (``0.01`` for percent).
+        documentation: The ``# HELP`` text.
+    """
+
+    name: str
+    kind: Literal["gauge", "counter"]
+    labels: tuple[tuple[str, str], ...]
+    scale: float
+    documentation: str
+
+
+def describe_key(key: str) -> MetricDescription:
+    """
+    Name the Prometheus family of snapshot key *key*. Pure.
+
+    Args:
+        key: A snapshot key (``"memory_percent"``, ``"gpu0_memory_used_bytes"``,
+            ``"rag_cache_items"``).
+
+    Returns:
+        Its family name, type, labels and scale.
+    """
+    gpu = _GPU_KEY.fullmatch(key)
+    labels: tuple[tuple[str, str], ...] = ()
+    if gpu is not None:
+        what = f"gpu_{gpu.group(2)}"
+        labels = (("device", gpu.group(1)),)
+    elif key.startswith(_CORE_PREFIXES) or key == "gpu_count":
+        what = key
+    else:
+        provider, _, metric = key.partition("_")
+        return MetricDescription(
+            name=f"{PREFIX}_provider_value",
+            kind="gauge",
+            labels=(("provider", provider), ("metric", metric)),
+            scale=1.0,
+            documentation="A metric of a registered metrics provider, as it reported it.",
+        )
+    scale = 1.0
+    if what in _RENAMED:
+        what, scale = _RENAMED[what]
+    elif what.endswith("_percent"):
+        what = what.removesuffix("_percent") + "_ratio"
+        scale = 0.01
+    kind: Literal["gauge", "counter"] = "gauge"
+    if what.endswith("_total"):
+        kind = "counter"
+        what = what.removesuffix("_total")
+    doc = f"Snapshot key {_GPU_KEY.sub(_GPU_PATTERN, key)}"
+    if scale != 1.0:
+        doc += " / 100"
+    return MetricDescription(
+        name=f"{PREFIX}_{what}", kind=kind, labels=labels, scale=scale, documentation=doc + "."
+    )
+
+
+def _numeric(value: MetricValue) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def snapshot_families(snapshot: Mapping[str, MetricValue]) -> list[Metric]:
+    """
+    Format *snapshot* as metric families. Pure.
+
+    Args:
+        snapshot: A :class:`MetricsSnapshot` or any mapping of key to value.
+
+    Returns:
+        One family per distinct name, each sample labelled as :func:`describe_key`
+        says; plus ``resource_supervisor_info`` with the string values as labels.
+    """
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+    info: dict[str, str] = {}
+    for key in sorted(snapshot):
+        raw = snapshot[key]
+        value = _numeric(raw)
+        if value is None:
+            if isinstance(raw, str) and key not in _INFO_SKIPPED:
+                info[_LABEL_UNSAFE.sub("_", key)] = raw
+            continue
+        description = describe_key(key)
+        label_names = [name for name, _ in description.labels]
+        family = families.get(description.name)
+        if family is None:
+            if description.kind == "counter":
+                family = CounterMetricFamily(
+                    description.name, description.documentation, labels=label_names
+                )
+            else:
+                family = GaugeMetricFamily(
+                    description.name, description.documentation, labels=label_names
+                )
+            families[description.name] = family
+        family.add_metric([label for _, label in description.labels], value * description.scale)
+    result: list[Metric] = list(families.values())
+    if info:
+        names = sorted(info)
+        family_info = GaugeMetricFamily(
+            f"{PREFIX}_info",
+            "Labels describing the supervisor's sources and lanes; always 1.",
+            labels=names,
+        )
+        family_info.add_metric([info[name] for name in names], 1.0)
+        result.append(family_info)
+    return result
+
+
+class SupervisorCollector(Collector):
+    """
+    A ``prometheus_client`` collector exporting the supervisor's latest snapshot.
+
+    ``collect()`` formats :attr:`Supervisor.metrics` and never samples, so a scrape
+    costs a few microseconds per metric and cannot block the event loop; the
+    numbers are as fresh as ``monitoring_interval``. Before the supervisor is
+    entered it exports nothing; after it exits, its last snapshot.
+
+    Args:
+        supervisor: The supervisor to export.
+    """
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        """
+        Yield the families of the latest snapshot.
+
+        Returns:
+            An iterator of metric families (empty before the first snapshot).
+        """
+        try:
+            snapshot = self._supervisor.metrics
+        except SupervisorClosedError:
+            return iter(())
+        return iter(snapshot_families(snapshot))
+
+    def describe(self) -> Iterator[Metric]:
+        """
+        Return nothing, so that registering never calls :meth:`collect` early.
+
+        Returns:
+            An empty iterator.
+        """
+        return iter(())
+
+
+def register(
+    supervisor: Supervisor, registry: CollectorRegistry | None = None
+) -> SupervisorCollector:
+    """
+    Register a :class:`SupervisorCollector` for *supervisor*.
+
+    Args:
+        supervisor: The supervisor to export.
+        registry: Where to register; ``None`` means ``prometheus_client``'s
+            default ``REGISTRY``.
+
+    Returns:
+        The collector; pass it to ``registry.unregister`` to remove it.
+    """
+    collector = SupervisorCollector(supervisor)
+    (registry if registry is not None else REGISTRY).register(collector)
+    return collector
