@@ -286,11 +286,13 @@ class Sampler:
             RuntimeError: If the sampler is not open.
 
         Cancellation:
-            The file reads happen before the first checkpoint, so a call cancelled
-            before then leaves nothing behind. Cancelled while providers run, the
-            call raises the cancellation, cancels async providers, abandons sync
-            providers still running in worker threads (such a provider is not called
-            again until its thread returns), and counts no sample and no failure.
+            Without providers the call has no checkpoint: it runs to completion
+            synchronously. With providers, the file reads happen before the first
+            checkpoint. Cancelled while providers run, the call raises the
+            cancellation, cancels async providers, abandons sync providers still
+            running in worker threads (such a provider is not called again until its
+            thread returns), and counts no sample and no failure; the CPU baselines
+            have advanced, so the next sample's CPU percentages cover less time.
         """
         self._check_open()
         started = time.perf_counter()

@@ -218,6 +218,20 @@ async def test_missing_proc_files_still_give_a_sample(tmp_path: Path) -> None:
     assert data["memory_limit_source"] == "host"
 
 
+async def test_garbled_proc_files_never_raise_out_of_a_sample(tmp_path: Path) -> None:
+    """Unparsable meminfo, stat and PSI: host figures from psutil, 0 % CPU, no PSI keys."""
+    proc, cgroup = tree(tmp_path, "unlimited")
+    with Sampler(proc_root=str(proc), cgroup_root=str(cgroup), pid=PID) as sampler:
+        assert "psi_memory_some_avg10" in await sampler.sample()
+        for name in ("meminfo", "stat", "pressure/memory"):
+            rewrite(proc / name, "garbage\n")
+        data = await sampler.sample()
+    assert data["host_memory_total_bytes"] == psutil.virtual_memory().total
+    assert data["memory_limit_source"] == "host"
+    assert data["system_cpu_percent"] == 0.0
+    assert "psi_memory_some_avg10" not in data
+
+
 async def test_psi_keys_absent_without_psi(tmp_path: Path) -> None:
     """Without any PSI file, the PSI keys are left out rather than zero."""
     proc, cgroup = tree(tmp_path, "unlimited")
@@ -335,6 +349,16 @@ async def test_async_callable_object_is_awaited(sampler: Sampler) -> None:
 
     sampler.register_provider("obj", Provider())
     assert (await sampler.sample())["obj_n"] == 1
+
+
+async def test_sync_provider_returning_an_awaitable_is_awaited(sampler: Sampler) -> None:
+    """A plain callable that returns a coroutine (e.g. a lambda) still yields its metrics."""
+
+    async def produce() -> Mapping[str, int]:
+        return {"n": 5}
+
+    sampler.register_provider("lazy", lambda: produce())
+    assert (await sampler.sample())["lazy_n"] == 5
 
 
 async def test_providers_run_concurrently(sampler: Sampler) -> None:
