@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import psutil
+from distributed.client import FutureCancelledError  # ImportError without the extra
+from distributed.scheduler import KilledWorker
 
 from .._exceptions import (
     CallTimeoutError,
@@ -299,9 +301,6 @@ class DaskLane:
         args: tuple[object, ...],
         limit_seconds: float | None,
     ) -> T:
-        from distributed.client import FutureCancelledError
-        from distributed.scheduler import KilledWorker
-
         name = describe_callable(func)
         key = f"{getattr(func, '__name__', 'call')}-{uuid.uuid4().hex}"
         try:
