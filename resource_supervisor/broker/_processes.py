@@ -1,0 +1,1086 @@
+"""
+The local process lane: CPU work on single-worker ``ProcessPoolExecutor`` slots.
+
+Covers: :class:`ProcessLane` (``run``, ``map``, pressure, statistics, lifecycle),
+its slots, crash isolation, per-call timeouts, recycling, and the lane's own
+forkserver. Does not cover: the sizing rules (:mod:`._sizing`, pure), chunked maps
+(:mod:`._mapping`), pickling (:mod:`._pickling`), the worker side
+(:mod:`._worker`), the thread lane (:mod:`._threads`) or the Dask backend
+(:mod:`._dask`); the public facade is ``Executors`` (:mod:`._executors`).
+
+Design
+------
+A bare ``ProcessPoolExecutor`` never shrinks, and one dead worker breaks the whole
+pool and fails every pending future. So each worker *slot* is its own
+``ProcessPoolExecutor(max_workers=1)``: growing and shrinking is adding and
+retiring slots, and a crash breaks only its own slot. The lane keeps the queue and
+hands a slot only what that slot runs next, so it always knows what runs where.
+
+Fast path (see :mod:`._worker` for the protocol): a free slot receives the calls
+waiting at that moment (up to :data:`._worker.MAX_BATCH`, only while calls are
+measured to be short) as one executor submission. Each outcome comes back as one
+atomic frame on the slot's result pipe, read directly on the event loop, and the
+worker publishes the number of the call it is running in shared memory. After a
+crash the lane therefore knows which calls finished (delivered), which one was
+running (fails with :class:`WorkerCrashedError`) and which never started (queued
+again, first in line). No call runs twice.
+
+Start method: ``forkserver`` by default on Linux. ``fork`` copies a process that
+runs an event loop and threads (locks held by other threads stay locked in the
+child); ``spawn`` starts a fresh interpreter per worker, which is slower. Each
+lane owns a private forkserver (not the interpreter-wide one) so that
+:meth:`ProcessLane.aclose` can stop it: nothing the lane started outlives it. The
+interpreter-wide ``multiprocessing`` resource tracker, shared by every user of
+``multiprocessing`` in the process, is left running.
+
+Lifecycle: the lane starts nothing until the first call (no process, no task).
+Background work (starting workers, retiring idle ones, reaping dead ones) runs in
+asyncio tasks the lane owns; :meth:`ProcessLane.aclose` (or leaving ``async with``)
+stops them. Use the lane from one event loop.
+
+Cancellation: a call cancelled while queued, or withdrawn from a batch before it
+started, never runs. A call cancelled while running: the caller gets the
+cancellation at once, and the worker is killed and replaced, so nothing runs
+unobserved and the slot is free promptly (calls behind it in its batch go back to
+the queue). Map chunks (:meth:`ProcessLane.map`) are the exception: a running
+chunk is left to finish and its results are dropped, so leaving a map early does
+not kill workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import io
+import logging
+import math
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import multiprocessing.popen_forkserver
+import multiprocessing.process
+import os
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar, cast
+
+import anyio
+import psutil
+
+from .._exceptions import (
+    CallTimeoutError,
+    OverloadedError,
+    SupervisorClosedError,
+    WorkerCrashedError,
+)
+from .._snapshot import PressureLevel
+from . import _worker
+from ._mapping import map_chunked
+from ._pickling import describe_callable, pickle_call
+from ._sizing import admits, target_workers
+
+if TYPE_CHECKING:
+    from collections.abc import (
+        AsyncIterable,
+        AsyncIterator,
+        Callable,
+        Coroutine,
+        Iterable,
+        Mapping,
+    )
+    from concurrent.futures import Future
+    from multiprocessing.connection import Connection
+    from multiprocessing.synchronize import Lock
+    from types import TracebackType
+
+    from .._config import ConcurrencySettings
+    from .._snapshot import MetricValue
+
+__all__ = ("ProcessLane", "ProcessLaneStatistics")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_logger = logging.getLogger("resource_supervisor.broker")
+
+_LANE: Final = "process lane"
+_BATCH_MAX_CALL_SECONDS: Final = 0.002
+"""Calls are batched only while their measured mean stays below this (2 ms)."""
+_START_TIMEOUT: Final = 60.0
+"""Seconds a new worker may take to answer its first submission."""
+_SETTLE_SECONDS: Final = 5.0
+"""Default time NORMAL must hold before the lane grows back to full size."""
+
+
+# -- the lane's private forkserver -------------------------------------------------
+
+
+class _LaneForkServerProcess(multiprocessing.context.ForkServerProcess):
+    """A forkserver process started by its lane's own :class:`ForkServer`."""
+
+    _lane_server: multiprocessing.forkserver.ForkServer | None = None
+
+    @staticmethod
+    def _Popen(process_obj: multiprocessing.process.BaseProcess) -> _LanePopen:  # noqa: N802
+        return _LanePopen(process_obj)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_lane_server", None)  # the server holds a lock; the child needs nothing of it
+        return state
+
+
+class _LanePopen(multiprocessing.popen_forkserver.Popen):
+    """``popen_forkserver.Popen`` asking the process's lane server, not the global one."""
+
+    def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
+        from multiprocessing import reduction, spawn, util
+        from multiprocessing.context import set_spawning_popen
+
+        server = getattr(process_obj, "_lane_server", None)
+        assert isinstance(server, multiprocessing.forkserver.ForkServer)
+        prep_data = spawn.get_preparation_data(process_obj._name)  # type: ignore[attr-defined]
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = server.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        parent_w = os.dup(w)
+        close_fds = util.close_fds  # type: ignore[attr-defined]
+        self.finalizer = util.Finalize(self, close_fds, (parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
+
+
+class _LaneForkServerContext(multiprocessing.context.ForkServerContext):
+    """A forkserver context whose processes come from one private server."""
+
+    def __init__(self) -> None:
+        self.server = multiprocessing.forkserver.ForkServer()
+        self.server.set_forkserver_preload(
+            ["__main__", "resource_supervisor.broker._worker", __name__]
+        )
+
+    def Process(self, *args: object, **kwargs: object) -> _LaneForkServerProcess:  # type: ignore[override]  # noqa: N802
+        process = _LaneForkServerProcess(*args, **kwargs)  # type: ignore[arg-type]
+        process._lane_server = self.server
+        return process
+
+    def stop(self) -> None:
+        """Stop the server process and reap it (blocking; call from a thread)."""
+        stop = getattr(self.server, "_stop", None)
+        if stop is not None:
+            stop()
+
+
+# -- statistics --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessLaneStatistics:
+    """
+    A consistent view of the process lane's state.
+
+    Attributes:
+        workers_live: Worker slots started or starting.
+        workers_target: Slots the sizing policy wants now.
+        workers_busy: Slots running calls.
+        queue_depth: Calls waiting for a worker.
+        completed_total: Calls that returned a result.
+        failed_total: Calls that raised (in the worker, crashed, or timed out).
+        crashed_total: Workers that died unexpectedly.
+        recycled_total: Workers retired after ``max_tasks_per_worker`` calls or above
+            ``worker_max_rss_bytes``.
+        refused_total: Calls refused with :class:`OverloadedError`.
+        timeouts_total: Calls that exceeded their ``timeout=``.
+        worker_pids: Pids of the started workers.
+    """
+
+    workers_live: int
+    workers_target: int
+    workers_busy: int
+    queue_depth: int
+    completed_total: int
+    failed_total: int
+    crashed_total: int
+    recycled_total: int
+    refused_total: int
+    timeouts_total: int
+    worker_pids: tuple[int, ...]
+
+
+# -- calls and slots ---------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    payload: bytes
+    function: str
+    timeout: float | None
+    future: asyncio.Future[object]
+    kill_on_cancel: bool
+    seq: int = -1
+    position: int = -1
+    slot: _Slot | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class _State(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    KILLED = "killed"  # SIGKILL sent, death not yet seen
+    RETIRING = "retiring"
+    DEAD = "dead"
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    state: _State = _State.STARTING
+    executor: ProcessPoolExecutor | None = None
+    process: multiprocessing.process.BaseProcess | None = None
+    pid: int = 0
+    reader_fd: int = -1
+    progress: _SharedInt | None = None
+    skip: _SharedFlags | None = None
+    lock: Lock | None = None
+    in_flight: collections.deque[_Call] = field(default_factory=collections.deque)
+    buffer: bytearray = field(default_factory=bytearray)
+    next_seq: int = 0
+    calls_done: int = 0
+    idle_since: float = 0.0
+    kill_reason: str | None = None
+    crashed: bool = False
+
+
+class _SharedInt(Protocol):  # typing shape of RawValue("q")
+    value: int
+
+
+class _SharedFlags(Protocol):  # typing shape of RawArray("b")
+    def __getitem__(self, index: int, /) -> int: ...
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+
+
+@dataclass(slots=True)
+class _Opened:
+    executor: ProcessPoolExecutor
+    process: multiprocessing.process.BaseProcess | None
+    pid: int
+    reader: Connection
+    progress: _SharedInt
+    skip: _SharedFlags
+    lock: Lock
+
+
+# -- the lane ----------------------------------------------------------------------
+
+
+class ProcessLane:
+    """
+    Run picklable CPU-bound calls on worker processes, one single-worker
+    ``ProcessPoolExecutor`` per worker slot (see the module docstring).
+
+    Use as ``async with ProcessLane(settings, max_workers=n) as lane:``, or create
+    it and ``await lane.aclose()`` when done; nothing starts before the first call.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        settings: ConcurrencySettings,
+        *,
+        max_workers: int,
+        clock: Callable[[], float] = time.monotonic,
+        settle_seconds: float = _SETTLE_SECONDS,
+        target_chunk_seconds: float = 0.02,
+    ) -> None:
+        """
+        Create the lane; no process or task starts here.
+
+        Args:
+            settings: ``start_method``, ``idle_timeout``, ``queue_limit``,
+                ``max_tasks_per_worker`` and ``worker_max_rss_bytes`` are used.
+            max_workers: Most worker processes (the supervisor resolves ``"auto"``).
+            clock: Monotonic clock for idle timeouts and pressure hysteresis.
+            settle_seconds: How long pressure must be NORMAL before growing back.
+            target_chunk_seconds: Maps size chunks to take about this long.
+
+        Raises:
+            ValueError: If *max_workers* is below 1.
+        """
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self._settings = settings
+        self._max_workers = max_workers
+        self._clock = clock
+        self._settle_seconds = settle_seconds
+        self._target_chunk_seconds = target_chunk_seconds
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._slots: list[_Slot] = []
+        self._level = PressureLevel.NORMAL
+        self._calm_since: float | None = None
+        self._target = 0
+        self._call_seconds = 0.0  # moving mean of worker-side call time
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._context: multiprocessing.context.BaseContext | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._maintainer: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._limiter = anyio.CapacityLimiter(max(2, max_workers))
+        self._completed = 0
+        self._failed = 0
+        self._crashed = 0
+        self._recycled = 0
+        self._refused = 0
+        self._timeouts = 0
+
+    # -- context manager -----------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        """
+        Return the lane; workers still start only on first use.
+
+        Cancellation:
+            Does nothing that can be cancelled.
+        """
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """
+        Close the lane, as :meth:`aclose`.
+
+        Cancellation:
+            As :meth:`aclose`: closing always completes.
+        """
+        await self.aclose()
+
+    # -- public API --------------------------------------------------------------------
+    async def run(
+        self,
+        func: Callable[..., T],
+        args: tuple[object, ...],
+        *,
+        timeout: float | None,  # noqa: ASYNC109 - the ProcessBackend contract: kill on expiry
+    ) -> T:
+        """
+        Run ``func(*args)`` in a worker process and return its result.
+
+        Args:
+            func: A picklable (module-level) callable.
+            args: Its positional arguments, picklable.
+            timeout: Seconds the call may take from now, queueing included; ``None``
+                for no limit.
+
+        Returns:
+            What ``func(*args)`` returned. An exception it raised propagates with its
+            own type, its ``__cause__`` carrying the worker's traceback.
+
+        Raises:
+            UnpicklableError: If *func* or an argument cannot be pickled (before any
+                worker is taken or started).
+            OverloadedError: If pressure is CRITICAL and ``queue_limit`` calls wait.
+            WorkerCrashedError: If the worker died while running this call.
+            CallTimeoutError: If *timeout* expired: a queued call is dropped; a
+                running call's worker is killed and replaced.
+            SupervisorClosedError: If the lane is closed, or closes before the call
+                finishes.
+
+        Cancellation:
+            Checked before the call is queued. A queued call that is cancelled is
+            removed and never runs. Once it runs, the caller raises the cancellation
+            at once, and the worker is killed and replaced (the slot is released
+            when the kill is seen, within milliseconds); other calls handed to that
+            worker but not started are queued again.
+        """
+        return cast("T", await self._submit(func, args, timeout=timeout, kill_on_cancel=True))
+
+    def map(
+        self,
+        func: Callable[[T], R],
+        items: Iterable[T] | AsyncIterable[T],
+        *,
+        ordered: bool,
+        chunksize: int | None,
+        max_in_flight: int | None,
+    ) -> AsyncIterator[R]:
+        """
+        Map *func* over *items* in worker processes, lazily and in chunks.
+
+        Args:
+            func: A picklable callable of one argument.
+            items: Any iterable or async iterable, consumed as chunks are sent.
+            ordered: Yield in input order (``True``) or as chunks complete.
+            chunksize: Fixed items per chunk; ``None`` sizes chunks from the
+                measured time per item (see :func:`._mapping.map_chunked`).
+            max_in_flight: Chunks sent and not yet consumed; ``None`` = 2 x workers.
+
+        Returns:
+            An async iterator of results. Leaving it early (``break``, ``aclose``,
+            cancellation) drops the queued chunks and lets running ones finish
+            unobserved; the iterator's errors are those of :meth:`run`.
+        """
+        return map_chunked(
+            self._run_chunk,
+            func,
+            items,
+            ordered=ordered,
+            chunksize=chunksize,
+            max_in_flight=max_in_flight if max_in_flight is not None else 2 * self._max_workers,
+            target_chunk_seconds=self._target_chunk_seconds,
+        )
+
+    def set_pressure(self, level: PressureLevel) -> None:
+        """
+        Set the pressure level: it caps the workers and, at CRITICAL, admission.
+
+        At CRITICAL the lane keeps one worker (idle ones retire now, busy ones after
+        their call) and refuses calls beyond ``queue_limit`` queued ones. Back at
+        NORMAL it grows again once the level has held for ``settle_seconds``.
+
+        Args:
+            level: The supervisor's current level.
+        """
+        level = PressureLevel(level)
+        if level == self._level:
+            return
+        if level > PressureLevel.NORMAL:
+            self._calm_since = None
+        elif self._level > PressureLevel.NORMAL:
+            self._calm_since = self._clock()
+        self._level = level
+        if self._loop is not None and not self._closed:
+            self._resize()
+            self._wake()
+
+    def metrics(self) -> Mapping[str, MetricValue]:
+        """
+        Return flat ``process_*`` metrics; cheap, never blocks.
+
+        Returns:
+            Metric name to value (``process_lane_backend`` is ``"local"``).
+        """
+        stats = self.statistics()
+        return {
+            "process_workers_live": stats.workers_live,
+            "process_workers_target": stats.workers_target,
+            "process_workers_busy": stats.workers_busy,
+            "process_queue_depth": stats.queue_depth,
+            "process_completed_total": stats.completed_total,
+            "process_failed_total": stats.failed_total,
+            "process_crashed_total": stats.crashed_total,
+            "process_recycled_total": stats.recycled_total,
+            "process_refused_total": stats.refused_total,
+            "process_timeouts_total": stats.timeouts_total,
+            "process_lane_backend": self.name,
+        }
+
+    def statistics(self) -> ProcessLaneStatistics:
+        """
+        Return the lane's counters and current sizes.
+
+        Returns:
+            A frozen :class:`ProcessLaneStatistics`.
+        """
+        live = [s for s in self._slots if s.state is not _State.DEAD]
+        return ProcessLaneStatistics(
+            workers_live=len(live),
+            workers_target=self._target,
+            workers_busy=sum(1 for s in live if s.in_flight or s.state is _State.STARTING),
+            queue_depth=len(self._queue),
+            completed_total=self._completed,
+            failed_total=self._failed,
+            crashed_total=self._crashed,
+            recycled_total=self._recycled,
+            refused_total=self._refused,
+            timeouts_total=self._timeouts,
+            worker_pids=tuple(s.pid for s in live if s.pid),
+        )
+
+    async def aclose(self) -> None:
+        """
+        Close the lane: fail waiting calls, kill and reap every worker, stop the
+        lane's forkserver.
+
+        Idempotent. It always closes, even when cancelled or when a step fails
+        ("failure to be graceful, not failure to close"): the work runs shielded.
+        Queued and running calls raise :class:`SupervisorClosedError`
+        (``"process lane"``); so does every later :meth:`run`.
+
+        Cancellation:
+            Shielded: a cancelled ``aclose`` still kills and reaps every worker and
+            stops the forkserver, then the cancellation propagates.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            error = SupervisorClosedError(_LANE)
+            while self._queue:
+                self._finish(self._queue.popleft(), error)
+            for slot in list(self._slots):
+                for call in slot.in_flight:
+                    self._finish(call, error)
+                slot.in_flight.clear()
+                self._stop_reading(slot)
+                if slot.state is not _State.DEAD:
+                    self._kill(slot, "close")
+            # only the maintainer waits forever; start, retire and reap tasks are
+            # short and shielded, so they are awaited rather than cancelled
+            if self._maintainer is not None:
+                self._maintainer.cancel()
+            while self._tasks:
+                await asyncio.wait(list(self._tasks))
+            for slot in list(self._slots):
+                await self._shutdown_slot(slot)
+            self._slots.clear()
+            if isinstance(self._context, _LaneForkServerContext):
+                await anyio.to_thread.run_sync(self._context.stop, limiter=self._limiter)
+
+    # -- submission --------------------------------------------------------------------
+    async def _run_chunk(self, func: Callable[..., object], args: tuple[object, ...]) -> object:
+        return await self._submit(func, args, timeout=None, kill_on_cancel=False)
+
+    async def _submit(
+        self,
+        func: Callable[..., object],
+        args: tuple[object, ...],
+        *,
+        timeout: float | None,  # noqa: ASYNC109 - see run()
+        kill_on_cancel: bool,
+    ) -> object:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise SupervisorClosedError(_LANE)
+        payload = pickle_call(func, args)
+        if not admits(
+            level=self._level, queued=len(self._queue), queue_limit=self._settings.queue_limit
+        ):
+            self._refused += 1
+            raise OverloadedError(
+                "process", len(self._queue), self._settings.queue_limit, self._level.name
+            )
+        loop = self._ensure_started()
+        call = _Call(
+            payload, describe_callable(func), timeout, loop.create_future(), kill_on_cancel
+        )
+        if timeout is not None:
+            call.timer = loop.call_later(timeout, self._on_timeout, call)
+        self._queue.append(call)
+        self._dispatch()
+        if self._queue:
+            self._resize()
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            self._cancel(call)
+            raise
+
+    def _ensure_started(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._wakeup = asyncio.Event()
+            self._spawn(self._maintain(), maintainer=True)
+        return self._loop
+
+    def _spawn(self, coro: Coroutine[object, object, None], *, maintainer: bool = False) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        if maintainer:
+            self._maintainer = task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _logger.error("process lane task failed", exc_info=task.exception())
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # -- dispatching -------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Hand queued calls to idle slots, several per slot while calls are short."""
+        while self._queue:
+            idle = [s for s in self._slots if s.state is _State.IDLE]
+            if not idle:
+                return
+            slot = idle[-1]
+            batch = self._take_batch(slot, len(idle))
+            self._send(slot, batch)
+
+    def _take_batch(self, slot: _Slot, idle_slots: int) -> list[_Call]:
+        limit = 1
+        if self._call_seconds < _BATCH_MAX_CALL_SECONDS:
+            limit = min(_worker.MAX_BATCH, math.ceil(len(self._queue) / idle_slots))
+        quota = self._settings.max_tasks_per_worker
+        if quota is not None:
+            limit = max(1, min(limit, quota - slot.calls_done))
+        batch = [self._queue.popleft()]
+        # a call with a timeout runs alone, so killing its worker harms no other call
+        if batch[0].timeout is None:
+            while self._queue and len(batch) < limit and self._queue[0].timeout is None:
+                batch.append(self._queue.popleft())
+        return batch
+
+    def _send(self, slot: _Slot, batch: list[_Call]) -> None:
+        assert slot.executor is not None
+        assert slot.skip is not None
+        items: list[tuple[int, bytes]] = []
+        for position, call in enumerate(batch):
+            call.seq = slot.next_seq
+            call.position = position
+            call.slot = slot
+            slot.next_seq += 1
+            slot.skip[position] = 0
+            slot.in_flight.append(call)
+            items.append((call.seq, call.payload))
+        slot.state = _State.BUSY
+        try:
+            future = slot.executor.submit(_worker.run_batch, items)
+        except RuntimeError:  # BrokenProcessPool (a RuntimeError) or shut down
+            self._slot_died(slot)
+            return
+        future.add_done_callback(lambda f: self._batch_done_threadsafe(slot, batch, f))
+
+    def _batch_done_threadsafe(
+        self, slot: _Slot, batch: list[_Call], future: Future[tuple[int, bytes] | None]
+    ) -> None:
+        # Runs in the executor's manager thread: decode a big outcome here, off the loop.
+        decoded: tuple[int, int, float, object] | None = None
+        broken = future.cancelled() or future.exception() is not None
+        if not broken:
+            result = future.result()
+            if result is not None:
+                decoded = self._decode(result[0], result[1])
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._on_batch_done, slot, batch, broken, decoded)
+
+    @staticmethod
+    def _decode(seq: int, data: bytes) -> tuple[int, int, float, object]:
+        try:
+            return (seq, *_worker.decode_outcome(data))
+        except Exception as exc:  # noqa: BLE001 - e.g. the result's class is not importable here
+            return seq, 0, 0.0, exc
+
+    def _on_batch_done(
+        self,
+        slot: _Slot,
+        batch: list[_Call],
+        broken: bool,  # noqa: FBT001
+        decoded: tuple[int, int, float, object] | None,
+    ) -> None:
+        if self._closed or slot.state in (_State.DEAD, _State.RETIRING):
+            return
+        self._drain(slot)
+        if broken:
+            self._slot_died(slot)
+            return
+        if decoded is not None:
+            seq = decoded[0]
+            self._deliver(slot, decoded)
+            # the batch stopped at the big outcome: the calls after it never started
+            not_started = [c for c in batch if c.seq > seq and c.slot is slot]
+            for call in not_started:
+                slot.in_flight.remove(call)
+            self._requeue(not_started)
+        self._after_progress(slot)
+
+    # -- results -----------------------------------------------------------------------
+    def _on_readable(self, slot: _Slot) -> None:
+        if self._closed:
+            self._stop_reading(slot)
+            return
+        if self._drain(slot):
+            self._after_progress(slot)
+        else:
+            self._slot_died(slot)
+
+    def _drain(self, slot: _Slot) -> bool:
+        """Deliver every complete frame on the slot's pipe; False at end of file."""
+        if slot.reader_fd < 0:
+            return True
+        alive = True
+        while True:
+            try:
+                data = os.read(slot.reader_fd, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                alive = False
+                break
+            slot.buffer += data
+            if len(data) < 65536:
+                break
+        buffer = slot.buffer
+        header = _worker.FRAME_HEADER
+        offset = 0
+        while len(buffer) - offset >= header.size:
+            length, seq = header.unpack_from(buffer, offset)
+            end = offset + header.size + length
+            if end > len(buffer):
+                break
+            frame = bytes(buffer[offset + header.size : end])
+            offset = end
+            self._deliver(slot, self._decode(seq, frame))
+        del buffer[:offset]
+        return alive
+
+    def _deliver(self, slot: _Slot, outcome: tuple[int, int, float, object]) -> None:
+        seq, status, seconds, value = outcome
+        while slot.in_flight and slot.in_flight[0].seq < seq:
+            # cannot happen with in-order workers; never leave a caller waiting
+            self._fail_crashed(slot.in_flight.popleft(), None, "lost by the worker")
+        if not slot.in_flight or slot.in_flight[0].seq != seq:
+            return
+        call = slot.in_flight.popleft()
+        call.slot = None
+        if status == _worker.SKIPPED:
+            self._finish(call, None)
+            return
+        slot.calls_done += 1
+        self._call_seconds += (seconds - self._call_seconds) * 0.2
+        if status == 1:
+            if self._finish(call, None, value):
+                self._completed += 1
+        else:
+            assert isinstance(value, BaseException)
+            if self._finish(call, value):
+                self._failed += 1
+
+    def _finish(self, call: _Call, error: BaseException | None, value: object = None) -> bool:
+        """Settle the call's future unless it is already settled; True if this did."""
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        if call.future.done():
+            return False
+        if error is not None:
+            call.future.set_exception(error)
+        else:
+            call.future.set_result(value)
+        return True
+
+    def _after_progress(self, slot: _Slot) -> None:
+        """A slot whose calls are all done becomes idle, or retires; then dispatch."""
+        if slot.state is not _State.BUSY or slot.in_flight:
+            self._dispatch()
+            return
+        if self._recycle_due(slot):
+            self._recycled += 1
+            self._retire(slot)
+        elif self._level > PressureLevel.NORMAL and self._live_count() > self._target:
+            self._retire(slot)
+        else:
+            slot.state = _State.IDLE
+            slot.idle_since = self._clock()
+        if self._queue:
+            self._dispatch()
+            if self._queue:
+                self._resize()
+
+    def _recycle_due(self, slot: _Slot) -> bool:
+        """True after ``max_tasks_per_worker`` calls, or above ``worker_max_rss_bytes``."""
+        settings = self._settings
+        quota = settings.max_tasks_per_worker
+        if quota is not None and slot.calls_done >= quota:
+            return True
+        limit = settings.worker_max_rss_bytes
+        return limit is not None and self._rss_bytes(slot) > limit
+
+    @staticmethod
+    def _rss_bytes(slot: _Slot) -> int:
+        try:
+            return int(psutil.Process(slot.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def _requeue(self, calls: list[_Call]) -> None:
+        for call in reversed(calls):
+            call.slot = None
+            call.seq = -1
+            if not call.future.done():
+                self._queue.appendleft(call)
+
+    # -- cancellation and timeouts ----------------------------------------------------
+    def _cancel(self, call: _Call) -> None:
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        slot = call.slot
+        if slot is None:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(call)
+            return
+        if self._withdraw(slot, call):
+            return
+        if call.kill_on_cancel:
+            self._kill(slot, "cancelled")
+
+    def _withdraw(self, slot: _Slot, call: _Call) -> bool:
+        """Withdraw a handed-over call that has not started; False if it started."""
+        if slot.lock is None or slot.progress is None or slot.skip is None:
+            return False
+        if not slot.lock.acquire(timeout=0.005):  # the worker holds it for microseconds
+            return False
+        try:
+            if slot.progress.value >= call.seq:
+                return False
+            slot.skip[call.position] = 1
+            return True
+        finally:
+            slot.lock.release()
+
+    def _on_timeout(self, call: _Call) -> None:
+        call.timer = None
+        if call.future.done() or call.timeout is None:
+            return
+        self._timeouts += 1
+        self._failed += 1
+        slot = call.slot
+        call.future.set_exception(CallTimeoutError(call.function, call.timeout))
+        if slot is None:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(call)
+        else:
+            self._kill(slot, "timeout")
+
+    def _kill(self, slot: _Slot, reason: str) -> None:
+        if slot.state in (_State.DEAD, _State.KILLED):
+            return
+        slot.kill_reason = reason
+        if slot.state is _State.STARTING:
+            return  # the start task sees the lane closed and shuts it down
+        slot.state = _State.KILLED
+        if slot.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signal.SIGKILL)
+
+    # -- deaths and retirement ---------------------------------------------------------
+    def _slot_died(self, slot: _Slot) -> None:
+        """The worker is gone: deliver finished calls, fail the running one, requeue."""
+        if slot.state is _State.DEAD:
+            return
+        self._drain(slot)
+        intentional = slot.kill_reason is not None or slot.state is _State.RETIRING
+        slot.state = _State.DEAD
+        self._stop_reading(slot)
+        started = slot.progress.value if slot.progress is not None else -1
+        running: _Call | None = None
+        not_started: list[_Call] = []
+        for call in slot.in_flight:
+            if call.seq > started:
+                not_started.append(call)
+            elif running is None and call.seq == started:
+                running = call
+            else:
+                self._fail_crashed(call, None, "result lost with the worker")
+        slot.in_flight.clear()
+        if not intentional:
+            self._crashed += 1
+            slot.crashed = True
+        self._requeue(not_started)
+        self._spawn(self._reap(slot, running))
+        self._dispatch()
+        self._resize()
+
+    def _fail_crashed(self, call: _Call, exitcode: int | None, detail: str) -> None:
+        call.slot = None
+        code, sig = (None, -exitcode) if exitcode is not None and exitcode < 0 else (exitcode, None)
+        if self._finish(call, WorkerCrashedError(call.function, code, sig, detail)):
+            self._failed += 1
+
+    async def _reap(self, slot: _Slot, running: _Call | None) -> None:
+        await self._shutdown_slot(slot)
+        if running is not None and not running.future.done():
+            process = slot.process
+            exitcode = process.exitcode if process is not None else None
+            self._fail_crashed(running, exitcode, f"pid {slot.pid}")
+        self._forget(slot)
+
+    def _forget(self, slot: _Slot) -> None:
+        with contextlib.suppress(ValueError):
+            self._slots.remove(slot)
+        self._wake()
+
+    def _retire(self, slot: _Slot) -> None:
+        slot.state = _State.RETIRING
+        self._stop_reading(slot)
+        self._spawn(self._retire_slot(slot))
+
+    async def _retire_slot(self, slot: _Slot) -> None:
+        await self._shutdown_slot(slot)
+        slot.state = _State.DEAD
+        self._forget(slot)
+
+    def _stop_reading(self, slot: _Slot) -> None:
+        if slot.reader_fd >= 0 and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(slot.reader_fd)
+
+    async def _shutdown_slot(self, slot: _Slot) -> None:
+        """Stop the slot's executor and reap its worker (shielded), then close its pipe."""
+        executor, slot.executor = slot.executor, None
+        with anyio.CancelScope(shield=True):
+            if executor is not None:
+                await anyio.to_thread.run_sync(
+                    self._shutdown_sync, executor, slot.process, limiter=self._limiter
+                )
+        # closed here, on the loop, so no callback can read a closed or reused fd
+        self._stop_reading(slot)
+        if slot.reader_fd >= 0:
+            os.close(slot.reader_fd)
+            slot.reader_fd = -1
+
+    @staticmethod
+    def _shutdown_sync(
+        executor: ProcessPoolExecutor, process: multiprocessing.process.BaseProcess | None
+    ) -> None:
+        executor.shutdown(wait=True, cancel_futures=True)
+        if process is not None:
+            process.join(timeout=5.0)
+
+    # -- sizing ------------------------------------------------------------------------
+    def _live_count(self) -> int:
+        return sum(1 for s in self._slots if s.state in (_State.STARTING, _State.IDLE, _State.BUSY))
+
+    def _resize(self) -> None:
+        """Apply the sizing policy: start slots, retire idle ones."""
+        if self._closed or self._loop is None:
+            return
+        now = self._clock()
+        live = [s for s in self._slots if s.state in (_State.STARTING, _State.IDLE, _State.BUSY)]
+        idle = [s for s in live if s.state is _State.IDLE]
+        timeout = self._settings.idle_timeout
+        expired = [s for s in idle if now - s.idle_since >= timeout]
+        calm_for = math.inf if self._calm_since is None else now - self._calm_since
+        if self._level > PressureLevel.NORMAL:
+            calm_for = 0.0
+        decision = target_workers(
+            max_workers=self._max_workers,
+            queued=len(self._queue),
+            busy=len(live) - len(idle),
+            live=len(live),
+            idle_expired=len(expired),
+            level=self._level,
+            calm_for=calm_for,
+            settle_seconds=self._settle_seconds,
+        )
+        self._target = decision.target
+        for _ in range(decision.start):
+            slot = _Slot()
+            self._slots.append(slot)
+            self._spawn(self._start_slot(slot))
+        idle.sort(key=lambda s: s.idle_since)
+        for slot in idle[: decision.retire_idle]:
+            self._retire(slot)
+
+    def _next_deadline(self) -> float:
+        """Seconds until the sizing may change by itself (an idle timeout or settling)."""
+        now = self._clock()
+        delays = [
+            s.idle_since + self._settings.idle_timeout - now
+            for s in self._slots
+            if s.state is _State.IDLE
+        ]
+        if self._calm_since is not None and now - self._calm_since < self._settle_seconds:
+            delays.append(self._calm_since + self._settle_seconds - now)
+        return max(0.0, min(delays, default=math.inf))
+
+    async def _maintain(self) -> None:
+        assert self._wakeup is not None
+        while not self._closed:
+            self._wakeup.clear()
+            self._resize()
+            self._dispatch()
+            delay = self._next_deadline()
+            with anyio.move_on_after(delay if math.isfinite(delay) else 3600.0):
+                await self._wakeup.wait()
+
+    # -- starting slots ----------------------------------------------------------------
+    def _mp_context(self) -> multiprocessing.context.BaseContext:
+        if self._context is None:
+            method = self._settings.start_method
+            if method == "forkserver":
+                self._context = _LaneForkServerContext()
+            else:
+                self._context = multiprocessing.get_context(method)
+        return self._context
+
+    def _open_slot(self) -> _Opened:
+        """Create a slot's executor and worker and wait for it (blocking; in a thread)."""
+        ctx = self._mp_context()
+        reader, writer = ctx.Pipe(duplex=False)
+        progress = cast("_SharedInt", ctx.RawValue("q", -1))
+        skip = cast("_SharedFlags", ctx.RawArray("b", _worker.MAX_BATCH))
+        lock = ctx.Lock()
+        executor = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=ctx,
+            initializer=_worker.init_worker,
+            initargs=(progress, skip, lock, writer),
+        )
+        try:
+            pid = executor.submit(_worker.ready).result(timeout=_START_TIMEOUT)
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
+            reader.close()
+            raise
+        finally:
+            writer.close()
+        processes = getattr(executor, "_processes", None) or {}
+        return _Opened(executor, processes.get(pid), pid, reader, progress, skip, lock)
+
+    async def _start_slot(self, slot: _Slot) -> None:
+        try:
+            with anyio.CancelScope(shield=True):  # a started worker must never be lost
+                opened = await anyio.to_thread.run_sync(self._open_slot, limiter=self._limiter)
+        except Exception as exc:  # noqa: BLE001 - reported to the calls that waited for it
+            slot.state = _State.DEAD
+            self._forget(slot)
+            if not any(s.state is not _State.DEAD for s in self._slots):
+                error = WorkerCrashedError("<worker start>", detail=f"cannot start: {exc!r}")
+                while self._queue:
+                    call = self._queue.popleft()
+                    if self._finish(call, error):
+                        self._failed += 1
+            return
+        slot.executor = opened.executor
+        slot.process = opened.process
+        slot.pid = opened.pid
+        slot.progress = opened.progress
+        slot.skip = opened.skip
+        slot.lock = opened.lock
+        slot.reader_fd = os.dup(opened.reader.fileno())
+        opened.reader.close()
+        os.set_blocking(slot.reader_fd, False)
+        if self._closed or slot.kill_reason is not None:
+            slot.state = _State.KILLED
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signal.SIGKILL)
+            await self._shutdown_slot(slot)
+            self._forget(slot)
+            return
+        assert self._loop is not None
+        self._loop.add_reader(slot.reader_fd, self._on_readable, slot)
+        slot.state = _State.IDLE
+        slot.idle_since = self._clock()
+        self._dispatch()
+        self._wake()

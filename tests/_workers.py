@@ -1,0 +1,86 @@
+"""Module-level functions run in worker processes by the process-lane tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def square(x: int) -> int:
+    """Return x squared."""
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    """Return a + b."""
+    return a + b
+
+
+def pid() -> int:
+    """Return the worker's pid."""
+    return os.getpid()
+
+
+def raise_key_error(key: str) -> None:
+    """Raise KeyError(key) in the worker."""
+    raise KeyError(key)
+
+
+def exit_now(code: int) -> None:
+    """End the worker at once with *code*, as a crash would."""
+    os._exit(code)
+
+
+def kill_self() -> None:
+    """SIGKILL the worker itself."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def record(directory: str, name: str, value: int) -> int:
+    """Append a line to directory/name (counts executions) and return value."""
+    with Path(directory, name).open("a") as f:
+        f.write("x\n")
+    return value
+
+
+def wait_for_file(path: str, value: int = 0, limit: float = 30.0) -> int:
+    """Write path + '.started', block until *path* exists (hang guard: limit), return value."""
+    Path(path + ".started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + limit
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+    return value
+
+
+def sleep(seconds: float) -> float:
+    """Sleep and return seconds."""
+    time.sleep(seconds)
+    return seconds
+
+
+def allocate(n_bytes: int) -> int:
+    """Grow the worker's RSS by about n_bytes (kept alive) and return its pid."""
+    keep = bytearray(n_bytes)
+    for i in range(0, n_bytes, 4096):
+        keep[i] = 1
+    _KEEP.append(keep)
+    return os.getpid()
+
+
+_KEEP: list[bytearray] = []
+
+
+def big_result(n: int) -> bytes:
+    """Return n bytes (above the pipe frame limit for large n)."""
+    return b"x" * n
+
+
+def crash_on(value: int, bad: int) -> int:
+    """Return value squared, but end the worker when value == bad."""
+    if value == bad:
+        os._exit(3)
+    return value * value
