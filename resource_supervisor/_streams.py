@@ -318,9 +318,16 @@ class Subscription(AsyncIterator[T], Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the subscription (unsubscribe)."""
         self.close()
 
     async def __aenter__(self) -> Self:
+        """
+        Return the subscription itself.
+
+        Cancellation:
+            Not checked: entering never waits.
+        """
         return self
 
     async def __aexit__(
@@ -329,4 +336,11 @@ class Subscription(AsyncIterator[T], Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """
+        Close the subscription (unsubscribe), however the block ended.
+
+        Cancellation:
+            Not checked: the subscription is closed without waiting, also when the
+            block was cancelled.
+        """
         self.close()
