@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import anyio
 
@@ -49,6 +49,7 @@ __all__ = (
 )
 
 Status = Literal["ok", "skipped", "failed"]
+N = TypeVar("N", int, float)
 
 
 class SkipSuite(Exception):  # noqa: N818 - a flow signal, not an error
@@ -347,7 +348,7 @@ class SuiteContext:
     rounds: int
     result: SuiteResult
 
-    def scale(self, full: int, quick: int) -> int:
+    def scale(self, full: N, quick: N) -> N:
         """Return *quick* in quick mode, else *full*."""
         return quick if self.quick else full
 

@@ -48,6 +48,7 @@ async def run(ctx: SuiteContext) -> None:
                 ],
                 unit="us/sample",
             )
-        ctx.note(f"{len(gpu.devices)} GPU(s): {', '.join(d.name for d in gpu.devices)}")
+        devices = gpu.devices()
+        ctx.note(f"{len(devices)} GPU(s): {', '.join(d.name for d in devices)}")
     finally:
         gpu.close()

@@ -27,12 +27,19 @@ if TYPE_CHECKING:
 
 WORKERS = 2
 LANE = "map_in_processes"
-FLOOR = "pickle round trip in-process (floor)"
+FLOOR = "pickle round trip per item, in-process (floor)"
 CS1 = "ProcessPoolExecutor.map chunksize=1"
 
 
-def _pickle_floor(func: Callable[[int], object], items: range, chunksize: int) -> None:
-    """Pickle each chunk out and its results back, in this process: no IPC, no workers."""
+def _pickle_floor(func: Callable[[int], object], items: range) -> None:
+    """Pickle each item out and its result back, in this process: no IPC, no workers."""
+    dumps, loads = pickle.dumps, pickle.loads
+    for x in items:
+        loads(dumps(func(loads(dumps(x)))))
+
+
+def _pickle_chunks(func: Callable[[int], object], items: range, chunksize: int) -> None:
+    """Pickle each chunk out and its results back, in this process."""
     for start in range(0, len(items), chunksize):
         chunk = pickle.loads(pickle.dumps(list(items[start : start + chunksize]), 5))
         pickle.loads(pickle.dumps([func(x) for x in chunk], 5))
@@ -91,10 +98,13 @@ async def run(ctx: SuiteContext) -> None:
         def floor_case(func: Callable[[int], object], count: int, chunk: int) -> Case:
             async def measure() -> float:
                 start = time.perf_counter()
-                _pickle_floor(func, range(count), chunk)
+                if chunk:
+                    _pickle_chunks(func, range(count), chunk)
+                else:
+                    _pickle_floor(func, range(count))
                 return (time.perf_counter() - start) * 1e6 / count
 
-            return Case(FLOOR, measure)
+            return Case(f"pickle round trip per chunk of {chunk}" if chunk else FLOOR, measure)
 
         for warm in [
             lane_case(square, 1000),
@@ -110,6 +120,7 @@ async def run(ctx: SuiteContext) -> None:
                 for k, p in pools.items()
                 if k == "loky"
             ),
+            floor_case(square, n, 0),
             floor_case(square, n, auto),
         ]
         await ctx.compare(

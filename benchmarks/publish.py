@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._harness import Case, SuiteContext, Target
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 _ITEM = object()
 
