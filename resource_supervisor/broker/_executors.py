@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar, TypeVarTuple
 
+import anyio
+
 from .._exceptions import SupervisorClosedError
 from .._snapshot import PressureLevel
 from ._threads import ThreadLane
@@ -195,17 +197,19 @@ class Executors:
         workers, failing calls it can no longer finish.
 
         Cancellation:
-            Shielded: cancelling ``aclose`` does not stop it from closing both lanes.
+            Shielded: cancelling ``aclose`` does not stop it from closing both lanes;
+            each lane bounds its own wait (see their ``aclose``).
         """
         if self._state == "closed":
             return
         self._state = "closed"
         backend = self._backend
-        try:
-            await self._threads.aclose()
-        finally:
-            if backend is not None:
-                await backend.aclose()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._threads.aclose()
+            finally:
+                if backend is not None:
+                    await backend.aclose()
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -275,9 +279,10 @@ class Executors:
             OverloadedError: At CRITICAL pressure, when the lane's queue is full.
 
         Cancellation:
-            Checked before a worker is taken. A call cancelled while queued never
-            runs; one already running in a worker finishes there and its result is
-            dropped (the process backend's contract); the caller raises at once.
+            Checked before the call is queued. A call cancelled while queued never
+            runs. Once it runs, the caller raises the cancellation at once: the
+            local backend kills and replaces the worker running it; the Dask backend
+            lets it finish on its worker and drops the result.
         """
         self._check_open()
         assert self._backend is not None
