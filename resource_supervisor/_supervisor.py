@@ -1,0 +1,657 @@
+"""
+The Supervisor: composes sampling, pressure grading, cleanup, streams, sessions and
+the executor broker, and owns their lifecycle.
+
+Covers: :class:`Supervisor` (one per process in production; several are allowed,
+the innermost is :meth:`Supervisor.current`), the sampling loop, turning a sample
+into a :class:`MetricsSnapshot`, dispatching automatic cleanup, and publishing
+snapshots and events. Does not cover: how each part works (see :mod:`._sampler`,
+:mod:`._policy`, :mod:`._cleanup`, :mod:`._streams`, :mod:`._sessions`,
+:mod:`._memory`, :mod:`.broker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import anyio
+from anyio.lowlevel import RunVar
+
+from ._cleanup import CleanupDispatcher, CleanupReport, CleanupRequest
+from ._config import SupervisorSettings
+from ._events import CleanupCompleted, CpuWarning, LevelChanged, SupervisorEvent
+from ._exceptions import NoSupervisorError, SupervisorClosedError
+from ._gpu import TorchGpuReclaimer, gpu_readings
+from ._memory import MemoryAdvisor
+from ._policy import Reading, Thresholds, cleanup_due, grade
+from ._sampler import Sampler
+from ._sessions import SessionRegistry
+from ._snapshot import MetricsSnapshot, MetricValue, PressureLevel
+from ._sources._cpus import usable_cpu_count
+from ._sources._gpu import GpuSource
+from ._streams import Broadcaster, Subscription
+from .broker._executors import Executors
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from ._cleanup import CleanupHandler
+
+__all__ = ("MetricSource", "Supervisor")
+
+logger = logging.getLogger("resource_supervisor")
+
+
+class MetricSource(Protocol):
+    """
+    What a supervisor samples: the built-in sampler, or a test double such as
+    :class:`resource_supervisor.testing.ScriptedSource` that wraps it.
+    """
+
+    def open(self) -> None:
+        """Open files or handles; idempotent."""
+
+    def close(self) -> None:
+        """Release them; idempotent."""
+
+    def register_provider(
+        self,
+        name: str,
+        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
+    ) -> None:
+        """Add a named metrics provider."""
+
+    def unregister_provider(self, name: str) -> None:
+        """Remove a provider."""
+
+    async def sample(self) -> dict[str, MetricValue]:
+        """
+        Read every metric.
+
+        Cancellation:
+            A cancelled sample publishes nothing; the implementation decides what
+            its providers see (the built-in sampler cancels async providers and
+            abandons sync ones in their threads).
+        """
+        ...
+
+    def read_memory(self) -> tuple[int, int]:
+        """Working-set bytes and effective limit bytes, cheaply."""
+        ...
+
+
+_CURRENT: contextvars.ContextVar[Supervisor | None] = contextvars.ContextVar(
+    "resource_supervisor_current", default=None
+)
+# Supervisors running on this event loop, innermost last: found by current() from
+# tasks that did not inherit the entering task's context (e.g. ASGI request tasks
+# when the supervisor was entered in the lifespan task).
+_RUNNING: RunVar[list[Supervisor]] = RunVar("resource_supervisor_running")
+
+
+def _running_on_this_loop() -> list[Supervisor]:
+    try:
+        return _RUNNING.get()
+    except LookupError:
+        stack: list[Supervisor] = []
+        _RUNNING.set(stack)
+        return stack
+
+
+def resolve_io_workers(value: int | Literal["auto"], cpus: int) -> int:
+    """
+    Resolve ``default_io_workers``: ``auto`` follows CPython's thread-pool default,
+    ``min(32, cpus + 4)``: I/O waits rather than computes, so a few threads beyond
+    the CPU count keep the CPUs busy while bounding memory for thread stacks.
+    """
+    return min(32, cpus + 4) if value == "auto" else value
+
+
+class Supervisor:
+    """
+    Keeps a service inside its memory and CPU budget.
+
+    Use as ``async with Supervisor(settings) as sup:``. On entry it takes a first
+    sample (so :attr:`metrics` is never ``None`` inside), starts the sampling loop
+    when ``monitoring_enabled``, and registers the built-in cleanup participants
+    (memory reclaim, idle sessions, GPU caches when PyTorch is loaded). On exit it
+    stops every task, thread and worker process it started.
+
+    Args:
+        settings: Settings; ``None`` uses defaults (no file, no environment).
+        source: What to sample; defaults to the built-in sampler reading
+            ``/proc`` and ``/sys/fs/cgroup`` (tests may pass a wrapped one).
+        clock: Monotonic clock for cooldowns (tests may pass a manual one).
+        gpu_visible_devices: ``CUDA_VISIBLE_DEVICES`` to honour; defaults to the
+            process environment's value, read once on entry.
+    """
+
+    def __init__(
+        self,
+        settings: SupervisorSettings | None = None,
+        *,
+        source: MetricSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        gpu_visible_devices: str | None = None,
+    ) -> None:
+        self._settings = settings if settings is not None else SupervisorSettings()
+        s = self._settings
+        self._clock = clock
+        self._source: MetricSource = (
+            source if source is not None else Sampler(provider_timeout=s.provider_timeout)
+        )
+        self._gpu_visible = gpu_visible_devices
+        self._gpu: GpuSource | None = None
+        self._snapshots: Broadcaster[MetricsSnapshot] = Broadcaster()
+        self._events: Broadcaster[SupervisorEvent] = Broadcaster()
+        self._cleanup = CleanupDispatcher(
+            handler_timeout=s.cleanup_handler_timeout,
+            measure_used_bytes=lambda: self._source.read_memory()[0],
+        )
+        self._sessions = SessionRegistry(
+            ttl=s.session_ttl, aggressive_ttl=s.session_ttl_aggressive, clock=clock
+        )
+        self._memory = MemoryAdvisor(lambda: self.metrics)
+        self._executors: Executors | None = None
+        self._metrics: MetricsSnapshot | None = None
+        self._levels: Mapping[str, PressureLevel] = {}
+        self._level = PressureLevel.NORMAL
+        self._last_cleanup_at: float | None = None
+        self._cpu_streak = False
+        self._sample_failures = 0
+        self._cleanup_runs = 0
+        self._lock = anyio.Lock()
+        self._task_group: TaskGroup | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._token: contextvars.Token[Supervisor | None] | None = None
+        self._state: Literal["new", "running", "closed"] = "new"
+
+    # -- lifecycle -------------------------------------------------------------
+    async def __aenter__(self) -> Supervisor:
+        """
+        Start supervising: open sources, take the first sample, start the loop.
+
+        Raises:
+            RuntimeError: If this supervisor was already entered.
+
+        Cancellation:
+            If cancelled during entry, everything started so far is stopped
+            before the cancellation propagates.
+        """
+        if self._state != "new":
+            raise RuntimeError("a Supervisor can be entered only once; create a new one")
+        self._state = "running"
+        stack = contextlib.AsyncExitStack()
+        try:
+            await self._start(stack)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            self._state = "closed"
+            raise
+        self._stack = stack
+        return self
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        s = self._settings
+        self._source.open()
+        stack.callback(self._source.close)
+        stack.push_async_callback(self._snapshots.aclose)
+        stack.push_async_callback(self._events.aclose)
+        stack.push_async_callback(self._sessions.aclose)
+
+        cpus = usable_cpu_count()
+        cpu_workers = (
+            cpus
+            if s.concurrency.default_cpu_workers == "auto"
+            else s.concurrency.default_cpu_workers
+        )
+        io_workers = resolve_io_workers(s.concurrency.default_io_workers, cpus)
+        self._executors = Executors(s.concurrency, cpu_workers=cpu_workers, io_workers=io_workers)
+        await stack.enter_async_context(self._executors)
+
+        self._cleanup.register(self._memory.reclaim, name="memory")
+        self._cleanup.register(self._sessions.cleanup, name="sessions")
+        visible = self._gpu_visible
+        if visible is None:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpu = GpuSource(visible_devices=visible)
+        # nvmlInit can take long with a driver present: keep it off the loop
+        if await anyio.to_thread.run_sync(gpu.open):
+            self._gpu = gpu
+            stack.callback(gpu.close)
+            self._cleanup.register(TorchGpuReclaimer(gpu), name="gpu")
+
+        self._task_group = anyio.create_task_group()
+        await stack.enter_async_context(self._task_group)
+        stack.callback(self._task_group.cancel_scope.cancel)  # runs before the group exits
+
+        running = _running_on_this_loop()
+        running.append(self)
+        stack.callback(running.remove, self)
+        self._token = _CURRENT.set(self)
+
+        await self.update_metrics()
+        if s.monitoring_enabled:
+            self._task_group.start_soon(self._sample_loop, name="resource_supervisor.sampler")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """
+        Stop supervising: cancel the loop and any automatic cleanup, close the
+        executor lanes (queued calls fail, workers are killed and reaped), end
+        every subscription and close every session.
+
+        Cancellation:
+            Shielded: exit always completes, even when the surrounding scope is
+            cancelled.
+        """
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """
+        Stop everything this supervisor started.
+
+        Idempotent; always closes, even when cancelled or when a part fails to
+        close gracefully. Subscribers blocked on a stream get ``EndOfStream``
+        (their ``async for`` ends); calls waiting in the executor lanes fail with
+        :class:`SupervisorClosedError`.
+
+        Cancellation:
+            Shielded: the shutdown runs to completion, then a pending cancellation
+            is delivered at the next checkpoint of the caller.
+        """
+        if self._state != "running":
+            self._state = "closed"
+            return
+        self._state = "closed"
+        stack, self._stack = self._stack, None
+        if self._token is not None:
+            with contextlib.suppress(ValueError):  # reset from another context
+                _CURRENT.reset(self._token)
+            self._token = None
+        if stack is not None:
+            # Not wrapped in a shielded scope: task groups in the stack must exit in
+            # the host task's own scope order. Each part shields its own shutdown.
+            await stack.aclose()
+
+    @classmethod
+    def current(cls) -> Supervisor:
+        """
+        Return the running supervisor: the innermost one entered in this context,
+        else the most recently entered one still running on this event loop.
+
+        Returns:
+            The running :class:`Supervisor`.
+
+        Raises:
+            NoSupervisorError: If none is running here.
+        """
+        sup = _CURRENT.get()
+        if sup is not None and sup._state == "running":
+            return sup
+        try:
+            running = _RUNNING.get()
+        except (LookupError, RuntimeError):
+            running = []
+        if running:
+            return running[-1]
+        raise NoSupervisorError
+
+    # -- parts -----------------------------------------------------------------
+    @property
+    def settings(self) -> SupervisorSettings:
+        """The frozen settings in use."""
+        return self._settings
+
+    @property
+    def metrics(self) -> MetricsSnapshot:
+        """
+        The latest snapshot (never ``None`` once entered).
+
+        Raises:
+            SupervisorClosedError: Before entry.
+        """
+        if self._metrics is None:
+            raise SupervisorClosedError("supervisor (no snapshot before entry)")
+        return self._metrics
+
+    @property
+    def level(self) -> PressureLevel:
+        """The current pressure level."""
+        return self._level
+
+    @property
+    def executors(self) -> Executors:
+        """
+        The executor broker: thread lane and process lane.
+
+        Raises:
+            SupervisorClosedError: Outside ``async with``.
+        """
+        if self._executors is None or self._state != "running":
+            raise SupervisorClosedError("executors")
+        return self._executors
+
+    @property
+    def memory(self) -> MemoryAdvisor:
+        """Batch-size advice and the memory reclaim participant."""
+        return self._memory
+
+    @property
+    def sessions(self) -> SessionRegistry:
+        """Sessions, counted in ``active_sessions_rag`` and evicted when idle."""
+        return self._sessions
+
+    @property
+    def gpu(self) -> GpuSource | None:
+        """The GPU source when NVML found devices, else ``None``."""
+        return self._gpu
+
+    # -- registration ----------------------------------------------------------
+    def register_cleanup(
+        self, handler: CleanupHandler, *, name: str | None = None, timeout: float | None = None
+    ) -> Callable[[], None]:
+        """
+        Register a cleanup handler: an object with ``async def cleanup(self, request)``
+        or an async callable taking a :class:`CleanupRequest`.
+
+        Args:
+            handler: The handler.
+            name: Its name in reports (defaults to the object's or function's name).
+            timeout: Its own timeout (defaults to ``cleanup_handler_timeout``).
+
+        Returns:
+            A function that unregisters the handler.
+
+        Raises:
+            TypeError: If *handler* is neither form.
+            ValueError: If the name is taken.
+        """
+        return self._cleanup.register(handler, name=name, timeout=timeout)
+
+    def register_metrics_provider(
+        self,
+        name: str,
+        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
+    ) -> None:
+        """
+        Register a sync or async provider whose metrics appear as ``<name>_<key>``.
+
+        A provider that raises or exceeds ``provider_timeout`` is skipped for that
+        sample, counted in ``provider_failures_total`` and logged once per streak.
+
+        Args:
+            name: A lower-case identifier.
+            provider: ``() -> Mapping[str, float | int]``, sync (run in a thread) or async.
+
+        Raises:
+            ValueError: If the name is invalid or taken.
+        """
+        self._source.register_provider(name, provider)
+
+    def unregister_metrics_provider(self, name: str) -> None:
+        """
+        Remove a provider registered with :meth:`register_metrics_provider`.
+
+        Args:
+            name: The provider's name.
+        """
+        self._source.unregister_provider(name)
+
+    # -- streams ---------------------------------------------------------------
+    def subscribe(
+        self, buffer: int | None = None, policy: Literal["drop_oldest", "latest"] = "drop_oldest"
+    ) -> Subscription[MetricsSnapshot]:
+        """
+        Subscribe to snapshots; use as ``async with sup.subscribe() as stream``.
+
+        Args:
+            buffer: Snapshots kept for a slow reader (default ``stream_buffer``);
+                when full the oldest is dropped and counted.
+            policy: ``"latest"`` keeps only the newest snapshot.
+
+        Returns:
+            A subscription: an async iterator that ends when the supervisor exits.
+        """
+        return self._snapshots.subscribe(
+            buffer=buffer if buffer is not None else self._settings.stream_buffer, policy=policy
+        )
+
+    def subscribe_events(self, buffer: int = 64) -> Subscription[SupervisorEvent]:
+        """
+        Subscribe to events: level changes, CPU warnings and cleanup reports.
+
+        Args:
+            buffer: Events kept for a slow reader; the oldest is dropped when full.
+
+        Returns:
+            A subscription, like :meth:`subscribe`.
+        """
+        return self._events.subscribe(buffer=buffer)
+
+    # -- sampling --------------------------------------------------------------
+    async def _sample_loop(self) -> None:
+        interval = self._settings.monitoring_interval
+        next_at = anyio.current_time() + interval
+        while True:
+            await anyio.sleep_until(next_at)
+            next_at = max(next_at + interval, anyio.current_time())
+            try:
+                await self.update_metrics()
+            except Exception:
+                # A failing part never stops the loop; the next sample tries again.
+                self._sample_failures += 1
+                logger.exception("sampling failed; will retry in %.3g s", interval)
+
+    async def update_metrics(self) -> MetricsSnapshot:
+        """
+        Sample now, grade the pressure, publish the snapshot, and start automatic
+        cleanup when the level calls for it.
+
+        Returns:
+            The new snapshot (also :attr:`metrics`).
+
+        Raises:
+            SupervisorClosedError: Outside ``async with``.
+
+        Cancellation:
+            Concurrent calls are serialised. If cancelled while sampling, nothing
+            is published and :attr:`metrics` keeps the previous snapshot; providers
+            still running are cancelled (sync ones are abandoned in their thread).
+        """
+        if self._state != "running":
+            raise SupervisorClosedError
+        async with self._lock:
+            raw = await self._source.sample()
+            if self._gpu is not None:
+                # NVML calls cost microseconds to milliseconds per device: off the loop
+                raw.update(await anyio.to_thread.run_sync(self._gpu.read))
+            snapshot = self._build(raw)
+        self._publish(snapshot)
+        return snapshot
+
+    def _build(self, raw: dict[str, MetricValue]) -> MetricsSnapshot:
+        s = self._settings
+        data: dict[str, MetricValue] = dict(raw)
+        data.setdefault("gpu_count", 0)
+        if self._executors is not None:
+            data.update(self._executors.metrics())
+        cleanup = self._cleanup.statistics()
+        snapshots = self._snapshots.statistics()
+        sessions = self._sessions.statistics()
+        data.update(
+            active_sessions_rag=self._sessions.active,
+            sessions_evicted_total=sessions.evicted_total,
+            stream_subscribers=snapshots.subscribers,
+            stream_dropped_total=snapshots.dropped + self._events.statistics().dropped,
+            cleanup_runs_total=cleanup.runs,
+            cleanup_handler_failures_total=cleanup.handler_failures,
+            cleanup_handler_timeouts_total=cleanup.handler_timeouts,
+            sample_failures_total=self._sample_failures,
+        )
+        readings = [
+            Reading(
+                "memory",
+                float(data["memory_percent"]),
+                Thresholds(s.warning_threshold_memory, s.aggressive_threshold_memory, s.hysteresis),
+            )
+        ]
+        if s.psi_warning_some_avg10 is not None and "psi_memory_some_avg10" in data:
+            readings.append(
+                Reading(
+                    "psi",
+                    float(data["psi_memory_some_avg10"]),
+                    Thresholds(s.psi_warning_some_avg10, None, s.hysteresis),
+                )
+            )
+        if s.psi_critical_full_avg10 is not None and "psi_memory_full_avg10" in data:
+            readings.append(
+                Reading(
+                    "psi_full",
+                    float(data["psi_memory_full_avg10"]),
+                    Thresholds(None, s.psi_critical_full_avg10, s.hysteresis),
+                )
+            )
+        readings.extend(
+            gpu_readings(
+                data,
+                warning=s.warning_threshold_gpu_memory,
+                critical=s.aggressive_threshold_gpu_memory,
+                hysteresis=s.hysteresis,
+            )
+        )
+        graded = grade(self._levels, readings)
+        previous = self._level
+        self._levels = graded.levels
+        self._level = graded.level
+        data["pressure_level"] = graded.level
+        data["pressure_level_name"] = graded.level.name
+        snapshot = MetricsSnapshot(data)
+        self._metrics = snapshot
+        if self._executors is not None:
+            self._executors.set_pressure(graded.level)
+
+        if graded.level != previous:
+            trigger = graded.trigger
+            log = logger.warning if graded.level > previous else logger.info
+            log(
+                "pressure %s -> %s (memory %.1f%% of %d bytes, source %s)",
+                previous.name,
+                graded.level.name,
+                snapshot.memory_percent,
+                snapshot.memory_limit_bytes,
+                snapshot.memory_limit_source,
+            )
+            self._events.publish(
+                LevelChanged(
+                    previous,
+                    graded.level,
+                    snapshot,
+                    trigger.resource if trigger else None,
+                    trigger.device if trigger else None,
+                )
+            )
+        self._check_cpu(snapshot)
+        now = self._clock()
+        kind = cleanup_due(
+            previous,
+            graded.level,
+            now=now,
+            last_cleanup_at=self._last_cleanup_at,
+            cooldown=s.cleanup_cooldown,
+        )
+        if kind is not None and self._task_group is not None:
+            self._last_cleanup_at = now
+            trigger = graded.trigger
+            request = CleanupRequest(
+                aggressive=kind == "aggressive",
+                level=graded.level,
+                reason=f"{trigger.resource if trigger else 'memory'} pressure {graded.level.name}",
+                snapshot=snapshot,
+                resource=trigger.resource if trigger else "memory",
+                device=trigger.device if trigger else None,
+            )
+            self._task_group.start_soon(
+                functools.partial(self._run_cleanup, request, automatic=True)
+            )
+        return snapshot
+
+    def _check_cpu(self, snapshot: MetricsSnapshot) -> None:
+        threshold = self._settings.warning_threshold_cpu
+        cpu = snapshot.system_cpu_percent
+        if not math.isnan(cpu) and cpu >= threshold:
+            if not self._cpu_streak:
+                self._cpu_streak = True
+                logger.warning("system CPU at %.1f%% (warning threshold %g%%)", cpu, threshold)
+            self._events.publish(CpuWarning(cpu, threshold, snapshot))
+        elif self._cpu_streak:
+            self._cpu_streak = False
+            logger.info("system CPU back below %g%% (%.1f%%)", threshold, cpu)
+
+    def _publish(self, snapshot: MetricsSnapshot) -> None:
+        self._snapshots.publish(snapshot)
+
+    # -- cleanup ---------------------------------------------------------------
+    async def _run_cleanup(self, request: CleanupRequest, *, automatic: bool) -> CleanupReport:
+        report = await self._cleanup.run(request)
+        self._events.publish(CleanupCompleted(report, automatic))
+        if not report.ok:
+            logger.warning(
+                "cleanup (%s) finished with failures: %s",
+                request.reason,
+                ", ".join(f"{o.name}={o.status}" for o in report.failures),
+            )
+        return report
+
+    async def request_cleanup(
+        self, *, aggressive: bool = False, reason: str = "manual"
+    ) -> CleanupReport:
+        """
+        Run every cleanup handler now and return the report.
+
+        Handlers run concurrently, each under its timeout; an error or timeout is
+        recorded in the report, never raised. A request arriving while a pass of
+        the same or higher severity runs joins that pass instead of stacking.
+
+        Args:
+            aggressive: Ask handlers to free as much as they can.
+            reason: Free text carried in the request and the report.
+
+        Returns:
+            The :class:`CleanupReport` with each handler's outcome and bytes freed.
+
+        Raises:
+            SupervisorClosedError: Outside ``async with``.
+
+        Cancellation:
+            Cancels the handlers of this pass (when no other caller shares it) and
+            propagates; handlers see the cancellation at their next await.
+        """
+        if self._state != "running":
+            raise SupervisorClosedError
+        request = CleanupRequest(
+            aggressive=aggressive,
+            level=self._level,
+            reason=reason,
+            snapshot=self._metrics,
+            resource="manual",
+        )
+        return await self._run_cleanup(request, automatic=False)
+
+    def __repr__(self) -> str:
+        return f"<Supervisor state={self._state} level={self._level.name}>"

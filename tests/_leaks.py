@@ -1,0 +1,35 @@
+"""Leak probes shared by tests: child processes, threads and fds of this process."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+
+def _is_resource_tracker(proc: psutil.Process) -> bool:
+    # multiprocessing starts one resource tracker per interpreter, on first use of a
+    # spawn or forkserver context, and keeps it for the interpreter's lifetime. It
+    # belongs to multiprocessing, not to any pool, so leak checks leave it out.
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def live_children() -> list[psutil.Process]:
+    """Running (non-zombie) descendants of this process, except the resource tracker."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE or _is_resource_tracker(proc):
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        found.append(proc)
+    return found
+
+
+def open_fds() -> set[int]:
+    """File descriptors open in this process."""
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
