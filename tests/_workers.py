@@ -84,3 +84,9 @@ def crash_on(value: int, bad: int) -> int:
     if value == bad:
         os._exit(3)
     return value * value
+
+
+def sleep_pid(seconds: float) -> int:
+    """Sleep, then return the worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()

@@ -330,12 +330,13 @@ class ProcessLane:
         self._level = PressureLevel.NORMAL
         self._calm_since: float | None = None
         self._target = 0
-        self._call_seconds = 0.0  # moving mean of worker-side call time
+        self._call_seconds: float | None = None  # moving mean of worker-side call time
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._context: multiprocessing.context.BaseContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
+        self._sleep_until = -math.inf  # when the maintainer wakes by itself
         self._wakeup: asyncio.Event | None = None
         self._limiter = anyio.CapacityLimiter(max(2, max_workers))
         self._completed = 0
@@ -621,14 +622,17 @@ class ProcessLane:
             idle = [s for s in self._slots if s.state is _State.IDLE]
             if not idle:
                 return
+            starting = sum(1 for s in self._slots if s.state is _State.STARTING)
             slot = idle[-1]
-            batch = self._take_batch(slot, len(idle))
+            batch = self._take_batch(slot, len(idle) + starting)
             self._send(slot, batch)
 
-    def _take_batch(self, slot: _Slot, idle_slots: int) -> list[_Call]:
+    def _take_batch(self, slot: _Slot, free_slots: int) -> list[_Call]:
+        # Batch only calls measured to be short, and share the queue among the free
+        # and starting slots, so a batch never holds work another worker could start.
         limit = 1
-        if self._call_seconds < _BATCH_MAX_CALL_SECONDS:
-            limit = min(_worker.MAX_BATCH, math.ceil(len(self._queue) / idle_slots))
+        if self._call_seconds is not None and self._call_seconds < _BATCH_MAX_CALL_SECONDS:
+            limit = min(_worker.MAX_BATCH, math.ceil(len(self._queue) / free_slots))
         quota = self._settings.max_tasks_per_worker
         if quota is not None:
             limit = max(1, min(limit, quota - slot.calls_done))
@@ -757,7 +761,8 @@ class ProcessLane:
             self._finish(call, None)
             return
         slot.calls_done += 1
-        self._call_seconds += (seconds - self._call_seconds) * 0.2
+        mean = self._call_seconds
+        self._call_seconds = seconds if mean is None else mean + (seconds - mean) * 0.2
         if status == 1:
             if self._finish(call, None, value):
                 self._completed += 1
@@ -792,6 +797,8 @@ class ProcessLane:
         else:
             slot.state = _State.IDLE
             slot.idle_since = self._clock()
+            if self._sleep_until > slot.idle_since + self._settings.idle_timeout:
+                self._wake()  # the maintainer must wake for this slot's idle timeout
         if self._queue:
             self._dispatch()
             if self._queue:
@@ -1010,9 +1017,11 @@ class ProcessLane:
             self._wakeup.clear()
             self._resize()
             self._dispatch()
-            delay = self._next_deadline()
-            with anyio.move_on_after(delay if math.isfinite(delay) else 3600.0):
+            delay = min(self._next_deadline(), 3600.0)
+            self._sleep_until = self._clock() + delay
+            with anyio.move_on_after(delay):
                 await self._wakeup.wait()
+            self._sleep_until = -math.inf
 
     # -- starting slots ----------------------------------------------------------------
     def _mp_context(self) -> multiprocessing.context.BaseContext:

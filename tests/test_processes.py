@@ -1,0 +1,318 @@
+"""Tests of the local process lane with real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import psutil
+import pytest
+
+from resource_supervisor._config import ConcurrencySettings
+from resource_supervisor._exceptions import (
+    CallTimeoutError,
+    OverloadedError,
+    SupervisorClosedError,
+    UnpicklableError,
+    WorkerCrashedError,
+)
+from resource_supervisor._snapshot import PressureLevel
+from resource_supervisor.broker._processes import ProcessLane
+from resource_supervisor.broker._worker import RemoteTraceback
+from tests import _workers
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _children() -> set[int]:
+    """Child processes of this test process, except the interpreter-wide resource tracker."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("resource_tracker" in part for part in child.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        found.add(child.pid)
+    return found
+
+
+async def _until(condition: Callable[[], bool], limit: float = 20.0) -> None:
+    """Poll *condition*: worker processes cannot set an event (hang guard: *limit* seconds)."""
+    with anyio.fail_after(limit):
+        while not condition():  # noqa: ASYNC110 - the state lives in other processes
+            await anyio.sleep(0.01)
+
+
+def _settings(**values: object) -> ConcurrencySettings:
+    return ConcurrencySettings(**{"idle_timeout": 30.0, **values})  # type: ignore[arg-type]
+
+
+async def _call(lane: ProcessLane, func: Callable[..., object], args: tuple[object, ...]) -> None:
+    """Run a call for a task group; its result is not needed."""
+    await lane.run(func, args, timeout=None)
+
+
+@pytest.fixture
+async def lane() -> AsyncIterator[ProcessLane]:
+    async with ProcessLane(_settings(), max_workers=2) as lane:
+        yield lane
+
+
+async def test_lazy_start_and_no_leak_after_close() -> None:
+    """No process before the first call; after aclose no worker and no forkserver remain."""
+    before = _children()
+    lane = ProcessLane(_settings(), max_workers=2)
+    assert lane.statistics().workers_live == 0
+    assert _children() == before
+    assert await lane.run(_workers.add, (2, 3), timeout=None) == 5
+    pids = lane.statistics().worker_pids
+    assert pids
+    assert set(pids) <= _children()
+    assert len(_children() - before) >= 2  # the worker and the lane's forkserver
+    await lane.aclose()
+    await lane.aclose()  # idempotent
+    assert _children() == before
+    with pytest.raises(SupervisorClosedError):
+        await lane.run(_workers.add, (1, 1), timeout=None)
+
+
+async def test_many_concurrent_calls_each_answered_once(lane: ProcessLane) -> None:
+    """Concurrent callers (batched onto two workers) each get their own result."""
+    results = await asyncio.gather(
+        *(lane.run(_workers.square, (i,), timeout=None) for i in range(60))
+    )
+    assert results == [i * i for i in range(60)]
+    stats = lane.statistics()
+    assert stats.completed_total == 60
+    assert stats.workers_live <= 2
+
+
+async def test_remote_exception_keeps_type_and_traceback(lane: ProcessLane) -> None:
+    """A KeyError raised in the worker stays a KeyError, with the worker's traceback as cause."""
+    with pytest.raises(KeyError) as info:
+        await lane.run(_workers.raise_key_error, ("missing",), timeout=None)
+    assert info.value.args == ("missing",)
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "raise_key_error" in str(info.value.__cause__)
+    assert lane.statistics().failed_total == 1
+
+
+async def test_unpicklable_fails_fast_without_starting_a_process() -> None:
+    """A lambda or a lock argument raises UnpicklableError and starts no process."""
+    before = _children()
+    async with ProcessLane(_settings(), max_workers=2) as lane:
+        with pytest.raises(UnpicklableError, match="the function"):
+            await lane.run(lambda: None, (), timeout=None)
+        with pytest.raises(UnpicklableError, match=r"argument 2 \(type _thread.lock\)"):
+            await lane.run(_workers.add, (1, threading.Lock()), timeout=None)
+        assert _children() == before
+        assert lane.statistics().workers_live == 0
+
+
+async def test_big_result_returns_through_the_executor(lane: ProcessLane) -> None:
+    """A result above the pipe frame limit arrives whole, and later calls still run."""
+    results = await asyncio.gather(
+        lane.run(_workers.big_result, (200_000,), timeout=None),
+        *(lane.run(_workers.square, (i,), timeout=None) for i in range(10)),
+    )
+    assert results[0] == b"x" * 200_000
+    assert results[1:] == [i * i for i in range(10)]
+
+
+async def test_crash_fails_only_the_running_call(lane: ProcessLane, tmp_path: Path) -> None:
+    """os._exit in a worker fails that call with its exit code; every innocent runs exactly once."""
+    calls = [
+        lane.run(_workers.record, (str(tmp_path), f"c{i}", i), timeout=None) for i in range(12)
+    ]
+    calls.insert(5, lane.run(_workers.exit_now, (7,), timeout=None))  # type: ignore[arg-type]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    crash = results.pop(5)
+    assert isinstance(crash, WorkerCrashedError)
+    assert crash.exitcode == 7
+    assert crash.function == "tests._workers.exit_now"
+    assert results == list(range(12))
+    for i in range(12):
+        assert (tmp_path / f"c{i}").read_text() == "x\n"
+    stats = lane.statistics()
+    assert stats.crashed_total == 1
+    assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
+
+
+async def test_sigkill_from_outside(lane: ProcessLane, tmp_path: Path) -> None:
+    """A worker SIGKILLed mid-call fails that call with the signal; queued calls still run once."""
+    gate = tmp_path / "gate"
+    async with anyio.create_task_group() as tg:
+        outcome: dict[str, object] = {}
+
+        async def victim() -> None:
+            try:
+                await lane.run(_workers.wait_for_file, (str(gate),), timeout=None)
+            except WorkerCrashedError as exc:
+                outcome["error"] = exc
+
+        tg.start_soon(victim)
+        await _until(lambda: Path(f"{gate}.started").exists())
+        innocents = [
+            lane.run(_workers.record, (str(tmp_path), f"i{i}", i), timeout=None) for i in range(6)
+        ]
+        pending = asyncio.gather(*innocents)
+        os.kill(int(Path(f"{gate}.started").read_text()), signal.SIGKILL)  # noqa: ASYNC240
+        assert await pending == list(range(6))
+    error = outcome["error"]
+    assert isinstance(error, WorkerCrashedError)
+    assert error.signal == signal.SIGKILL
+    for i in range(6):
+        assert (tmp_path / f"i{i}").read_text() == "x\n"
+
+
+async def test_timeout_kills_and_replaces_only_that_worker(lane: ProcessLane) -> None:
+    """timeout= raises CallTimeoutError, kills the call's worker, and the lane goes on."""
+    first = await lane.run(_workers.pid, (), timeout=None)
+    with pytest.raises(CallTimeoutError):
+        await lane.run(_workers.sleep, (30.0,), timeout=0.5)
+    await _until(lambda: lane.statistics().workers_busy == 0)
+    assert await lane.run(_workers.add, (2, 2), timeout=5.0) == 4
+    stats = lane.statistics()
+    assert stats.timeouts_total == 1
+    assert stats.crashed_total == 0
+    assert first in stats.worker_pids or len(stats.worker_pids) >= 1
+
+
+async def test_cancelled_queued_call_never_runs(tmp_path: Path) -> None:
+    """A call cancelled while queued behind a busy worker is removed and never runs."""
+    gate = tmp_path / "gate"
+    async with ProcessLane(_settings(), max_workers=1) as lane, anyio.create_task_group() as tg:
+        tg.start_soon(_call, lane, _workers.wait_for_file, (str(gate),))
+        await _until(lambda: Path(f"{gate}.started").exists())
+        scope = anyio.CancelScope()
+
+        async def queued() -> None:
+            with scope:
+                await lane.run(_workers.record, (str(tmp_path), "late", 1), timeout=None)
+
+        tg.start_soon(queued)
+        await _until(lambda: lane.statistics().queue_depth == 1)
+        scope.cancel()
+        await _until(lambda: lane.statistics().queue_depth == 0)
+        gate.write_text("go")
+    assert not (tmp_path / "late").exists()
+
+
+async def test_cancelled_running_call_kills_its_worker(tmp_path: Path) -> None:
+    """Cancelling a running call kills and replaces its worker; it is not counted as a crash."""
+    gate = tmp_path / "gate"
+    async with ProcessLane(_settings(), max_workers=1) as lane:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_call, lane, _workers.wait_for_file, (str(gate),))
+            await _until(lambda: Path(f"{gate}.started").exists())
+            victim = int(Path(f"{gate}.started").read_text())  # noqa: ASYNC240
+            tg.cancel_scope.cancel()
+        await _until(
+            lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie"
+        )
+        assert await lane.run(_workers.pid, (), timeout=None) != victim
+        assert lane.statistics().crashed_total == 0
+
+
+async def test_idle_workers_retire_and_children_follow() -> None:
+    """Workers idle past idle_timeout retire; psutil children and statistics agree."""
+    async with ProcessLane(_settings(idle_timeout=0.3), max_workers=2) as lane:
+        pids = set(
+            await asyncio.gather(
+                *(lane.run(_workers.sleep_pid, (0.2,), timeout=None) for _ in range(4))
+            )
+        )
+        assert len(pids) == 2
+        assert pids <= _children()
+        assert set(lane.statistics().worker_pids) == pids
+        await _until(lambda: lane.statistics().workers_live == 0)
+        await _until(lambda: not (pids & _children()))
+
+
+async def test_critical_shrinks_refuses_and_recovers(tmp_path: Path) -> None:
+    """At CRITICAL the lane keeps one worker and refuses beyond queue_limit; NORMAL admits again."""
+    gate = tmp_path / "gate"
+    settings = _settings(queue_limit=1)
+    async with ProcessLane(settings, max_workers=2, settle_seconds=0.0) as lane:
+        await asyncio.gather(*(lane.run(_workers.sleep, (0.2,), timeout=None) for _ in range(2)))
+        assert lane.statistics().workers_live == 2
+        lane.set_pressure(PressureLevel.CRITICAL)
+        await _until(lambda: lane.statistics().workers_live == 1)
+        assert len(_children() & set(lane.statistics().worker_pids)) == 1
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_call, lane, _workers.wait_for_file, (str(gate),))
+            await _until(lambda: Path(f"{gate}.started").exists())
+            tg.start_soon(_call, lane, _workers.add, (1, 2))  # queued: 0 < limit
+            await _until(lambda: lane.statistics().queue_depth == 1)
+            with pytest.raises(OverloadedError):
+                await lane.run(_workers.add, (1, 2), timeout=None)
+            assert lane.statistics().refused_total == 1
+            lane.set_pressure(PressureLevel.NORMAL)
+            tg.start_soon(_call, lane, _workers.add, (3, 4))  # admitted again
+            await _until(lambda: lane.statistics().workers_live == 2)
+            gate.write_text("go")
+        assert lane.statistics().completed_total >= 5
+
+
+async def test_recycle_after_max_tasks() -> None:
+    """A worker retires after max_tasks_per_worker calls and is counted as recycled."""
+    async with ProcessLane(_settings(max_tasks_per_worker=2), max_workers=1) as lane:
+        pids = [await lane.run(_workers.pid, (), timeout=None) for _ in range(4)]
+        assert pids[0] == pids[1]
+        assert pids[2] == pids[3]
+        assert pids[1] != pids[2]
+        assert lane.statistics().recycled_total >= 1
+
+
+async def test_recycle_above_max_rss() -> None:
+    """A worker whose RSS exceeds worker_max_rss_bytes retires between calls."""
+    limit = 120 * 1024 * 1024
+    async with ProcessLane(_settings(worker_max_rss_bytes=limit), max_workers=1) as lane:
+        fat = await lane.run(_workers.allocate, (limit + 20 * 1024 * 1024,), timeout=None)
+        await _until(lambda: lane.statistics().recycled_total == 1)
+        assert await lane.run(_workers.pid, (), timeout=None) != fat
+
+
+async def test_close_fails_waiting_calls(tmp_path: Path) -> None:
+    """aclose makes running and queued calls raise SupervisorClosedError, and reaps the workers."""
+    before = _children()
+    gate = tmp_path / "gate"
+    lane = ProcessLane(_settings(), max_workers=1)
+    errors: list[BaseException] = []
+
+    async def call(func: Callable[..., object], *args: object) -> None:
+        try:
+            await lane.run(func, args, timeout=None)
+        except SupervisorClosedError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, _workers.wait_for_file, str(gate))
+        await _until(lambda: Path(f"{gate}.started").exists())
+        tg.start_soon(call, _workers.add, 1, 2)
+        await _until(lambda: lane.statistics().queue_depth == 1)
+        await lane.aclose()
+    assert len(errors) == 2
+    assert _children() == before
+
+
+async def test_metrics_names(lane: ProcessLane) -> None:
+    """metrics() has every process_* key and names the backend."""
+    await lane.run(_workers.add, (1, 1), timeout=None)
+    metrics = lane.metrics()
+    assert metrics["process_lane_backend"] == "local"
+    assert metrics["process_completed_total"] == 1
+    assert {
+        "process_workers_live", "process_workers_target", "process_workers_busy",
+        "process_queue_depth", "process_failed_total", "process_crashed_total",
+        "process_recycled_total", "process_refused_total", "process_timeouts_total",
+    } <= set(metrics)  # fmt: skip
