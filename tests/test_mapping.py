@@ -1,0 +1,158 @@
+"""Tests of the chunked async map: the pure chunk sizer, in-process runs, and real workers."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resource_supervisor._config import ConcurrencySettings
+from resource_supervisor._exceptions import WorkerCrashedError
+from resource_supervisor.broker._mapping import apply_chunk, map_chunked, next_chunksize
+from resource_supervisor.broker._processes import ProcessLane
+from tests import _workers
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _in_process(func: Callable[..., object], args: tuple[object, ...]) -> object:
+    """A backend run() that runs the call right here (the mapping layer is generic)."""
+    await anyio.lowlevel.checkpoint()
+    return func(*args)
+
+
+@given(
+    current=st.integers(1, 100_000),
+    items=st.integers(0, 100_000),
+    seconds=st.floats(0, 10),
+    target=st.floats(0.001, 1),
+)
+def test_next_chunksize_bounds(current: int, items: int, seconds: float, target: float) -> None:
+    """The next size is at least 1, at most 8x the current one, and never above the cap."""
+    size = next_chunksize(
+        current=current, items=items, seconds=seconds, target_chunk_seconds=target,
+        max_chunksize=65536,
+    )  # fmt: skip
+    assert 1 <= size <= min(65536, 8 * current) or size == 1
+
+
+def test_next_chunksize_aims_at_target() -> None:
+    """A chunk of 100 items that took 10 ms aims at 200 items for a 20 ms target."""
+    assert next_chunksize(current=100, items=100, seconds=0.01, target_chunk_seconds=0.02) == 200
+
+
+def test_apply_chunk_times_the_work() -> None:
+    """apply_chunk returns the results in order and a non-negative duration."""
+    results, seconds = apply_chunk(_workers.square, [1, 2, 3])
+    assert results == [1, 4, 9]
+    assert seconds >= 0
+
+
+async def test_ordered_and_unordered_in_process() -> None:
+    """Ordered keeps input order; unordered yields the same items; none is lost or repeated."""
+    ordered = [
+        r async for r in map_chunked(_in_process, _workers.square, range(1000), max_in_flight=3)
+    ]
+    assert ordered == [i * i for i in range(1000)]
+    unordered = [
+        r
+        async for r in map_chunked(
+            _in_process, _workers.square, range(1000), ordered=False, chunksize=7
+        )
+    ]
+    assert sorted(unordered) == ordered
+
+
+async def test_async_iterable_input() -> None:
+    """An async iterable is consumed like a sync one."""
+
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(50):
+            await anyio.lowlevel.checkpoint()
+            yield i
+
+    results = [r async for r in map_chunked(_in_process, _workers.square, numbers(), chunksize=4)]
+    assert results == [i * i for i in range(50)]
+
+
+async def test_input_is_read_lazily() -> None:
+    """At most max_in_flight chunks are read ahead of what was consumed."""
+    pulled = 0
+
+    def source() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield i
+
+    stream = map_chunked(_in_process, _workers.square, source(), chunksize=10, max_in_flight=2)
+    assert await anext(stream) == 0
+    assert pulled <= 30
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+def test_invalid_arguments() -> None:
+    """chunksize and max_in_flight below 1 are rejected when iteration starts."""
+
+    async def first(**kwargs: int) -> None:
+        async for _ in map_chunked(_in_process, _workers.square, [1], **kwargs):  # type: ignore[arg-type]
+            pass
+
+    with pytest.raises(ValueError, match="chunksize"):
+        anyio.run(functools.partial(first, chunksize=0))
+    with pytest.raises(ValueError, match="max_in_flight"):
+        anyio.run(functools.partial(first, max_in_flight=0))
+
+
+async def test_map_on_worker_processes() -> None:
+    """The lane's map returns every result in order, with automatic chunk sizes."""
+    settings = ConcurrencySettings(idle_timeout=30.0)
+    async with ProcessLane(settings, max_workers=2) as lane:
+        stream = lane.map(
+            _workers.square, range(20_000), ordered=True, chunksize=None, max_in_flight=None
+        )
+        results = [r async for r in stream]
+        assert results == [i * i for i in range(20_000)]
+
+
+async def test_crash_in_a_chunk_fails_only_from_there() -> None:
+    """A worker dying in a chunk raises WorkerCrashedError; earlier items came once, in order."""
+    settings = ConcurrencySettings(idle_timeout=30.0)
+    async with ProcessLane(settings, max_workers=2) as lane:
+        func = functools.partial(_workers.crash_on, bad=500)
+        seen: list[int] = []
+
+        async def consume() -> None:
+            async for r in lane.map(func, range(2000), ordered=True, chunksize=50, max_in_flight=4):
+                seen.append(r)  # noqa: PERF401 - keeps what came before the error
+
+        with pytest.raises(WorkerCrashedError):
+            await consume()
+        assert seen == [i * i for i in range(len(seen))]
+        assert len(seen) <= 500
+        assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
+
+
+async def test_leaving_early_releases_workers() -> None:
+    """Breaking out of a map drops queued chunks; running ones finish and free their workers."""
+    settings = ConcurrencySettings(idle_timeout=30.0)
+    async with ProcessLane(settings, max_workers=2) as lane:
+        stream = lane.map(_workers.sleep, [0.05] * 400, ordered=True, chunksize=1, max_in_flight=8)
+        async for _ in stream:
+            break
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert lane.statistics().queue_depth == 0
+        with anyio.fail_after(20):
+            while lane.statistics().workers_busy:  # noqa: ASYNC110 - state lives in workers
+                await anyio.sleep(0.01)
+        live = lane.statistics().workers_live
+        assert await lane.run(_workers.add, (2, 2), timeout=None) == 4
+        assert lane.statistics().crashed_total == 0
+        assert lane.statistics().workers_live == live  # nothing was killed to leave
