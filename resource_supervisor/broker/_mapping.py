@@ -91,8 +91,8 @@ def next_chunksize(
         return max(1, min(current, ceiling))
     if seconds <= 0.0:
         return ceiling
-    wanted = int(target_chunk_seconds * items / seconds)
-    return max(1, min(wanted, ceiling))
+    wanted = target_chunk_seconds * items / seconds  # may be huge or inf: clamp first
+    return max(1, int(min(wanted, float(ceiling))))
 
 
 class _Source:
