@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +147,9 @@ def _build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--count", type=int, default=None, metavar="N", help="stop after N snapshots"
     )
+    watch.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the supervisor's warnings"
+    )
     mode = watch.add_mutually_exclusive_group()
     mode.add_argument(
         "--plain", action="store_true", help="one line per snapshot, even on a terminal"
@@ -228,6 +231,11 @@ def _run_watch(args: argparse.Namespace) -> int:
         print(f"{_PROG}: invalid configuration: {exc}", file=sys.stderr)
         return 2
     live = args.live or (not args.plain and sys.stdout.isatty())
+    # Warnings (e.g. "system CPU at 100%") would break the in-place view: opt-in.
+    logging.basicConfig(
+        level=logging.WARNING if args.verbose else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         asyncio.run(_watch(settings, count=args.count, live=live, out=sys.stdout))
     except KeyboardInterrupt:
@@ -251,12 +259,8 @@ def _run_check_config(args: argparse.Namespace) -> int:
 
 def _run_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     cwd = Path.cwd()
-    found = (cwd / "benchmarks" / "__main__.py").is_file()
-    if not found:
-        # Installed elsewhere on the path (not the usual case).
-        with contextlib.suppress(ImportError, ValueError):
-            found = importlib.util.find_spec("benchmarks.__main__") is not None
-    if not found:
+    # `python -m benchmarks` below imports from the current directory first.
+    if not (cwd / "benchmarks" / "__main__.py").is_file():
         print(
             f"{_PROG}: no 'benchmarks' package here ({cwd}). The benchmarks ship with the "
             "source checkout, not the installed package: run this from the repository root "
