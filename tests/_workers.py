@@ -47,7 +47,8 @@ def record(directory: str, name: str, value: int) -> int:
 
 def wait_for_file(path: str, value: int = 0, limit: float = 30.0) -> int:
     """Write path + '.started', block until *path* exists (hang guard: limit), return value."""
-    Path(path + ".started").write_text(str(os.getpid()))
+    Path(path + ".tmp").write_text(str(os.getpid()))
+    Path(path + ".tmp").replace(path + ".started")  # atomic: readers never see it empty
     deadline = time.monotonic() + limit
     while not Path(path).exists():
         if time.monotonic() > deadline:
