@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import anyio
-from anyio.lowlevel import checkpoint_if_cancelled
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._snapshot import PressureLevel
 
@@ -269,7 +269,8 @@ class MemoryAdvisor:
         available. A cache that raises is logged and skipped.
 
         Sync ``clear()`` calls and the collection run on the event loop (they hold
-        the GIL either way); ``malloc_trim`` releases the GIL, so it runs in a
+        the GIL either way), after yielding once so that the other handlers of the
+        same pass have started; ``malloc_trim`` releases the GIL, so it runs in a
         thread of the advisor's own (one-thread) limiter.
 
         Args:
@@ -293,7 +294,9 @@ class MemoryAdvisor:
                 logger.warning("clearing cache %r failed", entry.name, exc_info=True)
             else:
                 self._caches_cleared += 1
-        await checkpoint_if_cancelled()
+        # A real yield, not just a cancellation check: the other handlers of this
+        # pass start (and free what they can) before the collection holds the loop.
+        await checkpoint()
         collected = gc.collect() if request.aggressive else gc.collect(1)
         trim = self._get_malloc_trim()
         trimmed = False
