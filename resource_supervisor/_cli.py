@@ -51,6 +51,11 @@ def _get(snapshot: MetricsSnapshot, key: str) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
+def _busy_processes(snapshot: MetricsSnapshot) -> int:
+    # The local lane counts busy workers; the Dask lane counts calls in flight.
+    return int(_get(snapshot, "process_workers_busy") + _get(snapshot, "process_in_flight"))
+
+
 def format_line(snapshot: MetricsSnapshot) -> str:
     """
     Render *snapshot* as one compact line. Pure.
@@ -72,7 +77,7 @@ def format_line(snapshot: MetricsSnapshot) -> str:
         f"sessions {snapshot.active_sessions_rag} "
         f"threads {int(_get(snapshot, 'thread_lane_busy'))}/"
         f"{int(_get(snapshot, 'thread_lane_capacity'))} "
-        f"procs {int(_get(snapshot, 'process_in_flight'))} "
+        f"procs {_busy_processes(snapshot)}/{int(_get(snapshot, 'process_workers_live'))} "
         f"cleanups {int(_get(snapshot, 'cleanup_runs_total'))}"
     )
 
@@ -100,7 +105,8 @@ def format_block(snapshot: MetricsSnapshot) -> list[str]:
         f"threads {snapshot.get('process_threads', 0)}  fds {snapshot.get('process_fds', 0)}",
         f"  lanes    threads {int(_get(snapshot, 'thread_lane_busy'))}/"
         f"{int(_get(snapshot, 'thread_lane_capacity'))} busy  "
-        f"processes {int(_get(snapshot, 'process_in_flight'))} running, "
+        f"processes {_busy_processes(snapshot)} busy of "
+        f"{int(_get(snapshot, 'process_workers_live'))}, "
         f"{int(_get(snapshot, 'process_queue_depth'))} queued",
         f"  other    sessions {snapshot.active_sessions_rag}  "
         f"cleanups {int(_get(snapshot, 'cleanup_runs_total'))}  "

@@ -1,0 +1,101 @@
+"""
+Load generation and bookkeeping for ``examples/demo.py``.
+
+Bounded load: a fixed number of client tasks, each sending one request at a time
+until a deadline, so the demo can never pile up more than ``concurrency`` requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+QUESTIONS = (
+    "how is memory measured",
+    "what happens at critical pressure",
+    "which lane runs blocking io",
+    "what does the prometheus collector do",
+    "how are idle sessions evicted",
+    "when does load shedding answer 503",
+    "what is the working set",
+    "how does hysteresis work",
+)
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list (NaN when empty)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class LoadStats:
+    """What the clients saw."""
+
+    latencies: list[float] = field(default_factory=list)
+    ok: int = 0
+    shed: int = 0
+    errors: int = 0
+
+    @property
+    def requests(self) -> int:
+        """Requests sent and answered (or failed)."""
+        return self.ok + self.shed + self.errors
+
+    def record(self, status: int | None, seconds: float) -> None:
+        """Count one request: 2xx ok, 503 shed, anything else (or none) an error."""
+        if status is not None and 200 <= status < 300:
+            self.ok += 1
+            self.latencies.append(seconds)
+        elif status == 503:
+            self.shed += 1
+        else:
+            self.errors += 1
+
+
+async def client_loop(
+    client: httpx.AsyncClient, stats: LoadStats, deadline: float, seed: int
+) -> None:
+    """Ask questions (and now and then index a document) until *deadline*."""
+    rng = random.Random(seed)
+    while anyio.current_time() < deadline:
+        conversation = f"conversation-{rng.randrange(48)}"
+        if rng.random() < 0.05:
+            request = client.post(
+                "/documents", json={"texts": [f"note {rng.random()} about memory pressure"]}
+            )
+        else:
+            question = f"{rng.choice(QUESTIONS)} #{rng.randrange(200)}"
+            request = client.post(
+                "/ask", json={"conversation_id": conversation, "question": question}
+            )
+        started = time.perf_counter()
+        try:
+            response = await request
+            status: int | None = response.status_code
+        except httpx.HTTPError:
+            status = None
+        stats.record(status, time.perf_counter() - started)
+
+
+async def read_stream(
+    client: httpx.AsyncClient, on_snapshot: Callable[[dict[str, object]], None]
+) -> None:
+    """Read /metrics/stream and hand each snapshot to *on_snapshot* until cancelled."""
+    async with client.stream("GET", "/metrics/stream", timeout=None) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                on_snapshot(json.loads(line[6:]))
