@@ -48,7 +48,7 @@ def _mib(value: float) -> str:
 
 def _get(snapshot: MetricsSnapshot, key: str) -> float:
     value = snapshot.get(key, 0)
-    return float(value) if isinstance(value, int | float) else 0.0
+    return 0.0 if isinstance(value, str) else float(value)
 
 
 def _busy_processes(snapshot: MetricsSnapshot) -> int:
