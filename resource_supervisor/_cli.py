@@ -47,8 +47,7 @@ def _mib(value: float) -> str:
 
 
 def _get(snapshot: MetricsSnapshot, key: str) -> float:
-    value = snapshot.get(key, 0)
-    return 0.0 if isinstance(value, str) else float(value)
+    return float(snapshot.get(key, 0.0))
 
 
 def _busy_processes(snapshot: MetricsSnapshot) -> int:
