@@ -68,6 +68,12 @@ class Cache:
             self.entries.popleft()
 
 
+def _emit(line: str) -> None:
+    """Write one line to stdout at once: the test reads them as the child's report."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _line(step: int, allocated: int, cache: Cache, sup: Supervisor | None) -> str:
     import json
 
@@ -104,7 +110,7 @@ async def ramp(mode: str, step_bytes: int, target_bytes: int) -> None:
             cache.add(step_bytes)
             allocated += step_bytes
             step += 1
-            print(_line(step, allocated, cache, sup), flush=True)
+            _emit(_line(step, allocated, cache, sup))
             await anyio.sleep(STEP_PAUSE_SECONDS)
 
     if mode == "unsupervised":
@@ -124,11 +130,11 @@ async def ramp(mode: str, step_bytes: int, target_bytes: int) -> None:
         )
         async with Supervisor(settings) as sup:
             sup.register_cleanup(cache, name="cache")
-            print(_line(0, 0, cache, sup), flush=True)
+            _emit(_line(0, 0, cache, sup))
             await grow(sup)
             await sup.update_metrics()
-            print(_line(step, allocated, cache, sup), flush=True)
-    print('{"done": true}', flush=True)
+            _emit(_line(step, allocated, cache, sup))
+    _emit('{"done": true}')
 
 
 def main(argv: list[str]) -> int:

@@ -190,7 +190,7 @@ def _run_child(cgroup: MemoryCgroup, mode: str) -> ChildRun:
     # first free and keep freed blocks in the heap).
     env["MALLOC_MMAP_THRESHOLD_"] = str(1 * MiB)
     env.pop("COVERAGE_PROCESS_START", None)
-    process = subprocess.Popen(  # noqa: S603 - our own script
+    process = subprocess.Popen(
         [sys.executable, str(CHILD), mode, str(STEP_BYTES), str(TARGET_BYTES)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
