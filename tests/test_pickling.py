@@ -56,3 +56,47 @@ def test_unpicklable_error_itself_pickles() -> None:
     error = UnpicklableError("argument 1 (type x)", "detail")
     clone = pickle.loads(pickle.dumps(error))
     assert (clone.what, clone.detail) == ("argument 1 (type x)", "detail")
+
+
+def test_estimate_sees_buffers_containers_and_partials() -> None:
+    """The size estimate counts bytes-likes, sampled containers and partial-bound args."""
+    from resource_supervisor.broker._pickling import OFFLOAD_BYTES, estimate_call_bytes
+
+    assert estimate_call_bytes(_workers.add, (1, 2)) < 100
+    assert estimate_call_bytes(_workers.add, (b"x" * OFFLOAD_BYTES, 1)) > OFFLOAD_BYTES
+    assert estimate_call_bytes(_workers.add, (memoryview(bytearray(300_000)),)) >= 300_000
+    assert estimate_call_bytes(_workers.add, ([b"y" * 1000] * 1000,)) >= 1_000_000
+    assert estimate_call_bytes(_workers.add, (dict.fromkeys(range(5000), "z" * 100),)) >= 500_000
+    big = functools.partial(_workers.checksum, bytes(OFFLOAD_BYTES + 1))
+    assert estimate_call_bytes(big, ()) > OFFLOAD_BYTES
+
+
+def test_spilled_call_round_trip() -> None:
+    """A spilled call loads back whole (bytes stay bytes), and its file is then removed."""
+    import os
+
+    from resource_supervisor.broker._pickling import discard_spill, pickle_call_spilled
+
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    payload, path = pickle_call_spilled(_workers.add, (data, bytearray(b"ab" * 40_000), 5))
+    assert path is not None
+    assert os.path.exists(path)
+    assert len(payload) < 4096  # the buffers travel in the file, not in the pickle
+    func, args = load_call(payload)
+    assert func is _workers.add
+    assert args == (data, bytearray(b"ab" * 40_000), 5)
+    assert type(args[0]) is bytes
+    assert type(args[1]) is bytearray
+    assert not os.path.exists(path)
+    discard_spill(path)  # a no-op once the worker removed it
+
+
+def test_spilled_small_call_and_bad_argument() -> None:
+    """Nothing big: no file; an unpicklable argument still names its position."""
+    from resource_supervisor.broker._pickling import pickle_call_spilled
+
+    payload, path = pickle_call_spilled(_workers.add, (1, 2))
+    assert path is None
+    assert load_call(payload) == (_workers.add, (1, 2))
+    with pytest.raises(UnpicklableError, match="argument 2"):
+        pickle_call_spilled(_workers.add, (bytes(100_000), threading.Lock()))

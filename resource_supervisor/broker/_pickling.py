@@ -3,29 +3,71 @@ Pickling a call for a worker process, once, with an error that names the culprit
 
 Covers: :func:`pickle_call` (the ``(func, args)`` pair to bytes, the form the local
 lane sends to its workers so the work is done once, not checked and then done
-again), :func:`check_picklable` (the same check for backends that pickle on their
-own, such as :mod:`._dask`), :func:`load_call` (the worker side) and
-:func:`describe_callable` (a short name for error messages). Does not cover: how
-results travel back (:mod:`._worker`) or where calls run (:mod:`._processes`).
+again), :func:`estimate_call_bytes` and :func:`pickle_call_spilled` (big calls,
+pickled off the event loop), :func:`check_picklable` (the same check for backends
+that pickle on their own, such as :mod:`._dask`), :func:`load_call` (the worker
+side) and :func:`describe_callable` (a short name for error messages). Does not
+cover: how results travel back (:mod:`._worker`) or where calls run
+(:mod:`._processes`).
 
 Cost: one ``pickle.dumps`` of ``(func, args)`` with the standard library pickle
 (about 2-5 us for a module-level function and a few small arguments). Only when it
 fails is each part pickled on its own, to name what could not be pickled; that
 slow path never runs for a good call.
+
+Big calls. Pickling holds the GIL for the whole ``dumps`` (it is one C call), so
+pickling a 64 MiB argument in a thread stalls the event loop as long as pickling
+it on the loop would (measured: 33 ms either way). :func:`pickle_call_spilled`
+therefore keeps big buffers out of the pickle: ``bytes`` and ``bytearray``
+arguments above :data:`SPILL_BYTES`, and every protocol-5 buffer (NumPy arrays),
+are written to a temporary file with ``os.write`` in 1 MiB pieces (the GIL is
+released during each write), and the pickle sent to the worker only names the
+file. The worker reads them back in :func:`load_call`. Other big objects (a long
+list, a huge ``str``) are pickled in the thread in-band, which helps the loop only
+as far as their pickling runs Python code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import pickle
-from typing import TYPE_CHECKING
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 from .._exceptions import UnpicklableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ("check_picklable", "describe_callable", "load_call", "pickle_call")
+__all__ = (
+    "OFFLOAD_BYTES",
+    "check_picklable",
+    "describe_callable",
+    "discard_spill",
+    "estimate_call_bytes",
+    "load_call",
+    "pickle_call",
+    "pickle_call_spilled",
+)
+
+OFFLOAD_BYTES: Final = 128 * 1024
+"""
+Calls whose arguments look bigger than this are pickled off the event loop.
+
+Measured (``benchmarks/dask_backend.py`` payload table, and on this 2-core VM):
+pickling on the loop costs about 0.6-1.4 ms per MiB (1 MiB: 0.7-2.7 ms, 16 MiB:
+10-23 ms), so 128 KiB stays near 0.1-0.2 ms, inside the library's one millisecond
+per loop tick; below it, the thread handoff (about 50-100 us) would cost a small
+call more than the pickling it saves. Do not raise it without a loop-lag run.
+"""
+SPILL_BYTES: Final = 64 * 1024
+"""A ``bytes``/``bytearray`` argument at least this big travels out of band."""
+_WRITE_PIECE: Final = 1024 * 1024
+_ITEM_BYTES: Final = 8  # the least a pickled container item costs
+_SAMPLE: Final = 4  # container items looked at to estimate the rest
 
 # What pickling an arbitrary object may raise: PicklingError for lambdas and
 # local objects, TypeError for locks and sockets, AttributeError for some local
@@ -75,6 +117,146 @@ def pickle_call(func: Callable[..., object], args: tuple[object, ...]) -> bytes:
         raise _diagnose(func, args, exc) from exc
 
 
+def estimate_call_bytes(func: Callable[..., object], args: tuple[object, ...]) -> int:
+    """
+    Estimate the pickled size of ``(func, args)`` cheaply, without pickling.
+
+    Sizes come from ``len()`` of bytes, bytearray and str, ``nbytes`` of memoryviews
+    and array-like objects, the buffer protocol, and the length of containers
+    (sampling a few items, two levels deep). Arguments bound in a
+    :func:`functools.partial` count too. A lower bound for unknown objects.
+
+    Args:
+        func: The callable.
+        args: Its positional arguments.
+
+    Returns:
+        Estimated bytes (microseconds to compute for a few small arguments).
+    """
+    total = sum(_estimate(arg, 2) for arg in args)
+    while isinstance(func, functools.partial):
+        total += sum(_estimate(arg, 2) for arg in func.args)
+        total += sum(_estimate(value, 2) for value in func.keywords.values())
+        func = func.func
+    return total
+
+
+def _estimate(value: object, depth: int) -> int:
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if isinstance(value, (int, float, type(None))):
+        return _ITEM_BYTES
+    if isinstance(value, memoryview):
+        return value.nbytes
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        n = len(value)
+        if n == 0 or depth <= 0:
+            return n * _ITEM_BYTES
+        items = value.items() if isinstance(value, dict) else value
+        sample = [
+            _estimate(item, depth - 1) for _, item in zip(range(_SAMPLE), items, strict=False)
+        ]
+        return n * _ITEM_BYTES + sum(sample) * n // len(sample)
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    try:
+        with memoryview(value) as view:  # type: ignore[arg-type]
+            return view.nbytes
+    except TypeError:
+        return _ITEM_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class _Spilled:
+    """What the worker gets instead of a big call: a small pickle and its buffers' file."""
+
+    header: bytes
+    path: str
+    sizes: tuple[int, ...]
+
+
+class _OutOfBand:
+    """Wraps a big ``bytes``/``bytearray`` argument so pickle passes it out of band."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
+        return _rebuild, (pickle.PickleBuffer(self.value), type(self.value) is bytes)
+
+
+def _rebuild(buffer: object, as_bytes: bool) -> bytes | bytearray:  # noqa: FBT001 - pickled
+    view = memoryview(buffer)  # type: ignore[arg-type]
+    return bytes(view) if as_bytes else bytearray(view)
+
+
+def pickle_call_spilled(
+    func: Callable[..., object], args: tuple[object, ...]
+) -> tuple[bytes, str | None]:
+    """
+    Pickle a big call with its big buffers in a temporary file (blocking; in a thread).
+
+    Args:
+        func: The callable.
+        args: Its positional arguments.
+
+    Returns:
+        The bytes for :func:`load_call`, and the temporary file's path (``None``
+        when nothing was big enough to spill); remove it with :func:`discard_spill`
+        once the call is settled.
+
+    Raises:
+        UnpicklableError: As :func:`pickle_call`.
+    """
+    wrapped = tuple(
+        _OutOfBand(arg)
+        if isinstance(arg, (bytes, bytearray))
+        and type(arg) in (bytes, bytearray)
+        and len(arg) >= SPILL_BYTES
+        else arg
+        for arg in args
+    )
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        header = pickle.dumps((func, wrapped), protocol=5, buffer_callback=buffers.append)
+    except _PICKLE_ERRORS as exc:
+        raise _diagnose(func, args, exc) from exc
+    if not buffers:
+        return header, None
+    fd, path = tempfile.mkstemp(prefix="resource-supervisor-call-")
+    try:
+        sizes = []
+        for buffer in buffers:
+            with buffer.raw() as view:
+                sizes.append(view.nbytes)
+                for start in range(0, view.nbytes, _WRITE_PIECE):
+                    piece = view[start : start + _WRITE_PIECE]
+                    while piece:  # os.write releases the GIL while the kernel copies
+                        piece = piece[os.write(fd, piece) :]
+    except BaseException:
+        os.close(fd)
+        discard_spill(path)
+        raise
+    os.close(fd)
+    spilled = _Spilled(header, path, tuple(sizes))
+    return pickle.dumps(spilled, protocol=pickle.HIGHEST_PROTOCOL), path
+
+
+def discard_spill(path: str | None) -> None:
+    """
+    Remove a file written by :func:`pickle_call_spilled`; a missing one is fine.
+
+    Args:
+        path: The path it returned, or ``None``.
+    """
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def check_picklable(func: Callable[..., object], args: tuple[object, ...]) -> None:
     """
     Fail fast if ``(func, args)`` cannot be sent to a worker process.
@@ -97,12 +279,22 @@ def load_call(payload: bytes) -> tuple[Callable[..., object], tuple[object, ...]
     Unpickle what :func:`pickle_call` produced (runs in the worker).
 
     Args:
-        payload: Bytes from :func:`pickle_call`.
+        payload: Bytes from :func:`pickle_call` or :func:`pickle_call_spilled`.
 
     Returns:
         The ``(func, args)`` pair.
     """
-    func, args = pickle.loads(payload)
+    call = pickle.loads(payload)
+    if isinstance(call, _Spilled):
+        with open(call.path, "rb") as file:
+            data = memoryview(file.read())
+        discard_spill(call.path)  # read once; the parent's own discard is then a no-op
+        offsets = [0]
+        for size in call.sizes:
+            offsets.append(offsets[-1] + size)
+        buffers = [data[offsets[i] : offsets[i + 1]] for i in range(len(call.sizes))]
+        call = pickle.loads(call.header, buffers=buffers)
+    func, args = call
     return func, args
 
 

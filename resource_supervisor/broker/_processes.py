@@ -1,12 +1,22 @@
 """
 The local process lane: CPU work on single-worker ``ProcessPoolExecutor`` slots.
 
-Covers: :class:`ProcessLane` (``run``, ``map``, pressure, statistics, lifecycle),
-its slots, crash isolation, per-call timeouts, recycling, and the lane's own
-forkserver. Does not cover: the sizing rules (:mod:`._sizing`, pure), chunked maps
+Covers: :class:`ProcessLane` (``run``, ``map``, pressure, statistics, lifecycle):
+the queue, dispatching batches to slots, crash isolation, per-call timeouts,
+recycling and sizing decisions applied. Does not cover: a slot's state, channel
+and progress frames (:mod:`._slots`), the lane's private forkserver
+(:mod:`._forkserver`), the sizing rules (:mod:`._sizing`, pure), chunked maps
 (:mod:`._mapping`), pickling (:mod:`._pickling`), the worker side
 (:mod:`._worker`), the thread lane (:mod:`._threads`) or the Dask backend
 (:mod:`._dask`); the public facade is ``Executors`` (:mod:`._executors`).
+
+Pickling: a call is pickled on the event loop when its arguments are estimated
+below :data:`._pickling.OFFLOAD_BYTES` (a few microseconds, cheaper than a thread
+handoff); bigger ones are pickled in a worker thread with their big buffers
+written to a temporary file in pieces, so the loop is not held (see
+:mod:`._pickling`). Either way an unpicklable call fails before it is queued.
+Outcomes up to 4 KiB are decoded on the loop; bigger ones arrive through the
+executor's result channel and are decoded in its manager thread.
 
 Design
 ------
@@ -28,10 +38,8 @@ again, first in line). No call runs twice.
 Start method: ``forkserver`` by default on Linux. ``fork`` copies a process that
 runs an event loop and threads (locks held by other threads stay locked in the
 child); ``spawn`` starts a fresh interpreter per worker, which is slower. Each
-lane owns a private forkserver (not the interpreter-wide one) so that
-:meth:`ProcessLane.aclose` can stop it: nothing the lane started outlives it. The
-interpreter-wide ``multiprocessing`` resource tracker, shared by every user of
-``multiprocessing`` in the process, is left running.
+lane owns a private forkserver (:mod:`._forkserver`) so that
+:meth:`ProcessLane.aclose` can stop it: nothing the lane started outlives it.
 
 Lifecycle: the lane starts nothing until the first call (no process, no task).
 Background work (starting workers, retiring idle ones, reaping dead ones) runs in
@@ -52,21 +60,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
-import io
 import logging
 import math
 import multiprocessing
 import multiprocessing.context
-import multiprocessing.forkserver
-import multiprocessing.popen_forkserver
-import multiprocessing.process
 import os
 import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Self, TypeVar, cast
 
 import anyio
 import psutil
@@ -79,9 +81,27 @@ from .._exceptions import (
 )
 from .._snapshot import PressureLevel
 from . import _worker
+from ._forkserver import LaneForkServerContext
 from ._mapping import map_chunked
-from ._pickling import describe_callable, pickle_call
+from ._pickling import (
+    OFFLOAD_BYTES,
+    describe_callable,
+    discard_spill,
+    estimate_call_bytes,
+    pickle_call,
+    pickle_call_spilled,
+)
 from ._sizing import admits, target_workers
+from ._slots import (
+    LIVE_STATES,
+    Call,
+    Slot,
+    SlotState,
+    open_slot,
+    read_frames,
+    shutdown_slot,
+    withdraw,
+)
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -93,8 +113,6 @@ if TYPE_CHECKING:
         Mapping,
     )
     from concurrent.futures import Future
-    from multiprocessing.connection import Connection
-    from multiprocessing.synchronize import Lock
     from types import TracebackType
 
     from .._config import ConcurrencySettings
@@ -110,75 +128,8 @@ _logger = logging.getLogger("resource_supervisor.broker")
 _LANE: Final = "process lane"
 _BATCH_MAX_CALL_SECONDS: Final = 0.002
 """Calls are batched only while their measured mean stays below this (2 ms)."""
-_START_TIMEOUT: Final = 60.0
-"""Seconds a new worker may take to answer its first submission."""
 _SETTLE_SECONDS: Final = 5.0
 """Default time NORMAL must hold before the lane grows back to full size."""
-
-
-# -- the lane's private forkserver -------------------------------------------------
-
-
-class _LaneForkServerProcess(multiprocessing.context.ForkServerProcess):
-    """A forkserver process started by its lane's own :class:`ForkServer`."""
-
-    _lane_server: multiprocessing.forkserver.ForkServer | None = None
-
-    @staticmethod
-    def _Popen(process_obj: multiprocessing.process.BaseProcess) -> _LanePopen:  # noqa: N802
-        return _LanePopen(process_obj)
-
-    def __getstate__(self) -> dict[str, object]:
-        state = dict(self.__dict__)
-        state.pop("_lane_server", None)  # the server holds a lock; the child needs nothing of it
-        return state
-
-
-class _LanePopen(multiprocessing.popen_forkserver.Popen):
-    """``popen_forkserver.Popen`` asking the process's lane server, not the global one."""
-
-    def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
-        from multiprocessing import reduction, spawn, util
-        from multiprocessing.context import set_spawning_popen
-
-        server = getattr(process_obj, "_lane_server", None)
-        assert isinstance(server, multiprocessing.forkserver.ForkServer)
-        prep_data = spawn.get_preparation_data(process_obj._name)  # type: ignore[attr-defined]
-        buf = io.BytesIO()
-        set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            set_spawning_popen(None)
-        self.sentinel, w = server.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
-        parent_w = os.dup(w)
-        close_fds = util.close_fds  # type: ignore[attr-defined]
-        self.finalizer = util.Finalize(self, close_fds, (parent_w, self.sentinel))
-        with open(w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
-        self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
-
-
-class _LaneForkServerContext(multiprocessing.context.ForkServerContext):
-    """A forkserver context whose processes come from one private server."""
-
-    def __init__(self) -> None:
-        self.server = multiprocessing.forkserver.ForkServer()
-        self.server.set_forkserver_preload(
-            ["__main__", "resource_supervisor.broker._worker", __name__]
-        )
-
-    def Process(self, *args: object, **kwargs: object) -> _LaneForkServerProcess:  # type: ignore[override]  # noqa: N802
-        process = _LaneForkServerProcess(*args, **kwargs)  # type: ignore[arg-type]
-        process._lane_server = self.server
-        return process
-
-    def stop(self) -> None:
-        """Stop the server process and reap it (blocking; call from a thread)."""
-        stop = getattr(self.server, "_stop", None)
-        if stop is not None:
-            stop()
 
 
 # -- statistics --------------------------------------------------------------------
@@ -215,70 +166,6 @@ class ProcessLaneStatistics:
     refused_total: int
     timeouts_total: int
     worker_pids: tuple[int, ...]
-
-
-# -- calls and slots ---------------------------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class _Call:
-    payload: bytes
-    function: str
-    timeout: float | None
-    future: asyncio.Future[object]
-    kill_on_cancel: bool
-    seq: int = -1
-    position: int = -1
-    slot: _Slot | None = None
-    timer: asyncio.TimerHandle | None = None
-
-
-class _State(enum.Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    KILLED = "killed"  # SIGKILL sent, death not yet seen
-    RETIRING = "retiring"
-    DEAD = "dead"
-
-
-@dataclass(eq=False, slots=True)
-class _Slot:
-    state: _State = _State.STARTING
-    executor: ProcessPoolExecutor | None = None
-    process: multiprocessing.process.BaseProcess | None = None
-    pid: int = 0
-    reader_fd: int = -1
-    progress: _SharedInt | None = None
-    skip: _SharedFlags | None = None
-    lock: Lock | None = None
-    in_flight: collections.deque[_Call] = field(default_factory=collections.deque)
-    buffer: bytearray = field(default_factory=bytearray)
-    next_seq: int = 0
-    calls_done: int = 0
-    idle_since: float = 0.0
-    kill_reason: str | None = None
-    crashed: bool = False
-
-
-class _SharedInt(Protocol):  # typing shape of RawValue("q")
-    value: int
-
-
-class _SharedFlags(Protocol):  # typing shape of RawArray("b")
-    def __getitem__(self, index: int, /) -> int: ...
-    def __setitem__(self, index: int, value: int, /) -> None: ...
-
-
-@dataclass(slots=True)
-class _Opened:
-    executor: ProcessPoolExecutor
-    process: multiprocessing.process.BaseProcess | None
-    pid: int
-    reader: Connection
-    progress: _SharedInt
-    skip: _SharedFlags
-    lock: Lock
 
 
 # -- the lane ----------------------------------------------------------------------
@@ -325,8 +212,8 @@ class ProcessLane:
         self._clock = clock
         self._settle_seconds = settle_seconds
         self._target_chunk_seconds = target_chunk_seconds
-        self._queue: collections.deque[_Call] = collections.deque()
-        self._slots: list[_Slot] = []
+        self._queue: collections.deque[Call] = collections.deque()
+        self._slots: list[Slot] = []
         self._level = PressureLevel.NORMAL
         self._calm_since: float | None = None
         self._target = 0
@@ -497,11 +384,11 @@ class ProcessLane:
         Returns:
             A frozen :class:`ProcessLaneStatistics`.
         """
-        live = [s for s in self._slots if s.state is not _State.DEAD]
+        live = [s for s in self._slots if s.state is not SlotState.DEAD]
         return ProcessLaneStatistics(
             workers_live=len(live),
             workers_target=self._target,
-            workers_busy=sum(1 for s in live if s.in_flight or s.state is _State.STARTING),
+            workers_busy=sum(1 for s in live if s.in_flight or s.state is SlotState.STARTING),
             queue_depth=len(self._queue),
             completed_total=self._completed,
             failed_total=self._failed,
@@ -538,7 +425,7 @@ class ProcessLane:
                     self._finish(call, error)
                 slot.in_flight.clear()
                 self._stop_reading(slot)
-                if slot.state is not _State.DEAD:
+                if slot.state is not SlotState.DEAD:
                     self._kill(slot, "close")
             # only the maintainer waits forever; start, retire and reap tasks are
             # short and shielded, so they are awaited rather than cancelled
@@ -549,7 +436,7 @@ class ProcessLane:
             for slot in list(self._slots):
                 await self._shutdown_slot(slot)
             self._slots.clear()
-            if isinstance(self._context, _LaneForkServerContext):
+            if isinstance(self._context, LaneForkServerContext):
                 await anyio.to_thread.run_sync(self._context.stop, limiter=self._limiter)
 
     # -- submission --------------------------------------------------------------------
@@ -567,7 +454,26 @@ class ProcessLane:
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise SupervisorClosedError(_LANE)
-        payload = pickle_call(func, args)
+        spill: str | None = None
+        if estimate_call_bytes(func, args) <= OFFLOAD_BYTES:
+            payload = pickle_call(func, args)  # cheaper here than a thread handoff
+        else:
+            payload, spill = await anyio.to_thread.run_sync(pickle_call_spilled, func, args)
+        try:
+            return await self._enqueue(func, payload, timeout, kill_on_cancel=kill_on_cancel)
+        finally:
+            discard_spill(spill)  # usually gone already: the worker removes it once read
+
+    async def _enqueue(
+        self,
+        func: Callable[..., object],
+        payload: bytes,
+        timeout: float | None,  # noqa: ASYNC109 - see run()
+        *,
+        kill_on_cancel: bool,
+    ) -> object:
+        if self._closed:
+            raise SupervisorClosedError(_LANE)
         if not admits(
             level=self._level, queued=len(self._queue), queue_limit=self._settings.queue_limit
         ):
@@ -576,9 +482,7 @@ class ProcessLane:
                 "process", len(self._queue), self._settings.queue_limit, self._level.name
             )
         loop = self._ensure_started()
-        call = _Call(
-            payload, describe_callable(func), timeout, loop.create_future(), kill_on_cancel
-        )
+        call = Call(payload, describe_callable(func), timeout, loop.create_future(), kill_on_cancel)
         if timeout is not None:
             call.timer = loop.call_later(timeout, self._on_timeout, call)
         self._queue.append(call)
@@ -619,15 +523,15 @@ class ProcessLane:
     def _dispatch(self) -> None:
         """Hand queued calls to idle slots, several per slot while calls are short."""
         while self._queue:
-            idle = [s for s in self._slots if s.state is _State.IDLE]
+            idle = [s for s in self._slots if s.state is SlotState.IDLE]
             if not idle:
                 return
-            starting = sum(1 for s in self._slots if s.state is _State.STARTING)
+            starting = sum(1 for s in self._slots if s.state is SlotState.STARTING)
             slot = idle[-1]
             batch = self._take_batch(slot, len(idle) + starting)
             self._send(slot, batch)
 
-    def _take_batch(self, slot: _Slot, free_slots: int) -> list[_Call]:
+    def _take_batch(self, slot: Slot, free_slots: int) -> list[Call]:
         # Batch only calls measured to be short, and share the queue among the free
         # and starting slots, so a batch never holds work another worker could start.
         limit = 1
@@ -643,7 +547,7 @@ class ProcessLane:
                 batch.append(self._queue.popleft())
         return batch
 
-    def _send(self, slot: _Slot, batch: list[_Call]) -> None:
+    def _send(self, slot: Slot, batch: list[Call]) -> None:
         assert slot.executor is not None
         assert slot.skip is not None
         items: list[tuple[int, bytes]] = []
@@ -655,7 +559,7 @@ class ProcessLane:
             slot.skip[position] = 0
             slot.in_flight.append(call)
             items.append((call.seq, call.payload))
-        slot.state = _State.BUSY
+        slot.state = SlotState.BUSY
         try:
             future = slot.executor.submit(_worker.run_batch, items)
         except RuntimeError:  # BrokenProcessPool (a RuntimeError) or shut down
@@ -664,7 +568,7 @@ class ProcessLane:
         future.add_done_callback(lambda f: self._batch_done_threadsafe(slot, batch, f))
 
     def _batch_done_threadsafe(
-        self, slot: _Slot, batch: list[_Call], future: Future[tuple[int, bytes] | None]
+        self, slot: Slot, batch: list[Call], future: Future[tuple[int, bytes] | None]
     ) -> None:
         # Runs in the executor's manager thread: decode a big outcome here, off the loop.
         decoded: tuple[int, int, float, object] | None = None
@@ -687,12 +591,12 @@ class ProcessLane:
 
     def _on_batch_done(
         self,
-        slot: _Slot,
-        batch: list[_Call],
+        slot: Slot,
+        batch: list[Call],
         broken: bool,  # noqa: FBT001
         decoded: tuple[int, int, float, object] | None,
     ) -> None:
-        if self._closed or slot.state in (_State.DEAD, _State.RETIRING):
+        if self._closed or slot.state in (SlotState.DEAD, SlotState.RETIRING):
             return
         self._drain(slot)
         if broken:
@@ -709,7 +613,7 @@ class ProcessLane:
         self._after_progress(slot)
 
     # -- results -----------------------------------------------------------------------
-    def _on_readable(self, slot: _Slot) -> None:
+    def _on_readable(self, slot: Slot) -> None:
         if self._closed:
             self._stop_reading(slot)
             return
@@ -718,37 +622,14 @@ class ProcessLane:
         else:
             self._slot_died(slot)
 
-    def _drain(self, slot: _Slot) -> bool:
+    def _drain(self, slot: Slot) -> bool:
         """Deliver every complete frame on the slot's pipe; False at end of file."""
-        if slot.reader_fd < 0:
-            return True
-        alive = True
-        while True:
-            try:
-                data = os.read(slot.reader_fd, 65536)
-            except BlockingIOError:
-                break
-            if not data:
-                alive = False
-                break
-            slot.buffer += data
-            if len(data) < 65536:
-                break
-        buffer = slot.buffer
-        header = _worker.FRAME_HEADER
-        offset = 0
-        while len(buffer) - offset >= header.size:
-            length, seq = header.unpack_from(buffer, offset)
-            end = offset + header.size + length
-            if end > len(buffer):
-                break
-            frame = bytes(buffer[offset + header.size : end])
-            offset = end
+        frames, alive = read_frames(slot)
+        for seq, frame in frames:
             self._deliver(slot, self._decode(seq, frame))
-        del buffer[:offset]
         return alive
 
-    def _deliver(self, slot: _Slot, outcome: tuple[int, int, float, object]) -> None:
+    def _deliver(self, slot: Slot, outcome: tuple[int, int, float, object]) -> None:
         seq, status, seconds, value = outcome
         while slot.in_flight and slot.in_flight[0].seq < seq:
             # cannot happen with in-order workers; never leave a caller waiting
@@ -771,7 +652,7 @@ class ProcessLane:
             if self._finish(call, value):
                 self._failed += 1
 
-    def _finish(self, call: _Call, error: BaseException | None, value: object = None) -> bool:
+    def _finish(self, call: Call, error: BaseException | None, value: object = None) -> bool:
         """Settle the call's future unless it is already settled; True if this did."""
         if call.timer is not None:
             call.timer.cancel()
@@ -784,9 +665,9 @@ class ProcessLane:
             call.future.set_result(value)
         return True
 
-    def _after_progress(self, slot: _Slot) -> None:
+    def _after_progress(self, slot: Slot) -> None:
         """A slot whose calls are all done becomes idle, or retires; then dispatch."""
-        if slot.state is not _State.BUSY or slot.in_flight:
+        if slot.state is not SlotState.BUSY or slot.in_flight:
             self._dispatch()
             return
         if self._recycle_due(slot):
@@ -795,7 +676,7 @@ class ProcessLane:
         elif self._level > PressureLevel.NORMAL and self._live_count() > self._target:
             self._retire(slot)
         else:
-            slot.state = _State.IDLE
+            slot.state = SlotState.IDLE
             slot.idle_since = self._clock()
             if self._sleep_until > slot.idle_since + self._settings.idle_timeout:
                 self._wake()  # the maintainer must wake for this slot's idle timeout
@@ -804,7 +685,7 @@ class ProcessLane:
             if self._queue:
                 self._resize()
 
-    def _recycle_due(self, slot: _Slot) -> bool:
+    def _recycle_due(self, slot: Slot) -> bool:
         """True after ``max_tasks_per_worker`` calls, or above ``worker_max_rss_bytes``."""
         settings = self._settings
         quota = settings.max_tasks_per_worker
@@ -814,13 +695,13 @@ class ProcessLane:
         return limit is not None and self._rss_bytes(slot) > limit
 
     @staticmethod
-    def _rss_bytes(slot: _Slot) -> int:
+    def _rss_bytes(slot: Slot) -> int:
         try:
             return int(psutil.Process(slot.pid).memory_info().rss)
         except psutil.Error:
             return 0
 
-    def _requeue(self, calls: list[_Call]) -> None:
+    def _requeue(self, calls: list[Call]) -> None:
         for call in reversed(calls):
             call.slot = None
             call.seq = -1
@@ -828,7 +709,7 @@ class ProcessLane:
                 self._queue.appendleft(call)
 
     # -- cancellation and timeouts ----------------------------------------------------
-    def _cancel(self, call: _Call) -> None:
+    def _cancel(self, call: Call) -> None:
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
@@ -837,26 +718,12 @@ class ProcessLane:
             with contextlib.suppress(ValueError):
                 self._queue.remove(call)
             return
-        if self._withdraw(slot, call):
+        if withdraw(slot, call):
             return
         if call.kill_on_cancel:
             self._kill(slot, "cancelled")
 
-    def _withdraw(self, slot: _Slot, call: _Call) -> bool:
-        """Withdraw a handed-over call that has not started; False if it started."""
-        if slot.lock is None or slot.progress is None or slot.skip is None:
-            return False
-        if not slot.lock.acquire(timeout=0.005):  # the worker holds it for microseconds
-            return False
-        try:
-            if slot.progress.value >= call.seq:
-                return False
-            slot.skip[call.position] = 1
-            return True
-        finally:
-            slot.lock.release()
-
-    def _on_timeout(self, call: _Call) -> None:
+    def _on_timeout(self, call: Call) -> None:
         call.timer = None
         if call.future.done() or call.timeout is None:
             return
@@ -870,29 +737,29 @@ class ProcessLane:
         else:
             self._kill(slot, "timeout")
 
-    def _kill(self, slot: _Slot, reason: str) -> None:
-        if slot.state in (_State.DEAD, _State.KILLED):
+    def _kill(self, slot: Slot, reason: str) -> None:
+        if slot.state in (SlotState.DEAD, SlotState.KILLED):
             return
         slot.kill_reason = reason
-        if slot.state is _State.STARTING:
+        if slot.state is SlotState.STARTING:
             return  # the start task sees the lane closed and shuts it down
-        slot.state = _State.KILLED
+        slot.state = SlotState.KILLED
         if slot.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.pid, signal.SIGKILL)
 
     # -- deaths and retirement ---------------------------------------------------------
-    def _slot_died(self, slot: _Slot) -> None:
+    def _slot_died(self, slot: Slot) -> None:
         """The worker is gone: deliver finished calls, fail the running one, requeue."""
-        if slot.state is _State.DEAD:
+        if slot.state is SlotState.DEAD:
             return
         self._drain(slot)
-        intentional = slot.kill_reason is not None or slot.state is _State.RETIRING
-        slot.state = _State.DEAD
+        intentional = slot.kill_reason is not None or slot.state is SlotState.RETIRING
+        slot.state = SlotState.DEAD
         self._stop_reading(slot)
         started = slot.progress.value if slot.progress is not None else -1
-        running: _Call | None = None
-        not_started: list[_Call] = []
+        running: Call | None = None
+        not_started: list[Call] = []
         for call in slot.in_flight:
             if call.seq > started:
                 not_started.append(call)
@@ -909,13 +776,13 @@ class ProcessLane:
         self._dispatch()
         self._resize()
 
-    def _fail_crashed(self, call: _Call, exitcode: int | None, detail: str) -> None:
+    def _fail_crashed(self, call: Call, exitcode: int | None, detail: str) -> None:
         call.slot = None
         code, sig = (None, -exitcode) if exitcode is not None and exitcode < 0 else (exitcode, None)
         if self._finish(call, WorkerCrashedError(call.function, code, sig, detail)):
             self._failed += 1
 
-    async def _reap(self, slot: _Slot, running: _Call | None) -> None:
+    async def _reap(self, slot: Slot, running: Call | None) -> None:
         await self._shutdown_slot(slot)
         if running is not None and not running.future.done():
             process = slot.process
@@ -923,32 +790,32 @@ class ProcessLane:
             self._fail_crashed(running, exitcode, f"pid {slot.pid}")
         self._forget(slot)
 
-    def _forget(self, slot: _Slot) -> None:
+    def _forget(self, slot: Slot) -> None:
         with contextlib.suppress(ValueError):
             self._slots.remove(slot)
         self._wake()
 
-    def _retire(self, slot: _Slot) -> None:
-        slot.state = _State.RETIRING
+    def _retire(self, slot: Slot) -> None:
+        slot.state = SlotState.RETIRING
         self._stop_reading(slot)
         self._spawn(self._retire_slot(slot))
 
-    async def _retire_slot(self, slot: _Slot) -> None:
+    async def _retire_slot(self, slot: Slot) -> None:
         await self._shutdown_slot(slot)
-        slot.state = _State.DEAD
+        slot.state = SlotState.DEAD
         self._forget(slot)
 
-    def _stop_reading(self, slot: _Slot) -> None:
+    def _stop_reading(self, slot: Slot) -> None:
         if slot.reader_fd >= 0 and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(slot.reader_fd)
 
-    async def _shutdown_slot(self, slot: _Slot) -> None:
+    async def _shutdown_slot(self, slot: Slot) -> None:
         """Stop the slot's executor and reap its worker (shielded), then close its pipe."""
         executor, slot.executor = slot.executor, None
         with anyio.CancelScope(shield=True):
             if executor is not None:
                 await anyio.to_thread.run_sync(
-                    self._shutdown_sync, executor, slot.process, limiter=self._limiter
+                    shutdown_slot, executor, slot.process, limiter=self._limiter
                 )
         # closed here, on the loop, so no callback can read a closed or reused fd
         self._stop_reading(slot)
@@ -956,25 +823,17 @@ class ProcessLane:
             os.close(slot.reader_fd)
             slot.reader_fd = -1
 
-    @staticmethod
-    def _shutdown_sync(
-        executor: ProcessPoolExecutor, process: multiprocessing.process.BaseProcess | None
-    ) -> None:
-        executor.shutdown(wait=True, cancel_futures=True)
-        if process is not None:
-            process.join(timeout=5.0)
-
     # -- sizing ------------------------------------------------------------------------
     def _live_count(self) -> int:
-        return sum(1 for s in self._slots if s.state in (_State.STARTING, _State.IDLE, _State.BUSY))
+        return sum(1 for s in self._slots if s.state in LIVE_STATES)
 
     def _resize(self) -> None:
         """Apply the sizing policy: start slots, retire idle ones."""
         if self._closed or self._loop is None:
             return
         now = self._clock()
-        live = [s for s in self._slots if s.state in (_State.STARTING, _State.IDLE, _State.BUSY)]
-        idle = [s for s in live if s.state is _State.IDLE]
+        live = [s for s in self._slots if s.state in LIVE_STATES]
+        idle = [s for s in live if s.state is SlotState.IDLE]
         timeout = self._settings.idle_timeout
         expired = [s for s in idle if now - s.idle_since >= timeout]
         calm_for = math.inf if self._calm_since is None else now - self._calm_since
@@ -992,7 +851,7 @@ class ProcessLane:
         )
         self._target = decision.target
         for _ in range(decision.start):
-            slot = _Slot()
+            slot = Slot()
             self._slots.append(slot)
             self._spawn(self._start_slot(slot))
         idle.sort(key=lambda s: s.idle_since)
@@ -1005,7 +864,7 @@ class ProcessLane:
         delays = [
             s.idle_since + self._settings.idle_timeout - now
             for s in self._slots
-            if s.state is _State.IDLE
+            if s.state is SlotState.IDLE
         ]
         if self._calm_since is not None and now - self._calm_since < self._settle_seconds:
             delays.append(self._calm_since + self._settle_seconds - now)
@@ -1028,60 +887,30 @@ class ProcessLane:
         if self._context is None:
             method = self._settings.start_method
             if method == "forkserver":
-                self._context = _LaneForkServerContext()
+                self._context = LaneForkServerContext(("__main__", _worker.__name__, __name__))
             else:
                 self._context = multiprocessing.get_context(method)
         return self._context
 
-    def _open_slot(self) -> _Opened:
-        """Create a slot's executor and worker and wait for it (blocking; in a thread)."""
-        ctx = self._mp_context()
-        reader, writer = ctx.Pipe(duplex=False)
-        progress = cast("_SharedInt", ctx.RawValue("q", -1))
-        skip = cast("_SharedFlags", ctx.RawArray("b", _worker.MAX_BATCH))
-        lock = ctx.Lock()
-        executor = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=ctx,
-            initializer=_worker.init_worker,
-            initargs=(progress, skip, lock, writer),
-        )
-        try:
-            pid = executor.submit(_worker.ready).result(timeout=_START_TIMEOUT)
-        except BaseException:
-            executor.shutdown(wait=True, cancel_futures=True)
-            reader.close()
-            raise
-        finally:
-            writer.close()
-        processes = getattr(executor, "_processes", None) or {}
-        return _Opened(executor, processes.get(pid), pid, reader, progress, skip, lock)
-
-    async def _start_slot(self, slot: _Slot) -> None:
+    async def _start_slot(self, slot: Slot) -> None:
         try:
             with anyio.CancelScope(shield=True):  # a started worker must never be lost
-                opened = await anyio.to_thread.run_sync(self._open_slot, limiter=self._limiter)
+                opened = await anyio.to_thread.run_sync(
+                    open_slot, self._mp_context(), limiter=self._limiter
+                )
         except Exception as exc:  # noqa: BLE001 - reported to the calls that waited for it
-            slot.state = _State.DEAD
+            slot.state = SlotState.DEAD
             self._forget(slot)
-            if not any(s.state is not _State.DEAD for s in self._slots):
+            if not any(s.state is not SlotState.DEAD for s in self._slots):
                 error = WorkerCrashedError("<worker start>", detail=f"cannot start: {exc!r}")
                 while self._queue:
                     call = self._queue.popleft()
                     if self._finish(call, error):
                         self._failed += 1
             return
-        slot.executor = opened.executor
-        slot.process = opened.process
-        slot.pid = opened.pid
-        slot.progress = opened.progress
-        slot.skip = opened.skip
-        slot.lock = opened.lock
-        slot.reader_fd = os.dup(opened.reader.fileno())
-        opened.reader.close()
-        os.set_blocking(slot.reader_fd, False)
+        slot.adopt(opened)
         if self._closed or slot.kill_reason is not None:
-            slot.state = _State.KILLED
+            slot.state = SlotState.KILLED
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.pid, signal.SIGKILL)
             await self._shutdown_slot(slot)
@@ -1089,7 +918,7 @@ class ProcessLane:
             return
         assert self._loop is not None
         self._loop.add_reader(slot.reader_fd, self._on_readable, slot)
-        slot.state = _State.IDLE
+        slot.state = SlotState.IDLE
         slot.idle_since = self._clock()
         self._dispatch()
         self._wake()

@@ -1,0 +1,108 @@
+"""
+A private ``multiprocessing`` forkserver per process lane, so the lane can stop it.
+
+Covers: :class:`LaneForkServerContext`, a forkserver context whose processes are
+forked by a server that belongs to one lane (not the interpreter-wide one), and
+its :meth:`~LaneForkServerContext.stop`. Does not cover: the worker slots that use
+it (:mod:`._slots`), the lane (:mod:`._processes`) or what runs in the workers
+(:mod:`._worker`).
+
+Why private: ``fork`` copies a process that runs an event loop and threads (locks
+held by other threads stay locked in the child); ``spawn`` starts a fresh
+interpreter per worker, which is slower. The interpreter-wide forkserver would
+outlive the lane; one server per lane lets :meth:`ProcessLane.aclose` stop it, so
+nothing the lane started outlives it. The interpreter-wide ``multiprocessing``
+resource tracker, shared by every user of ``multiprocessing`` in the process, is
+left running.
+
+How: ``popen_forkserver.Popen`` asks the module-global server; :class:`_LanePopen`
+repeats its ``_launch`` (CPython 3.11-3.13) against the server stored on the
+process object. The server itself is never pickled to the child.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing.context
+import multiprocessing.forkserver
+import multiprocessing.popen_forkserver
+import multiprocessing.process
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ("LaneForkServerContext",)
+
+
+class _LaneForkServerProcess(multiprocessing.context.ForkServerProcess):
+    """A forkserver process started by its lane's own server."""
+
+    _lane_server: multiprocessing.forkserver.ForkServer | None = None
+
+    @staticmethod
+    def _Popen(process_obj: multiprocessing.process.BaseProcess) -> _LanePopen:  # noqa: N802
+        return _LanePopen(process_obj)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_lane_server", None)  # the server holds a lock; the child needs nothing of it
+        return state
+
+
+class _LanePopen(multiprocessing.popen_forkserver.Popen):
+    """``popen_forkserver.Popen`` asking the process's lane server, not the global one."""
+
+    def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
+        from multiprocessing import reduction, spawn, util
+        from multiprocessing.context import set_spawning_popen
+
+        server = getattr(process_obj, "_lane_server", None)
+        assert isinstance(server, multiprocessing.forkserver.ForkServer)
+        prep_data = spawn.get_preparation_data(process_obj._name)  # type: ignore[attr-defined]
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = server.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        parent_w = os.dup(w)
+        close_fds = util.close_fds  # type: ignore[attr-defined]
+        self.finalizer = util.Finalize(self, close_fds, (parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
+
+
+class LaneForkServerContext(multiprocessing.context.ForkServerContext):
+    """
+    A forkserver context whose processes come from one private server.
+
+    The server starts with the first process (blocking: create processes from a
+    worker thread) and runs until :meth:`stop`.
+    """
+
+    def __init__(self, preload: Sequence[str]) -> None:
+        """
+        Prepare the server; nothing starts here.
+
+        Args:
+            preload: Modules the server imports once, so forked workers start warm.
+        """
+        self.server = multiprocessing.forkserver.ForkServer()
+        self.server.set_forkserver_preload(list(preload))
+
+    def Process(self, *args: object, **kwargs: object) -> _LaneForkServerProcess:  # type: ignore[override]  # noqa: N802
+        """Return a process forked by this context's server."""
+        process = _LaneForkServerProcess(*args, **kwargs)  # type: ignore[arg-type]
+        process._lane_server = self.server
+        return process
+
+    def stop(self) -> None:
+        """Stop the server process and reap it (blocking; call from a thread)."""
+        stop = getattr(self.server, "_stop", None)
+        if stop is not None:
+            stop()

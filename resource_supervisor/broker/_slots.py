@@ -1,0 +1,253 @@
+"""
+One worker slot of the local process lane: its state, its channel and its calls.
+
+Covers: :class:`Call` (one queued or handed-over call), :class:`SlotState`,
+:class:`Slot` (a single-worker ``ProcessPoolExecutor`` and the progress channel
+shared with its worker), :func:`open_slot` and :func:`shutdown_slot` (blocking:
+start and stop a slot's executor, from a worker thread), :func:`withdraw` (take
+back a handed-over call that has not started) and :func:`read_frames` (outcome
+frames from the slot's result pipe). Does not cover: queueing, dispatching and
+sizing (:mod:`._processes`), the worker's half of the protocol (:mod:`._worker`)
+or the lane's forkserver (:mod:`._forkserver`).
+
+Progress tracking: a batch handed to a slot gets consecutive sequence numbers;
+the worker stores the number of the call it starts in ``progress`` and writes one
+frame per outcome. After a crash, outcomes read from the pipe are delivered, the
+call whose number is in ``progress`` without an outcome was running, and higher
+numbers never started (see :mod:`._worker` for why this is exactly-once).
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+from . import _worker
+
+if TYPE_CHECKING:
+    import asyncio
+    import multiprocessing.context
+    import multiprocessing.process
+    from multiprocessing.connection import Connection
+    from multiprocessing.synchronize import Lock
+
+__all__ = (
+    "Call",
+    "OpenedSlot",
+    "Slot",
+    "SlotState",
+    "open_slot",
+    "read_frames",
+    "shutdown_slot",
+    "withdraw",
+)
+
+START_TIMEOUT: Final = 60.0
+"""Seconds a new worker may take to answer its first submission."""
+_READ_SIZE: Final = 65536
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    """One call: its pickled ``(func, args)``, its caller's future, where it runs."""
+
+    payload: bytes
+    function: str
+    timeout: float | None
+    future: asyncio.Future[object]
+    kill_on_cancel: bool
+    spill: str | None = None
+    """Temporary file holding the call's big buffers (see :mod:`._pickling`)."""
+    seq: int = -1
+    position: int = -1
+    slot: Slot | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class SlotState(enum.Enum):
+    """Where a slot is in its life."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    KILLED = "killed"  # SIGKILL sent, death not yet seen
+    RETIRING = "retiring"
+    DEAD = "dead"
+
+
+LIVE_STATES: Final = (SlotState.STARTING, SlotState.IDLE, SlotState.BUSY)
+"""States of a slot that counts towards the lane's size."""
+
+
+class _SharedInt(Protocol):  # typing shape of RawValue("q")
+    value: int
+
+
+class _SharedFlags(Protocol):  # typing shape of RawArray("b")
+    def __getitem__(self, index: int, /) -> int: ...
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """A worker slot: one executor, one worker, the calls handed to it in order."""
+
+    state: SlotState = SlotState.STARTING
+    executor: ProcessPoolExecutor | None = None
+    process: multiprocessing.process.BaseProcess | None = None
+    pid: int = 0
+    reader_fd: int = -1
+    progress: _SharedInt | None = None
+    skip: _SharedFlags | None = None
+    lock: Lock | None = None
+    in_flight: collections.deque[Call] = field(default_factory=collections.deque)
+    buffer: bytearray = field(default_factory=bytearray)
+    next_seq: int = 0
+    calls_done: int = 0
+    idle_since: float = 0.0
+    kill_reason: str | None = None
+    crashed: bool = False
+
+    def adopt(self, opened: OpenedSlot) -> None:
+        """Take over a started executor; the pipe's read end becomes a non-blocking fd."""
+        self.executor = opened.executor
+        self.process = opened.process
+        self.pid = opened.pid
+        self.progress = opened.progress
+        self.skip = opened.skip
+        self.lock = opened.lock
+        self.reader_fd = os.dup(opened.reader.fileno())
+        opened.reader.close()
+        os.set_blocking(self.reader_fd, False)
+
+
+@dataclass(slots=True)
+class OpenedSlot:
+    """What :func:`open_slot` started."""
+
+    executor: ProcessPoolExecutor
+    process: multiprocessing.process.BaseProcess | None
+    pid: int
+    reader: Connection
+    progress: _SharedInt
+    skip: _SharedFlags
+    lock: Lock
+
+
+def open_slot(ctx: multiprocessing.context.BaseContext) -> OpenedSlot:
+    """
+    Create a slot's executor and worker and wait until it answers (blocking).
+
+    Args:
+        ctx: The lane's ``multiprocessing`` context.
+
+    Returns:
+        The executor, its worker and the channel shared with it.
+
+    Raises:
+        TimeoutError: If the worker does not answer within :data:`START_TIMEOUT`.
+        BrokenProcessPool: If the worker died while starting.
+    """
+    reader, writer = ctx.Pipe(duplex=False)
+    progress = cast("_SharedInt", ctx.RawValue("q", -1))
+    skip = cast("_SharedFlags", ctx.RawArray("b", _worker.MAX_BATCH))
+    lock = ctx.Lock()
+    executor = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=ctx,
+        initializer=_worker.init_worker,
+        initargs=(progress, skip, lock, writer),
+    )
+    try:
+        pid = executor.submit(_worker.ready).result(timeout=START_TIMEOUT)
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        reader.close()
+        raise
+    finally:
+        writer.close()
+    processes = getattr(executor, "_processes", None) or {}
+    return OpenedSlot(executor, processes.get(pid), pid, reader, progress, skip, lock)
+
+
+def shutdown_slot(
+    executor: ProcessPoolExecutor, process: multiprocessing.process.BaseProcess | None
+) -> None:
+    """
+    Stop a slot's executor and reap its worker (blocking; call from a thread).
+
+    Args:
+        executor: The slot's executor.
+        process: Its worker, joined for up to 5 s.
+    """
+    executor.shutdown(wait=True, cancel_futures=True)
+    if process is not None:
+        process.join(timeout=5.0)
+
+
+def withdraw(slot: Slot, call: Call) -> bool:
+    """
+    Withdraw a handed-over call that has not started; False if it started.
+
+    Args:
+        slot: The slot the call was handed to.
+        call: The call.
+
+    Returns:
+        True if the worker will skip the call (it reports it as skipped).
+    """
+    if slot.lock is None or slot.progress is None or slot.skip is None:
+        return False
+    if not slot.lock.acquire(timeout=0.005):  # the worker holds it for microseconds
+        return False
+    try:
+        if slot.progress.value >= call.seq:
+            return False
+        slot.skip[call.position] = 1
+        return True
+    finally:
+        slot.lock.release()
+
+
+def read_frames(slot: Slot) -> tuple[list[tuple[int, bytes]], bool]:
+    """
+    Read what the slot's pipe holds and split off every complete frame (non-blocking).
+
+    Args:
+        slot: The slot; an incomplete frame stays in ``slot.buffer``.
+
+    Returns:
+        ``(sequence number, encoded outcome)`` pairs in order, and False once the
+        pipe reached end of file (the worker is gone).
+    """
+    frames: list[tuple[int, bytes]] = []
+    if slot.reader_fd < 0:
+        return frames, True
+    alive = True
+    while True:
+        try:
+            data = os.read(slot.reader_fd, _READ_SIZE)
+        except BlockingIOError:
+            break
+        if not data:
+            alive = False
+            break
+        slot.buffer += data
+        if len(data) < _READ_SIZE:
+            break
+    buffer = slot.buffer
+    header = _worker.FRAME_HEADER
+    offset = 0
+    while len(buffer) - offset >= header.size:
+        length, seq = header.unpack_from(buffer, offset)
+        end = offset + header.size + length
+        if end > len(buffer):
+            break
+        frames.append((seq, bytes(buffer[offset + header.size : end])))
+        offset = end
+    del buffer[:offset]
+    return frames, alive
