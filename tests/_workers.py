@@ -98,3 +98,10 @@ def checksum(data: bytes) -> tuple[str, int, int]:
     import zlib
 
     return type(data).__name__, len(data), zlib.crc32(data)
+
+
+def square_or_fail(x: int) -> int:
+    """Return x squared; raise KeyError for 13."""
+    if x == 13:
+        raise KeyError(x)
+    return x * x

@@ -419,3 +419,12 @@ async def test_connect_mode_warns_when_scheduler_retries(retrying_scheduler: Pat
         assert lane.metrics()["process_lane_delivery"] == "at-least-once"
     finally:
         await lane.aclose()
+
+
+async def test_map_refuses_an_unpicklable_item(lane: DaskLane) -> None:
+    """An item stdlib pickle refuses raises UnpicklableError; nothing is submitted."""
+    items: list[int] = [threading.Lock()]  # type: ignore[list-item]
+    with pytest.raises(UnpicklableError):
+        async for _ in lane.map(w.square, items, ordered=True, chunksize=1, max_in_flight=1):
+            pass
+    assert lane.metrics()["process_completed_total"] == 0

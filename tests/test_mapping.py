@@ -111,6 +111,65 @@ def test_invalid_arguments() -> None:
         anyio.run(functools.partial(first, max_in_flight=0))
 
 
+class _Runner:
+    """A backend run() in this process that records chunk sizes and the peak in flight."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.sizes: list[int] = []
+        self.in_flight = 0
+        self.peak = 0
+
+    async def __call__(self, func: Callable[..., object], args: tuple[object, ...]) -> object:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        chunk = args[1]
+        assert isinstance(chunk, list)
+        self.sizes.append(len(chunk))
+        try:
+            await anyio.sleep(self.delay * len(chunk))
+            return func(*args)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_ordered_window_is_bounded_and_in_order() -> None:
+    """Ordered results come in input order with at most max_in_flight chunks running."""
+    runner = _Runner(delay=0.001)
+    stream = map_chunked(runner, _workers.square, range(50), chunksize=3, max_in_flight=2)
+    assert [x async for x in stream] == [i * i for i in range(50)]
+    assert runner.peak <= 2
+    assert set(runner.sizes[:-1]) == {3}
+
+
+async def test_async_items_and_chunks_growing_from_one() -> None:
+    """An async iterable is accepted; automatic chunks start at first_chunksize and grow."""
+
+    async def items() -> AsyncIterator[int]:
+        for i in range(300):
+            await anyio.lowlevel.checkpoint()
+            yield i
+
+    runner = _Runner()
+    stream = map_chunked(
+        runner, _workers.square, items(), ordered=False, max_in_flight=2, first_chunksize=1
+    )
+    assert sorted([x async for x in stream]) == [i * i for i in range(300)]
+    assert runner.sizes[0] == 1
+    assert max(runner.sizes) > 1
+
+
+async def test_first_error_is_raised_bare_and_rest_cancelled() -> None:
+    """A chunk's error is raised as itself (no ExceptionGroup); chunks in flight are cancelled."""
+    runner = _Runner(delay=0.001)
+    with pytest.raises(KeyError):
+        async for _ in map_chunked(
+            runner, _workers.square_or_fail, range(100), chunksize=2, max_in_flight=3
+        ):
+            pass
+    assert runner.in_flight == 0
+
+
 async def test_map_on_worker_processes() -> None:
     """The lane's map returns every result in order, with automatic chunk sizes."""
     settings = ConcurrencySettings(idle_timeout=30.0)

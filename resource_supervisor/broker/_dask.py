@@ -10,8 +10,9 @@ thread count, and at CRITICAL pressure calls beyond ``queue_limit`` are refused
 (:class:`OverloadedError`).
 
 Does not cover: starting or connecting to the cluster (:mod:`._dask_cluster`),
-grading the cluster's pressure (:mod:`._dask_pressure`), chunking a map
-(:mod:`._dask_map`), or the local lane (:mod:`._processes`).
+grading the cluster's pressure (:mod:`._dask_pressure`), forming and windowing a
+map's chunks (:mod:`._mapping`, shared with the local lane), or the local lane
+(:mod:`._processes`).
 
 Delivery: with ``dask.retries = 0`` (the default) an owned cluster's scheduler
 fails a task at the first worker death, and the lane never has more calls in
@@ -52,8 +53,8 @@ from .._exceptions import (
 )
 from .._snapshot import PressureLevel
 from ._dask_cluster import ClusterHandle, close_cluster, open_cluster, probe_scheduler
-from ._dask_map import apply_chunk, map_window
 from ._dask_pressure import ClusterReading, ClusterThresholds, grade_cluster, parse_identity
+from ._mapping import map_chunked
 from ._pickling import check_picklable, describe_callable
 
 if TYPE_CHECKING:
@@ -401,8 +402,10 @@ class DaskLane:
         check_picklable(func, args)
         return await self._submit_and_wait(func, args, timeout)
 
-    async def _run_chunk(self, func: Callable[[T], R], chunk: list[T]) -> list[R]:
-        return await self._submit_and_wait(apply_chunk, (func, chunk), None)
+    async def _run_chunk(self, func: Callable[..., object], args: tuple[object, ...]) -> object:
+        """The ``run`` of :func:`._mapping.map_chunked`: one chunk, one Dask task."""
+        check_picklable(func, args)  # stdlib pickle: refuse what the local lane refuses
+        return await self._submit_and_wait(func, args, None)
 
     def map(
         self,
@@ -417,24 +420,29 @@ class DaskLane:
         Lazily map *func* over *items*, one Dask task per chunk, in a sliding window.
 
         Items are read only as window slots free up (never ``client.map`` over the
-        whole input); chunks grow until one takes about ``dask.target_chunk_seconds``
-        (the per-task cost is about 10 ms). Each chunk is admitted like a :meth:`run`
-        call; its results are fetched and released at once.
+        whole input); automatic chunks start at one item and grow (at most 8x per
+        chunk) until one takes about ``dask.target_chunk_seconds`` on its worker (the
+        per-task cost is about 10 ms). Each chunk is admitted like a :meth:`run` call;
+        its results are fetched and released at once.
 
         Args:
             func: A picklable one-argument callable, importable on the workers.
             items: The inputs, sync or async iterable.
             ordered: Yield in input order (else as chunks complete).
             chunksize: Fixed items per chunk (``None``: grow to the target duration).
-            max_in_flight: Chunks submitted at once (``None``: the cluster's threads).
+            max_in_flight: Chunks submitted and not yet consumed (``None``: the
+                cluster's threads).
 
         Returns:
             An async iterator of results; ``aclose()`` it (or exhaust it) to cancel the
             rest. The first error (a remote exception, :class:`WorkerCrashedError` for
             the whole chunk, :class:`UnpicklableError`) is raised bare.
+
+        Raises:
+            SupervisorClosedError: If the lane is not entered or already closed.
         """
         self._client()
-        return map_window(
+        return map_chunked(
             self._run_chunk,
             func,
             items,
@@ -442,6 +450,7 @@ class DaskLane:
             chunksize=chunksize,
             max_in_flight=max_in_flight or max(1, int(self._limiter.total_tokens)),
             target_chunk_seconds=self._settings.dask.target_chunk_seconds,
+            first_chunksize=1,
         )
 
     # -- metrics -----------------------------------------------------------------
