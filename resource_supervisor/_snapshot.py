@@ -11,12 +11,22 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import Final, TypeAlias
+from typing import Final, Literal, TypeAlias, overload
 
-__all__ = ("MetricValue", "MetricsSnapshot", "PressureLevel")
+__all__ = ("LABEL_KEYS", "LabelKey", "MetricValue", "MetricsSnapshot", "PressureLevel")
 
 MetricValue: TypeAlias = float | int | str
 """A value in a snapshot: a number, or a short label such as ``memory_limit_source``."""
+
+
+LabelKey: TypeAlias = Literal[
+    "memory_limit_source", "pressure_level_name", "process_lane_backend", "process_lane_delivery"
+]
+"""The keys whose values are short labels (``str``); every other value is a number."""
+
+LABEL_KEYS: Final[frozenset[str]] = frozenset(
+    ("memory_limit_source", "pressure_level_name", "process_lane_backend", "process_lane_delivery")
+)
 
 
 class PressureLevel(enum.IntEnum):
@@ -72,19 +82,56 @@ class MetricsSnapshot(Mapping[str, MetricValue]):
             data: Metric name to value. Must include every core metric.
 
         Raises:
-            ValueError: If a core metric is missing.
+            ValueError: If a core metric is missing, a label key holds a number, or
+                another key holds a non-number.
         """
         missing = [key for key in _REQUIRED if key not in data]
         if missing:
             raise ValueError(f"snapshot is missing core metrics: {', '.join(missing)}")
         level = data["pressure_level"]
+        labels = [k for k in LABEL_KEYS if k in data and not isinstance(data[k], str)]
+        numbers = [
+            k for k, v in data.items() if k not in LABEL_KEYS and not isinstance(v, int | float)
+        ]
+        if labels or numbers:
+            raise ValueError(
+                f"snapshot values of the wrong kind: labels {labels} must be str, "
+                f"metrics {numbers} must be numbers"
+            )
         copy = dict(data)
         copy["pressure_level"] = PressureLevel(int(level))
         object.__setattr__(self, "_data", MappingProxyType(copy))
 
     # -- Mapping ---------------------------------------------------------------
+    # Label keys give str, every other key a number, so `snap["memory_percent"] > 80`
+    # type-checks without casts.
+    @overload
+    def __getitem__(self, key: LabelKey) -> str: ...  # type: ignore[overload-overlap]
+    @overload
+    def __getitem__(self, key: str) -> float: ...
     def __getitem__(self, key: str) -> MetricValue:
         return self._data[key]
+
+    @overload  # type: ignore[override]
+    def get(self, key: LabelKey, /) -> str | None: ...  # type: ignore[overload-overlap]
+    @overload
+    def get(self, key: LabelKey, default: str, /) -> str: ...
+    @overload
+    def get(self, key: str, /) -> float | None: ...
+    @overload
+    def get(self, key: str, default: float, /) -> float: ...
+    def get(self, key: str, default: MetricValue | None = None, /) -> MetricValue | None:
+        """
+        The value of *key*, or *default* when the snapshot has no such metric.
+
+        Args:
+            key: A metric name.
+            default: Returned when *key* is absent.
+
+        Returns:
+            A ``str`` for label keys (:data:`LABEL_KEYS`), else a number.
+        """
+        return self._data.get(key, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)

@@ -163,6 +163,7 @@ class Supervisor:
         )
         self._memory = MemoryAdvisor(lambda: self.metrics)
         self._executors: Executors | None = None
+        self._provider_names: list[str] = []
         self._metrics: MetricsSnapshot | None = None
         self._levels: Mapping[str, PressureLevel] = {}
         self._level = PressureLevel.NORMAL
@@ -403,6 +404,7 @@ class Supervisor:
             ValueError: If the name is invalid or taken.
         """
         self._source.register_provider(name, provider)
+        self._provider_names.append(name)
 
     def unregister_metrics_provider(self, name: str) -> None:
         """
@@ -412,6 +414,12 @@ class Supervisor:
             name: The provider's name.
         """
         self._source.unregister_provider(name)
+        self._provider_names.remove(name)
+
+    @property
+    def provider_names(self) -> tuple[str, ...]:
+        """Names of the registered metrics providers, in registration order."""
+        return tuple(self._provider_names)
 
     # -- streams ---------------------------------------------------------------
     def subscribe(

@@ -359,7 +359,7 @@ class ResourceManager:
     def metrics(self) -> dict[str, MetricValue]:
         """The latest metrics as a plain dict (``pressure_level`` as its name)."""
         snapshot = self._driver.call_sync(lambda: self._driver.supervisor.metrics)
-        data = dict(snapshot)
+        data: dict[str, MetricValue] = dict(snapshot.items())
         data["pressure_level"] = snapshot.pressure_level.name
         return data
 

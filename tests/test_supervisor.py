@@ -327,6 +327,7 @@ async def test_provider_metrics_are_namespaced_and_failures_counted() -> None:
         sup.register_metrics_provider("broken", broken)
         snap = await sup.update_metrics()
         assert snap["rag_docs"] == 42.0
+        assert sup.provider_names == ("rag", "broken")
         assert not any(k.startswith("broken_") for k in snap)
         assert int(snap["provider_failures_total"]) >= 1
         sup.unregister_metrics_provider("rag")

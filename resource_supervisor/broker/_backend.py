@@ -38,7 +38,7 @@ class ProcessBackend(Protocol):
     name: str
     """``"local"`` or ``"dask"``: shown in stats as ``process_lane_backend``."""
 
-    async def run(
+    async def run(  # noqa: ASYNC109 - the timeout kills the worker, a cancel scope cannot
         self, func: Callable[..., T], args: tuple[object, ...], *, timeout: float | None
     ) -> T:
         """Run ``func(*args)`` in a worker and return its result (see Executors)."""
