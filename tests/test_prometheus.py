@@ -212,6 +212,7 @@ async def test_collector_formats_the_running_supervisors_snapshot() -> None:
     settings = build_settings(monitoring_enabled=False)
     async with Supervisor(settings) as sup:
         sup.register_metrics_provider("rag", lambda: {"cache_items": 42})
+        sup.register_metrics_provider("vector_store", lambda: {"docs": 7})
         snap = await sup.update_metrics()
         registry = CollectorRegistry()
         collector = register(sup, registry)
@@ -229,6 +230,12 @@ async def test_collector_formats_the_running_supervisors_snapshot() -> None:
         )
         provider_key = (f"{PREFIX}_provider_value", tuple(sorted(RAG_LABELS)))
         assert samples[provider_key] == 42.0
+        # a provider name with an underscore is split at the right place
+        store_key = (
+            f"{PREFIX}_provider_value",
+            (("metric", "docs"), ("provider", "vector_store")),
+        )
+        assert samples[store_key] == 7.0
         assert samples[("resource_supervisor_last_update_timestamp_seconds", ())] == pytest.approx(
             snap.last_metrics_update_ts
         )

@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .._exceptions import SupervisorClosedError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator, Mapping, Sequence
 
     from prometheus_client.registry import CollectorRegistry
 
@@ -134,13 +134,16 @@ class MetricDescription:
     documentation: str
 
 
-def describe_key(key: str) -> MetricDescription:
+def describe_key(key: str, providers: Sequence[str] = ()) -> MetricDescription:
     """
     Name the Prometheus family of snapshot key *key*. Pure.
 
     Args:
         key: A snapshot key (``"memory_percent"``, ``"gpu0_memory_used_bytes"``,
             ``"rag_cache_items"``).
+        providers: Names of the registered providers, so that a provider key is
+            split at the right underscore (``"rag_cache"`` + ``"items"``); without
+            them it is split at the first one.
 
     Returns:
         Its family name, type, labels and scale.
@@ -153,7 +156,11 @@ def describe_key(key: str) -> MetricDescription:
     elif key.startswith(_CORE_PREFIXES) or key == "gpu_count":
         what = key
     else:
-        provider, _, metric = key.partition("_")
+        owner = max((p for p in providers if key.startswith(f"{p}_")), key=len, default=None)
+        if owner is not None:
+            provider, metric = owner, key[len(owner) + 1 :]
+        else:
+            provider, _, metric = key.partition("_")
         return MetricDescription(
             name=f"{PREFIX}_provider_value",
             kind="gauge",
@@ -185,12 +192,15 @@ def _numeric(value: MetricValue) -> float | None:
     return float(value)
 
 
-def snapshot_families(snapshot: Mapping[str, MetricValue]) -> list[Metric]:
+def snapshot_families(
+    snapshot: Mapping[str, MetricValue], providers: Sequence[str] = ()
+) -> list[Metric]:
     """
     Format *snapshot* as metric families. Pure.
 
     Args:
         snapshot: A :class:`MetricsSnapshot` or any mapping of key to value.
+        providers: Names of the registered providers (see :func:`describe_key`).
 
     Returns:
         One family per distinct name, each sample labelled as :func:`describe_key`
@@ -205,7 +215,7 @@ def snapshot_families(snapshot: Mapping[str, MetricValue]) -> list[Metric]:
             if isinstance(raw, str) and key not in _INFO_SKIPPED:
                 info[_LABEL_UNSAFE.sub("_", key)] = raw
             continue
-        description = describe_key(key)
+        description = describe_key(key, providers)
         label_names = [name for name, _ in description.labels]
         family = families.get(description.name)
         if family is None:
@@ -259,7 +269,7 @@ class SupervisorCollector(Collector):
             snapshot = self._supervisor.metrics
         except SupervisorClosedError:
             return iter(())
-        return iter(snapshot_families(snapshot))
+        return iter(snapshot_families(snapshot, self._supervisor.provider_names))
 
     def describe(self) -> Iterator[Metric]:
         """
