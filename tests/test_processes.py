@@ -339,6 +339,7 @@ async def _worst_lag(work: Callable[[], Awaitable[object]]) -> tuple[float, obje
         tg.start_soon(probe.tick)
         await asyncio.sleep(0.01)
         result = await work()
+        await asyncio.sleep(0.01)  # let the ticker see the end of a stall
         tg.cancel_scope.cancel()
     return probe.worst, result
 
