@@ -72,6 +72,10 @@ _RESERVED_KEYS: Final = frozenset(
     }
 )
 
+# Shortest window over which CPU percentages are computed: /proc counters tick every
+# 10 ms, so a shorter window is mostly quantisation noise.
+_MIN_CPU_WINDOW_SECONDS = 0.1
+
 
 @dataclass(frozen=True, slots=True)
 class SamplerStatistics:
@@ -143,6 +147,7 @@ class Sampler:
         pid: int | None = None,
         provider_timeout: float = 1.0,
         wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """
         Prepare a sampler; no file is opened until :meth:`open`.
@@ -153,6 +158,8 @@ class Sampler:
             pid: The process to measure; ``None`` means this process.
             provider_timeout: Seconds each provider may take per sample.
             wall_clock: Source of ``last_metrics_update_ts``.
+            clock: Monotonic clock timing the CPU percentages (at least 0.1 s
+                apart; a sample sooner repeats the previous figures).
 
         Raises:
             ValueError: If *provider_timeout* is not positive.
@@ -164,11 +171,15 @@ class Sampler:
         self._psi = PsiReader(proc_root=proc_root, cgroup_root=cgroup_root, pid=pid)
         self._provider_timeout = provider_timeout
         self._wall_clock = wall_clock
+        self._clock = clock
         self._providers: dict[str, _Provider] = {}
         self._opened = False
         self._last_cpu: CpuTimes | None = None
         self._last_process_ticks: int | None = None
         self._last_process_time = 0.0
+        self._last_cpu_time = 0.0
+        self._system_cpu_last = 0.0
+        self._process_cpu_last = 0.0
         self._samples = 0
         self._provider_failures = 0
         self._sample_seconds_last = 0.0
@@ -187,7 +198,7 @@ class Sampler:
         self._opened = True
         self._last_cpu = self._read_cpu_times()
         self._last_process_ticks = self._read_process_ticks()
-        self._last_process_time = time.monotonic()
+        self._last_process_time = self._last_cpu_time = self._clock()
 
     def close(self) -> None:
         """Close every kept-open file; idempotent. :meth:`open` may be called again."""
@@ -371,19 +382,26 @@ class Sampler:
         if figures.cgroup_limit_bytes is not None:
             data["cgroup_memory_limit_bytes"] = figures.cgroup_limit_bytes
 
+        # CPU counters tick in jiffies (10 ms): over a shorter window one tick reads
+        # as 0 or 100 %. Within the window, repeat the last figure and keep the
+        # baseline, so the first sample right after open() is not a spurious 100 %.
+        now = self._clock()
         cpu = self._read_cpu_times()
-        system_cpu = 0.0
-        if cpu is not None and self._last_cpu is not None:
-            total = cpu.total - self._last_cpu.total
-            if total > 0:
-                system_cpu = min(100.0, max(0.0, (cpu.busy - self._last_cpu.busy) / total * 100))
-        if cpu is not None:
+        system_cpu = self._system_cpu_last
+        if cpu is not None and now - self._last_cpu_time >= _MIN_CPU_WINDOW_SECONDS:
+            if self._last_cpu is not None:
+                total = cpu.total - self._last_cpu.total
+                system_cpu = 0.0
+                if total > 0:
+                    busy = cpu.busy - self._last_cpu.busy
+                    system_cpu = min(100.0, max(0.0, busy / total * 100))
             self._last_cpu = cpu
+            self._last_cpu_time = now
+            self._system_cpu_last = system_cpu
         data["system_cpu_percent"] = system_cpu
 
         threads = 0
-        process_cpu = 0.0
-        now = time.monotonic()
+        process_cpu = self._process_cpu_last
         try:
             stat = self._proc.read_process_stat()
         except (OSError, ValueError):
@@ -391,11 +409,13 @@ class Sampler:
         else:
             threads = stat.threads
             elapsed = now - self._last_process_time
-            if self._last_process_ticks is not None and elapsed > 0:
-                used = (stat.cpu_ticks - self._last_process_ticks) / self._proc.clock_ticks
-                process_cpu = max(0.0, used / elapsed * 100)
-            self._last_process_ticks = stat.cpu_ticks
-            self._last_process_time = now
+            if elapsed >= _MIN_CPU_WINDOW_SECONDS:
+                if self._last_process_ticks is not None:
+                    used = (stat.cpu_ticks - self._last_process_ticks) / self._proc.clock_ticks
+                    process_cpu = max(0.0, used / elapsed * 100)
+                self._last_process_ticks = stat.cpu_ticks
+                self._last_process_time = now
+                self._process_cpu_last = process_cpu
         data["process_cpu_percent"] = process_cpu
         data["process_threads"] = threads
         try:

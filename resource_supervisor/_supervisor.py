@@ -458,9 +458,16 @@ class Supervisor:
         next_at = anyio.current_time() + interval
         while True:
             await anyio.sleep_until(next_at)
+            # A timer that fired just as the supervisor began closing: anyio delivers
+            # the task group's cancellation to an already-woken task one loop
+            # iteration late, so stop here rather than sample a closed supervisor.
+            if self._state != "running":
+                return
             next_at = max(next_at + interval, anyio.current_time())
             try:
                 await self.update_metrics()
+            except SupervisorClosedError:
+                return
             except Exception:
                 # A failing part never stops the loop; the next sample tries again.
                 self._sample_failures += 1

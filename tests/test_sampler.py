@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from resource_supervisor._sampler import Sampler, SamplerStatistics
+from resource_supervisor.testing import ManualClock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -247,14 +248,39 @@ async def test_system_cpu_percent_from_stat_deltas(tmp_path: Path) -> None:
     proc, cgroup = tree(tmp_path, "unlimited")
     stat = proc / "stat"
     rewrite(stat, "cpu  100 0 100 800 0 0 0 0 0 0\n")
-    with Sampler(proc_root=str(proc), cgroup_root=str(cgroup), pid=PID) as sampler:
+    clock = ManualClock()
+    with Sampler(proc_root=str(proc), cgroup_root=str(cgroup), pid=PID, clock=clock) as sampler:
+        clock.advance(1.0)
         first = await sampler.sample()
         rewrite(stat, "cpu  150 0 150 850 50 0 0 0 0 0\n")
+        clock.advance(1.0)
         second = await sampler.sample()
+        clock.advance(1.0)
         third = await sampler.sample()
     assert first["system_cpu_percent"] == 0.0
     assert second["system_cpu_percent"] == pytest.approx(50.0)
     assert third["system_cpu_percent"] == 0.0
+
+
+async def test_cpu_figures_need_a_minimum_window(tmp_path: Path) -> None:
+    """A sample within 0.1 s of the baseline repeats the previous CPU figures and keeps
+    the baseline: one 10 ms jiffy over a microsecond window is not 100 % CPU."""
+    proc, cgroup = tree(tmp_path, "unlimited")
+    stat = proc / "stat"
+    rewrite(stat, "cpu  100 0 100 800 0 0 0 0 0 0\n")
+    clock = ManualClock()
+    with Sampler(proc_root=str(proc), cgroup_root=str(cgroup), pid=PID, clock=clock) as sampler:
+        rewrite(stat, "cpu  101 0 100 800 0 0 0 0 0 0\n")  # one busy tick, no idle tick
+        clock.advance(0.001)
+        early = await sampler.sample()
+        rewrite(stat, "cpu  120 0 100 880 0 0 0 0 0 0\n")
+        clock.advance(0.5)
+        later = await sampler.sample()  # measured from the open() baseline
+        clock.advance(0.01)
+        repeat = await sampler.sample()
+    assert early["system_cpu_percent"] == 0.0
+    assert later["system_cpu_percent"] == pytest.approx(20.0)
+    assert repeat["system_cpu_percent"] == pytest.approx(20.0)
 
 
 async def test_wall_clock_stamps_the_sample() -> None:
