@@ -367,8 +367,11 @@ async def test_no_lane_thread_outlives_aclose() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(6):
                 tg.start_soon(lane.run, gate_call, gate, None)
-            await wait_until(lambda: lane.statistics().threads == capacity)
-            assert len(lane_thread_names()) == capacity
+            # a worker is counted before its thread has renamed itself: wait for both
+            await wait_until(
+                lambda: lane.statistics().threads == capacity
+                and len(lane_thread_names()) == capacity
+            )
             gate.set()
         await lane.aclose()
         assert lane.statistics().threads == 0
