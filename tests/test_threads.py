@@ -369,8 +369,9 @@ async def test_no_lane_thread_outlives_aclose() -> None:
                 tg.start_soon(lane.run, gate_call, gate, None)
             # a worker is counted before its thread has renamed itself: wait for both
             await wait_until(
-                lambda: lane.statistics().threads == capacity
-                and len(lane_thread_names()) == capacity
+                lambda: (
+                    lane.statistics().threads == capacity and len(lane_thread_names()) == capacity
+                )
             )
             gate.set()
         await lane.aclose()

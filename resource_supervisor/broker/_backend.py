@@ -11,7 +11,7 @@ whichever backend runs the work. Does not cover: the thread lane
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -24,6 +24,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+@runtime_checkable
 class ProcessBackend(Protocol):
     """
     A place to run picklable CPU-bound calls, with crash isolation and admission control.
@@ -38,8 +39,13 @@ class ProcessBackend(Protocol):
     name: str
     """``"local"`` or ``"dask"``: shown in stats as ``process_lane_backend``."""
 
-    async def run(  # noqa: ASYNC109 - the timeout kills the worker, a cancel scope cannot
-        self, func: Callable[..., T], args: tuple[object, ...], *, timeout: float | None
+    # The timeout kills the worker running the call, which a cancel scope cannot do.
+    async def run(
+        self,
+        func: Callable[..., T],
+        args: tuple[object, ...],
+        *,
+        timeout: float | None,  # noqa: ASYNC109
     ) -> T:
         """Run ``func(*args)`` in a worker and return its result (see Executors)."""
         ...

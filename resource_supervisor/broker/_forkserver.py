@@ -23,11 +23,13 @@ process object. The server itself is never pickled to the child.
 from __future__ import annotations
 
 import io
+import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.popen_forkserver
 import multiprocessing.process
 import os
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,7 +56,30 @@ class _LaneForkServerProcess(multiprocessing.context.ForkServerProcess):
 class _LanePopen(multiprocessing.popen_forkserver.Popen):
     """``popen_forkserver.Popen`` asking the process's lane server, not the global one."""
 
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        """
+        The worker's exit status, read once from the forkserver (None while alive).
+
+        The executor's manager thread and the lane's reaper both poll the same
+        worker. In the standard class, when both see the sentinel readable, the
+        first reads the status and the second hits EOF and records 255 over it, so
+        a SIGKILL would read as "exited with code 255". Here the read happens once,
+        under a lock.
+        """
+        if self.returncode is None:
+            timeout = 0 if flag == os.WNOHANG else None
+            if not multiprocessing.connection.wait([self.sentinel], timeout):
+                return None
+            with self._status_lock:
+                if self.returncode is None:
+                    try:
+                        self.returncode = multiprocessing.forkserver.read_signed(self.sentinel)
+                    except (OSError, EOFError):
+                        self.returncode = 255  # the forkserver itself is gone
+        return self.returncode
+
     def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
+        self._status_lock = threading.Lock()
         from multiprocessing import reduction, spawn, util
         from multiprocessing.context import set_spawning_popen
 
