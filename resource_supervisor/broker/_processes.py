@@ -4,9 +4,11 @@ The local process lane: CPU work on single-worker ``ProcessPoolExecutor`` slots.
 Covers: :class:`ProcessLane` (``run``, ``map``, pressure, statistics, lifecycle):
 the queue, dispatching batches to slots, crash isolation, per-call timeouts,
 recycling and sizing decisions applied. Does not cover: a slot's state, channel
-and progress frames (:mod:`._slots`), the lane's private forkserver
-(:mod:`._forkserver`), the sizing rules (:mod:`._sizing`, pure), chunked maps
-(:mod:`._mapping`), pickling (:mod:`._pickling`), the worker side
+and progress frames (:mod:`._slots`), starting and stopping slots off the loop
+(:mod:`._slot_launcher`), the lane's private forkserver (:mod:`._forkserver`),
+the pure rules for batches (:mod:`._dispatch`), sizing (:mod:`._sizing`) and
+recycling (:mod:`._recycling`), the statistics view (:mod:`._lane_stats`), chunked
+maps (:mod:`._mapping`), pickling (:mod:`._pickling`), the worker side
 (:mod:`._worker`), the thread lane (:mod:`._threads`) or the Dask backend
 (:mod:`._dask`); the public facade is ``Executors`` (:mod:`._executors`).
 
@@ -62,16 +64,10 @@ import collections
 import contextlib
 import logging
 import math
-import multiprocessing
-import multiprocessing.context
-import os
-import signal
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self, TypeVar, cast
 
 import anyio
-import psutil
 
 from .._exceptions import (
     CallTimeoutError,
@@ -81,7 +77,8 @@ from .._exceptions import (
 )
 from .._snapshot import PressureLevel
 from . import _worker
-from ._forkserver import LaneForkServerContext
+from ._dispatch import batch_size, sort_unfinished
+from ._lane_stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
 from ._mapping import map_chunked
 from ._pickling import (
     OFFLOAD_BYTES,
@@ -91,17 +88,10 @@ from ._pickling import (
     pickle_call,
     pickle_call_spilled,
 )
+from ._recycling import calls_left, recycle_due
 from ._sizing import admits, target_workers
-from ._slots import (
-    LIVE_STATES,
-    Call,
-    Slot,
-    SlotState,
-    open_slot,
-    read_frames,
-    shutdown_slot,
-    withdraw,
-)
+from ._slot_launcher import SlotLauncher, kill_worker, stop_reading
+from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, withdraw
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -126,46 +116,8 @@ R = TypeVar("R")
 _logger = logging.getLogger("resource_supervisor.broker")
 
 _LANE: Final = "process lane"
-_BATCH_MAX_CALL_SECONDS: Final = 0.002
-"""Calls are batched only while their measured mean stays below this (2 ms)."""
 _SETTLE_SECONDS: Final = 5.0
 """Default time NORMAL must hold before the lane grows back to full size."""
-
-
-# -- statistics --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessLaneStatistics:
-    """
-    A consistent view of the process lane's state.
-
-    Attributes:
-        workers_live: Worker slots started or starting.
-        workers_target: Slots the sizing policy wants now.
-        workers_busy: Slots running calls.
-        queue_depth: Calls waiting for a worker.
-        completed_total: Calls that returned a result.
-        failed_total: Calls that raised (in the worker, crashed, or timed out).
-        crashed_total: Workers that died unexpectedly.
-        recycled_total: Workers retired after ``max_tasks_per_worker`` calls or above
-            ``worker_max_rss_bytes``.
-        refused_total: Calls refused with :class:`OverloadedError`.
-        timeouts_total: Calls that exceeded their ``timeout=``.
-        worker_pids: Pids of the started workers.
-    """
-
-    workers_live: int
-    workers_target: int
-    workers_busy: int
-    queue_depth: int
-    completed_total: int
-    failed_total: int
-    crashed_total: int
-    recycled_total: int
-    refused_total: int
-    timeouts_total: int
-    worker_pids: tuple[int, ...]
 
 
 # -- the lane ----------------------------------------------------------------------
@@ -220,18 +172,16 @@ class ProcessLane:
         self._call_seconds: float | None = None  # moving mean of worker-side call time
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._context: multiprocessing.context.BaseContext | None = None
+        self._launcher = SlotLauncher(
+            settings.start_method,
+            ("__main__", _worker.__name__, __name__),
+            threads=max(2, max_workers),
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._sleep_until = -math.inf  # when the maintainer wakes by itself
         self._wakeup: asyncio.Event | None = None
-        self._limiter = anyio.CapacityLimiter(max(2, max_workers))
-        self._completed = 0
-        self._failed = 0
-        self._crashed = 0
-        self._recycled = 0
-        self._refused = 0
-        self._timeouts = 0
+        self._counts = LaneCounters()
 
     # -- context manager -----------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -362,20 +312,7 @@ class ProcessLane:
         Returns:
             Metric name to value (``process_lane_backend`` is ``"local"``).
         """
-        stats = self.statistics()
-        return {
-            "process_workers_live": stats.workers_live,
-            "process_workers_target": stats.workers_target,
-            "process_workers_busy": stats.workers_busy,
-            "process_queue_depth": stats.queue_depth,
-            "process_completed_total": stats.completed_total,
-            "process_failed_total": stats.failed_total,
-            "process_crashed_total": stats.crashed_total,
-            "process_recycled_total": stats.recycled_total,
-            "process_refused_total": stats.refused_total,
-            "process_timeouts_total": stats.timeouts_total,
-            "process_lane_backend": self.name,
-        }
+        return lane_metrics(self.statistics(), backend=self.name)
 
     def statistics(self) -> ProcessLaneStatistics:
         """
@@ -384,19 +321,8 @@ class ProcessLane:
         Returns:
             A frozen :class:`ProcessLaneStatistics`.
         """
-        live = [s for s in self._slots if s.state is not SlotState.DEAD]
-        return ProcessLaneStatistics(
-            workers_live=len(live),
-            workers_target=self._target,
-            workers_busy=sum(1 for s in live if s.in_flight or s.state is SlotState.STARTING),
-            queue_depth=len(self._queue),
-            completed_total=self._completed,
-            failed_total=self._failed,
-            crashed_total=self._crashed,
-            recycled_total=self._recycled,
-            refused_total=self._refused,
-            timeouts_total=self._timeouts,
-            worker_pids=tuple(s.pid for s in live if s.pid),
+        return lane_statistics(
+            self._slots, target=self._target, queue_depth=len(self._queue), counters=self._counts
         )
 
     async def aclose(self) -> None:
@@ -434,10 +360,9 @@ class ProcessLane:
             while self._tasks:
                 await asyncio.wait(list(self._tasks))
             for slot in list(self._slots):
-                await self._shutdown_slot(slot)
+                await self._launcher.shutdown(slot, self._loop)
             self._slots.clear()
-            if isinstance(self._context, LaneForkServerContext):
-                await anyio.to_thread.run_sync(self._context.stop, limiter=self._limiter)
+            await self._launcher.aclose()
 
     # -- submission --------------------------------------------------------------------
     async def _run_chunk(self, func: Callable[..., object], args: tuple[object, ...]) -> object:
@@ -477,7 +402,7 @@ class ProcessLane:
         if not admits(
             level=self._level, queued=len(self._queue), queue_limit=self._settings.queue_limit
         ):
-            self._refused += 1
+            self._counts.refused += 1
             raise OverloadedError(
                 "process", len(self._queue), self._settings.queue_limit, self._level.name
             )
@@ -528,24 +453,13 @@ class ProcessLane:
                 return
             starting = sum(1 for s in self._slots if s.state is SlotState.STARTING)
             slot = idle[-1]
-            batch = self._take_batch(slot, len(idle) + starting)
-            self._send(slot, batch)
-
-    def _take_batch(self, slot: Slot, free_slots: int) -> list[Call]:
-        # Batch only calls measured to be short, and share the queue among the free
-        # and starting slots, so a batch never holds work another worker could start.
-        limit = 1
-        if self._call_seconds is not None and self._call_seconds < _BATCH_MAX_CALL_SECONDS:
-            limit = min(_worker.MAX_BATCH, math.ceil(len(self._queue) / free_slots))
-        quota = self._settings.max_tasks_per_worker
-        if quota is not None:
-            limit = max(1, min(limit, quota - slot.calls_done))
-        batch = [self._queue.popleft()]
-        # a call with a timeout runs alone, so killing its worker harms no other call
-        if batch[0].timeout is None:
-            while self._queue and len(batch) < limit and self._queue[0].timeout is None:
-                batch.append(self._queue.popleft())
-        return batch
+            size = batch_size(
+                self._queue,
+                call_seconds=self._call_seconds,
+                free_slots=len(idle) + starting,
+                quota_left=calls_left(slot.calls_done, self._settings.max_tasks_per_worker),
+            )
+            self._send(slot, [self._queue.popleft() for _ in range(size)])
 
     def _send(self, slot: Slot, batch: list[Call]) -> None:
         assert slot.executor is not None
@@ -646,11 +560,11 @@ class ProcessLane:
         self._call_seconds = seconds if mean is None else mean + (seconds - mean) * 0.2
         if status == 1:
             if self._finish(call, None, value):
-                self._completed += 1
+                self._counts.completed += 1
         else:
             assert isinstance(value, BaseException)
             if self._finish(call, value):
-                self._failed += 1
+                self._counts.failed += 1
 
     def _finish(self, call: Call, error: BaseException | None, value: object = None) -> bool:
         """Settle the call's future unless it is already settled; True if this did."""
@@ -670,36 +584,26 @@ class ProcessLane:
         if slot.state is not SlotState.BUSY or slot.in_flight:
             self._dispatch()
             return
-        if self._recycle_due(slot):
-            self._recycled += 1
+        settings = self._settings
+        if recycle_due(
+            calls_done=slot.calls_done,
+            pid=slot.pid,
+            max_tasks=settings.max_tasks_per_worker,
+            max_rss_bytes=settings.worker_max_rss_bytes,
+        ):
+            self._counts.recycled += 1
             self._retire(slot)
         elif self._level > PressureLevel.NORMAL and self._live_count() > self._target:
             self._retire(slot)
         else:
             slot.state = SlotState.IDLE
             slot.idle_since = self._clock()
-            if self._sleep_until > slot.idle_since + self._settings.idle_timeout:
+            if self._sleep_until > slot.idle_since + settings.idle_timeout:
                 self._wake()  # the maintainer must wake for this slot's idle timeout
         if self._queue:
             self._dispatch()
             if self._queue:
                 self._resize()
-
-    def _recycle_due(self, slot: Slot) -> bool:
-        """True after ``max_tasks_per_worker`` calls, or above ``worker_max_rss_bytes``."""
-        settings = self._settings
-        quota = settings.max_tasks_per_worker
-        if quota is not None and slot.calls_done >= quota:
-            return True
-        limit = settings.worker_max_rss_bytes
-        return limit is not None and self._rss_bytes(slot) > limit
-
-    @staticmethod
-    def _rss_bytes(slot: Slot) -> int:
-        try:
-            return int(psutil.Process(slot.pid).memory_info().rss)
-        except psutil.Error:
-            return 0
 
     def _requeue(self, calls: list[Call]) -> None:
         for call in reversed(calls):
@@ -727,8 +631,8 @@ class ProcessLane:
         call.timer = None
         if call.future.done() or call.timeout is None:
             return
-        self._timeouts += 1
-        self._failed += 1
+        self._counts.timeouts += 1
+        self._counts.failed += 1
         slot = call.slot
         call.future.set_exception(CallTimeoutError(call.function, call.timeout))
         if slot is None:
@@ -745,8 +649,7 @@ class ProcessLane:
             return  # the start task sees the lane closed and shuts it down
         slot.state = SlotState.KILLED
         if slot.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.pid, signal.SIGKILL)
+            kill_worker(slot.pid)
 
     # -- deaths and retirement ---------------------------------------------------------
     def _slot_died(self, slot: Slot) -> None:
@@ -758,18 +661,12 @@ class ProcessLane:
         slot.state = SlotState.DEAD
         self._stop_reading(slot)
         started = slot.progress.value if slot.progress is not None else -1
-        running: Call | None = None
-        not_started: list[Call] = []
-        for call in slot.in_flight:
-            if call.seq > started:
-                not_started.append(call)
-            elif running is None and call.seq == started:
-                running = call
-            else:
-                self._fail_crashed(call, None, "result lost with the worker")
+        running, not_started, lost = sort_unfinished(slot.in_flight, started)
+        for call in lost:
+            self._fail_crashed(call, None, "result lost with the worker")
         slot.in_flight.clear()
         if not intentional:
-            self._crashed += 1
+            self._counts.crashed += 1
             slot.crashed = True
         self._requeue(not_started)
         self._spawn(self._reap(slot, running))
@@ -780,10 +677,10 @@ class ProcessLane:
         call.slot = None
         code, sig = (None, -exitcode) if exitcode is not None and exitcode < 0 else (exitcode, None)
         if self._finish(call, WorkerCrashedError(call.function, code, sig, detail)):
-            self._failed += 1
+            self._counts.failed += 1
 
     async def _reap(self, slot: Slot, running: Call | None) -> None:
-        await self._shutdown_slot(slot)
+        await self._launcher.shutdown(slot, self._loop)
         if running is not None and not running.future.done():
             process = slot.process
             exitcode = process.exitcode if process is not None else None
@@ -801,27 +698,12 @@ class ProcessLane:
         self._spawn(self._retire_slot(slot))
 
     async def _retire_slot(self, slot: Slot) -> None:
-        await self._shutdown_slot(slot)
+        await self._launcher.shutdown(slot, self._loop)
         slot.state = SlotState.DEAD
         self._forget(slot)
 
     def _stop_reading(self, slot: Slot) -> None:
-        if slot.reader_fd >= 0 and self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(slot.reader_fd)
-
-    async def _shutdown_slot(self, slot: Slot) -> None:
-        """Stop the slot's executor and reap its worker (shielded), then close its pipe."""
-        executor, slot.executor = slot.executor, None
-        with anyio.CancelScope(shield=True):
-            if executor is not None:
-                await anyio.to_thread.run_sync(
-                    shutdown_slot, executor, slot.process, limiter=self._limiter
-                )
-        # closed here, on the loop, so no callback can read a closed or reused fd
-        self._stop_reading(slot)
-        if slot.reader_fd >= 0:
-            os.close(slot.reader_fd)
-            slot.reader_fd = -1
+        stop_reading(self._loop, slot)
 
     # -- sizing ------------------------------------------------------------------------
     def _live_count(self) -> int:
@@ -883,21 +765,9 @@ class ProcessLane:
             self._sleep_until = -math.inf
 
     # -- starting slots ----------------------------------------------------------------
-    def _mp_context(self) -> multiprocessing.context.BaseContext:
-        if self._context is None:
-            method = self._settings.start_method
-            if method == "forkserver":
-                self._context = LaneForkServerContext(("__main__", _worker.__name__, __name__))
-            else:
-                self._context = multiprocessing.get_context(method)
-        return self._context
-
     async def _start_slot(self, slot: Slot) -> None:
         try:
-            with anyio.CancelScope(shield=True):  # a started worker must never be lost
-                opened = await anyio.to_thread.run_sync(
-                    open_slot, self._mp_context(), limiter=self._limiter
-                )
+            opened = await self._launcher.open()  # shielded: a started worker is never lost
         except Exception as exc:  # noqa: BLE001 - reported to the calls that waited for it
             slot.state = SlotState.DEAD
             self._forget(slot)
@@ -906,14 +776,13 @@ class ProcessLane:
                 while self._queue:
                     call = self._queue.popleft()
                     if self._finish(call, error):
-                        self._failed += 1
+                        self._counts.failed += 1
             return
         slot.adopt(opened)
         if self._closed or slot.kill_reason is not None:
             slot.state = SlotState.KILLED
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.pid, signal.SIGKILL)
-            await self._shutdown_slot(slot)
+            kill_worker(slot.pid)
+            await self._launcher.shutdown(slot, self._loop)
             self._forget(slot)
             return
         assert self._loop is not None

@@ -1,0 +1,129 @@
+"""
+Statistics and metrics of the local process lane.
+
+Covers: :class:`ProcessLaneStatistics` (the frozen view ``ProcessLane.statistics()``
+returns), :class:`LaneCounters` (the lane's running totals), :func:`lane_statistics`
+(counts a lane's slots and queue into a view) and :func:`lane_metrics` (the flat
+``process_*`` metrics of a view). Pure: no I/O, clock or await. Does not cover:
+when the counters move (:mod:`._processes`), the slots themselves (:mod:`._slots`),
+the thread lane's statistics (:mod:`._threads`) or the Dask backend's
+(:mod:`._dask`). See also :mod:`..integrations.prometheus`, which exports these
+metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._slots import SlotState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .._snapshot import MetricValue
+    from ._slots import Slot
+
+__all__ = ("LaneCounters", "ProcessLaneStatistics", "lane_metrics", "lane_statistics")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessLaneStatistics:
+    """
+    A consistent view of the process lane's state.
+
+    Attributes:
+        workers_live: Worker slots started or starting.
+        workers_target: Slots the sizing policy wants now.
+        workers_busy: Slots running calls.
+        queue_depth: Calls waiting for a worker.
+        completed_total: Calls that returned a result.
+        failed_total: Calls that raised (in the worker, crashed, or timed out).
+        crashed_total: Workers that died unexpectedly.
+        recycled_total: Workers retired after ``max_tasks_per_worker`` calls or above
+            ``worker_max_rss_bytes``.
+        refused_total: Calls refused with :class:`OverloadedError`.
+        timeouts_total: Calls that exceeded their ``timeout=``.
+        worker_pids: Pids of the started workers.
+    """
+
+    workers_live: int
+    workers_target: int
+    workers_busy: int
+    queue_depth: int
+    completed_total: int
+    failed_total: int
+    crashed_total: int
+    recycled_total: int
+    refused_total: int
+    timeouts_total: int
+    worker_pids: tuple[int, ...]
+
+
+@dataclass(eq=False, slots=True)
+class LaneCounters:
+    """The lane's running totals; the fields mean what the ``*_total`` statistics mean."""
+
+    completed: int = 0
+    failed: int = 0
+    crashed: int = 0
+    recycled: int = 0
+    refused: int = 0
+    timeouts: int = 0
+
+
+def lane_statistics(
+    slots: Iterable[Slot], *, target: int, queue_depth: int, counters: LaneCounters
+) -> ProcessLaneStatistics:
+    """
+    Count a lane's slots into a statistics view.
+
+    Args:
+        slots: The lane's slots; dead ones are not counted.
+        target: Slots the sizing policy wants now.
+        queue_depth: Calls waiting for a worker.
+        counters: The lane's running totals.
+
+    Returns:
+        A frozen :class:`ProcessLaneStatistics`. A slot still starting counts as busy.
+    """
+    live = [s for s in slots if s.state is not SlotState.DEAD]
+    return ProcessLaneStatistics(
+        workers_live=len(live),
+        workers_target=target,
+        workers_busy=sum(1 for s in live if s.in_flight or s.state is SlotState.STARTING),
+        queue_depth=queue_depth,
+        completed_total=counters.completed,
+        failed_total=counters.failed,
+        crashed_total=counters.crashed,
+        recycled_total=counters.recycled,
+        refused_total=counters.refused,
+        timeouts_total=counters.timeouts,
+        worker_pids=tuple(s.pid for s in live if s.pid),
+    )
+
+
+def lane_metrics(stats: ProcessLaneStatistics, *, backend: str) -> dict[str, MetricValue]:
+    """
+    Return the flat ``process_*`` metrics of *stats*.
+
+    Args:
+        stats: The lane's statistics.
+        backend: The lane's name, reported as ``process_lane_backend``.
+
+    Returns:
+        Metric name to value, one per statistic except ``worker_pids``.
+    """
+    return {
+        "process_workers_live": stats.workers_live,
+        "process_workers_target": stats.workers_target,
+        "process_workers_busy": stats.workers_busy,
+        "process_queue_depth": stats.queue_depth,
+        "process_completed_total": stats.completed_total,
+        "process_failed_total": stats.failed_total,
+        "process_crashed_total": stats.crashed_total,
+        "process_recycled_total": stats.recycled_total,
+        "process_refused_total": stats.refused_total,
+        "process_timeouts_total": stats.timeouts_total,
+        "process_lane_backend": backend,
+    }

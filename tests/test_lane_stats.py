@@ -1,0 +1,70 @@
+"""Tests of the process lane's statistics view and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from resource_supervisor.broker._lane_stats import (
+    LaneCounters,
+    ProcessLaneStatistics,
+    lane_metrics,
+    lane_statistics,
+)
+from resource_supervisor.broker._slots import Call, Slot, SlotState
+
+
+async def test_statistics_count_live_busy_and_pids() -> None:
+    """Dead slots are not counted; starting and in-flight slots are busy; pids of started ones."""
+    future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    busy = Slot(state=SlotState.BUSY, pid=11)
+    busy.in_flight.append(Call(b"", "f", None, future, kill_on_cancel=True))
+    slots = [
+        Slot(state=SlotState.STARTING),
+        Slot(state=SlotState.IDLE, pid=10),
+        busy,
+        Slot(state=SlotState.RETIRING, pid=12),
+        Slot(state=SlotState.DEAD, pid=13),
+    ]
+    counters = LaneCounters(completed=5, failed=4, crashed=3, recycled=2, refused=1, timeouts=6)
+    stats = lane_statistics(slots, target=3, queue_depth=7, counters=counters)
+    assert stats == ProcessLaneStatistics(
+        workers_live=4,
+        workers_target=3,
+        workers_busy=2,
+        queue_depth=7,
+        completed_total=5,
+        failed_total=4,
+        crashed_total=3,
+        recycled_total=2,
+        refused_total=1,
+        timeouts_total=6,
+        worker_pids=(10, 11, 12),
+    )
+
+
+def test_statistics_are_a_snapshot() -> None:
+    """Counting later does not change a view already taken."""
+    counters = LaneCounters()
+    stats = lane_statistics([], target=0, queue_depth=0, counters=counters)
+    counters.completed += 1
+    assert stats.completed_total == 0
+    assert lane_statistics([], target=0, queue_depth=0, counters=counters).completed_total == 1
+
+
+def test_metrics_name_every_statistic_with_its_unit_suffix() -> None:
+    """Every statistic but the pids is a process_* metric; totals end in _total."""
+    stats = ProcessLaneStatistics(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, (42,))
+    metrics = lane_metrics(stats, backend="local")
+    assert metrics == {
+        "process_workers_live": 1,
+        "process_workers_target": 2,
+        "process_workers_busy": 3,
+        "process_queue_depth": 4,
+        "process_completed_total": 5,
+        "process_failed_total": 6,
+        "process_crashed_total": 7,
+        "process_recycled_total": 8,
+        "process_refused_total": 9,
+        "process_timeouts_total": 10,
+        "process_lane_backend": "local",
+    }

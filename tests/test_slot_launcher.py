@@ -1,0 +1,96 @@
+"""Tests of starting and stopping process-lane slots, with real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import anyio
+import psutil
+import pytest
+
+from resource_supervisor.broker import _worker
+from resource_supervisor.broker._slot_launcher import SlotLauncher, kill_worker, stop_reading
+from resource_supervisor.broker._slots import Slot, SlotState
+
+pytestmark = pytest.mark.timeout(60)
+
+PRELOAD = ("__main__", _worker.__name__)
+
+
+def _children() -> set[int]:
+    """Child processes of this test process, except the interpreter-wide resource tracker."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("resource_tracker" in part for part in child.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        found.add(child.pid)
+    return found
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+async def test_open_and_shutdown_leave_nothing_behind(start_method: str) -> None:
+    """A slot opens with a live worker; shutdown reaps it and closes the pipe; aclose stops all."""
+    before = _children()
+    launcher = SlotLauncher(start_method, PRELOAD, threads=2)
+    slot = Slot()
+    slot.adopt(await launcher.open())
+    assert psutil.pid_exists(slot.pid)
+    assert slot.pid in _children()
+    assert slot.reader_fd >= 0
+    loop = asyncio.get_running_loop()
+    loop.add_reader(slot.reader_fd, lambda: None)
+    await launcher.shutdown(slot, loop)
+    assert slot.executor is None
+    assert slot.reader_fd == -1
+    await launcher.shutdown(slot, loop)  # a second call has nothing left to do
+    await launcher.aclose()
+    await launcher.aclose()  # idempotent
+    assert _children() == before
+
+
+async def test_killed_worker_is_reaped_by_shutdown() -> None:
+    """kill_worker ends the worker at once; shutdown still reaps it; a gone pid is fine."""
+    before = _children()
+    launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
+    slot = Slot()
+    slot.adopt(await launcher.open())
+    kill_worker(slot.pid)
+    await launcher.shutdown(slot, None)
+    assert slot.process is not None
+    assert slot.process.exitcode == -9
+    kill_worker(slot.pid)  # already gone: no error
+    await launcher.aclose()
+    assert _children() == before
+
+
+async def test_shutdown_completes_when_cancelled() -> None:
+    """A shutdown cancelled while it reaps the worker still reaps it (shielded)."""
+    before = _children()
+    launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
+    slot = Slot()
+    slot.adopt(await launcher.open())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(launcher.shutdown, slot, None)
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert slot.reader_fd == -1
+    await launcher.aclose()
+    assert _children() == before
+
+
+def test_stop_reading_without_a_loop_or_pipe_is_a_no_op() -> None:
+    """A never-started lane (no loop) or a slot without a pipe has nothing to unwatch."""
+    slot = Slot(state=SlotState.DEAD)
+    stop_reading(None, slot)
+    read_end, write_end = os.pipe()
+    try:
+        slot.reader_fd = read_end
+        stop_reading(None, slot)
+        assert slot.reader_fd == read_end
+    finally:
+        os.close(read_end)
+        os.close(write_end)
