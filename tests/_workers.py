@@ -105,3 +105,20 @@ def square_or_fail(x: int) -> int:
     if x == 13:
         raise KeyError(x)
     return x * x
+
+
+def die_mid_result() -> None:
+    """
+    Write the start of a big message to the executor's result queue, then SIGKILL
+    the worker: what a worker killed while sending back a big result leaves behind.
+    """
+    import gc
+    import multiprocessing.queues
+    import struct
+
+    queues = [o for o in gc.get_objects() if isinstance(o, multiprocessing.queues.SimpleQueue)]
+    for queue in queues:
+        writer = queue._writer  # type: ignore[attr-defined]
+        if not writer.closed:
+            os.write(writer.fileno(), struct.pack("!i", 1 << 20) + b"\x80\x05partial")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -128,6 +128,45 @@ async def test_big_result_returns_through_the_executor(lane: ProcessLane) -> Non
     assert results[1:] == [i * i for i in range(10)]
 
 
+async def test_calls_bigger_than_the_call_pipe_arrive_whole(lane: ProcessLane) -> None:
+    """
+    Calls pickled on the loop but bigger than a pipe's buffer (64 KiB) are written
+    to the call pipe as the worker drains it, and each arrives whole, alone or batched.
+    """
+    import zlib
+
+    from resource_supervisor.broker._pickling import OFFLOAD_BYTES, estimate_call_bytes, pickle_call
+
+    blobs = [os.urandom(100 * 1024) for _ in range(8)]
+    assert estimate_call_bytes(_workers.checksum, (blobs[0],)) <= OFFLOAD_BYTES  # on the loop
+    assert len(pickle_call(_workers.checksum, (blobs[0],))) > 65536
+    assert await lane.run(_workers.checksum, (blobs[0],), timeout=None) == (
+        "bytes", len(blobs[0]), zlib.crc32(blobs[0]),
+    )  # fmt: skip
+    results = await asyncio.gather(
+        *(lane.run(_workers.checksum, (blob,), timeout=None) for blob in blobs)
+    )
+    assert results == [("bytes", len(b), zlib.crc32(b)) for b in blobs]
+
+
+async def test_worker_serves_again_after_an_idle_spell_and_a_big_result() -> None:
+    """
+    A worker's serving loop returns when idle or after a result too big for the
+    pipe; the next calls still run on the same worker, with no crash counted.
+    """
+    from resource_supervisor.broker._worker import SERVE_IDLE_SECONDS
+
+    async with ProcessLane(_settings(), max_workers=1) as lane:
+        first = await lane.run(_workers.pid, (), timeout=None)
+        await anyio.sleep(3 * SERVE_IDLE_SECONDS)  # not a race: any wait must pass
+        assert await lane.run(_workers.pid, (), timeout=None) == first
+        assert await lane.run(_workers.big_result, (100_000,), timeout=None) == b"x" * 100_000
+        assert await lane.run(_workers.pid, (), timeout=None) == first
+        stats = lane.statistics()
+        assert stats.crashed_total == 0
+        assert stats.completed_total == 4
+
+
 async def test_crash_fails_only_the_running_call(lane: ProcessLane, tmp_path: Path) -> None:
     """os._exit in a worker fails that call with its exit code; every innocent runs exactly once."""
     calls = [
@@ -172,6 +211,21 @@ async def test_sigkill_from_outside(lane: ProcessLane, tmp_path: Path) -> None:
     assert error.signal == signal.SIGKILL
     for i in range(6):
         assert (tmp_path / f"i{i}").read_text() == "x\n"
+
+
+async def test_worker_killed_mid_result_is_reaped() -> None:
+    """
+    A worker killed halfway through sending a big result on the executor's own
+    channel fails that call with the signal once it is reaped (the executor reads
+    end of file, not a message that never ends); the lane goes on with a new worker.
+    """
+    async with ProcessLane(_settings(), max_workers=1) as lane:
+        victim = await lane.run(_workers.pid, (), timeout=None)
+        with anyio.fail_after(20), pytest.raises(WorkerCrashedError) as info:  # hang guard
+            await lane.run(_workers.die_mid_result, (), timeout=None)
+        assert info.value.signal == signal.SIGKILL
+        assert await lane.run(_workers.pid, (), timeout=None) != victim
+        assert lane.statistics().crashed_total == 1
 
 
 async def test_timeout_kills_and_replaces_only_that_worker(lane: ProcessLane) -> None:

@@ -10,8 +10,10 @@ import psutil
 import pytest
 
 from resource_supervisor.broker import _worker
+from resource_supervisor.broker._pickling import pickle_call
 from resource_supervisor.broker._slot_launcher import SlotLauncher, kill_worker, stop_reading
-from resource_supervisor.broker._slots import Slot, SlotState
+from resource_supervisor.broker._slots import Slot, SlotState, read_frames, write_calls
+from tests import _workers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,6 +80,39 @@ async def test_shutdown_completes_when_cancelled() -> None:
         await anyio.wait_all_tasks_blocked()
         tg.cancel_scope.cancel()
     assert slot.reader_fd == -1
+    await launcher.aclose()
+    assert _children() == before
+
+
+async def test_a_serving_worker_runs_batches_and_stops_on_shutdown() -> None:
+    """
+    A batch written to the call pipe runs in the worker's serving loop and its
+    outcome arrives on the result pipe; shutdown ends the loop with a stop frame,
+    so the worker exits by itself (code 0, not killed).
+    """
+    before = _children()
+    launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
+    slot = Slot()
+    slot.adopt(await launcher.open())
+    assert slot.executor is not None
+    serving = slot.executor.submit(_worker.serve)
+    slot.outgoing += _worker.encode_batch([(0, pickle_call(_workers.add, (2, 3)))])
+    assert write_calls(slot)
+    frames: list[tuple[int, bytes]] = []
+    with anyio.fail_after(20):  # hang guard: the worker lives in another process
+        while not frames:
+            frames += read_frames(slot)[0]
+            await anyio.sleep(0.005)
+    (seq, status, _, value), *_ = [_worker.decode_frame(*f) for f in frames]
+    assert (seq, status, value) == (0, 1, 5)
+    assert slot.progress is not None
+    assert slot.progress.value == 0
+    process = slot.process
+    await launcher.shutdown(slot, asyncio.get_running_loop())
+    assert serving.result(timeout=0) is None
+    assert slot.writer_fd == -1
+    assert process is not None
+    assert process.exitcode == 0
     await launcher.aclose()
     assert _children() == before
 

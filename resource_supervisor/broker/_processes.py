@@ -28,14 +28,18 @@ pool and fails every pending future. So each worker *slot* is its own
 retiring slots, and a crash breaks only its own slot. The lane keeps the queue and
 hands a slot only what that slot runs next, so it always knows what runs where.
 
-Fast path (see :mod:`._worker` for the protocol): a free slot receives the calls
-waiting at that moment (up to :data:`._worker.MAX_BATCH`, only while calls are
-measured to be short) as one executor submission. Each outcome comes back as one
-atomic frame on the slot's result pipe, read directly on the event loop, and the
-worker publishes the number of the call it is running in shared memory. After a
-crash the lane therefore knows which calls finished (delivered), which one was
-running (fails with :class:`WorkerCrashedError`) and which never started (queued
-again, first in line). No call runs twice.
+Fast path (see :mod:`._worker` for the protocol): each worker runs a serving
+loop (one long executor item) that reads calls from the slot's call pipe, which
+the lane writes on the loop, so no call goes through the executor's threads and
+queues. A free slot receives the calls waiting at that moment (up to
+:data:`._worker.MAX_BATCH`, only while calls are measured to be short) as one
+batch frame. Each outcome comes back as one atomic frame on the slot's result
+pipe, read directly on the event loop, and the worker publishes the number of
+the call it is running in shared memory. After a crash the lane therefore knows
+which calls finished (delivered), which one was running (fails with
+:class:`WorkerCrashedError`) and which never started (queued again, first in
+line). No call runs twice. The executor still owns the worker: it reports its
+death (the serving item breaks) and reaps it.
 
 Start method: ``forkserver`` by default on Linux. ``fork`` copies a process that
 runs an event loop and threads (locks held by other threads stay locked in the
@@ -91,7 +95,7 @@ from ._pickling import (
 from ._recycling import calls_left, recycle_due
 from ._sizing import admits, target_workers
 from ._slot_launcher import SlotLauncher, kill_worker, stop_reading
-from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, withdraw
+from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, withdraw, write_calls
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -462,68 +466,65 @@ class ProcessLane:
             self._send(slot, [self._queue.popleft() for _ in range(size)])
 
     def _send(self, slot: Slot, batch: list[Call]) -> None:
-        assert slot.executor is not None
-        assert slot.skip is not None
-        items: list[tuple[int, bytes]] = []
-        for position, call in enumerate(batch):
-            call.seq = slot.next_seq
-            call.position = position
-            call.slot = slot
-            slot.next_seq += 1
-            slot.skip[position] = 0
-            slot.in_flight.append(call)
-            items.append((call.seq, call.payload))
+        assert self._loop is not None
+        frame = slot.hand_over(batch)
         slot.state = SlotState.BUSY
+        if slot.serving is None and not self._serve(slot):
+            return
+        slot.outgoing += frame
+        if not write_calls(slot):  # the rest goes as the worker reads
+            self._loop.add_writer(slot.writer_fd, self._on_writable, slot)
+
+    def _on_writable(self, slot: Slot) -> None:
+        if write_calls(slot) and self._loop is not None:
+            self._loop.remove_writer(slot.writer_fd)
+
+    def _serve(self, slot: Slot) -> bool:
+        """Submit the worker's serving loop; False if the slot died instead."""
+        assert slot.executor is not None
         try:
-            future = slot.executor.submit(_worker.run_batch, items)
+            future = slot.executor.submit(_worker.serve)
         except RuntimeError:  # BrokenProcessPool (a RuntimeError) or shut down
             self._slot_died(slot)
-            return
-        future.add_done_callback(lambda f: self._batch_done_threadsafe(slot, batch, f))
+            return False
+        slot.serving = future
+        future.add_done_callback(lambda f: self._serve_done_threadsafe(slot, f))
+        return True
 
-    def _batch_done_threadsafe(
-        self, slot: Slot, batch: list[Call], future: Future[tuple[int, bytes] | None]
-    ) -> None:
+    def _serve_done_threadsafe(self, slot: Slot, future: Future[tuple[int, bytes] | None]) -> None:
         # Runs in the executor's manager thread: decode a big outcome here, off the loop.
-        decoded: tuple[int, int, float, object] | None = None
         broken = future.cancelled() or future.exception() is not None
-        if not broken:
-            result = future.result()
-            if result is not None:
-                decoded = self._decode(result[0], result[1])
+        result = None if broken else future.result()
+        decoded = None if result is None else _worker.decode_frame(*result)
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(self._on_batch_done, slot, batch, broken, decoded)
+                loop.call_soon_threadsafe(self._on_serve_done, slot, future, broken, decoded)
 
-    @staticmethod
-    def _decode(seq: int, data: bytes) -> tuple[int, int, float, object]:
-        try:
-            return (seq, *_worker.decode_outcome(data))
-        except Exception as exc:  # noqa: BLE001 - e.g. the result's class is not importable here
-            return seq, 0, 0.0, exc
-
-    def _on_batch_done(
+    def _on_serve_done(
         self,
         slot: Slot,
-        batch: list[Call],
+        future: Future[tuple[int, bytes] | None],
         broken: bool,  # noqa: FBT001
         decoded: tuple[int, int, float, object] | None,
     ) -> None:
         if self._closed or slot.state in (SlotState.DEAD, SlotState.RETIRING):
             return
+        if slot.serving is future:
+            slot.serving = None  # the next batch submits the serving loop again
         self._drain(slot)
         if broken:
             self._slot_died(slot)
             return
         if decoded is not None:
-            seq = decoded[0]
             self._deliver(slot, decoded)
             # the batch stopped at the big outcome: the calls after it never started
-            not_started = [c for c in batch if c.seq > seq and c.slot is slot]
-            for call in not_started:
-                slot.in_flight.remove(call)
+            not_started = list(slot.in_flight)
+            slot.in_flight.clear()
             self._requeue(not_started)
+        elif slot.in_flight and slot.serving is None and slot.state is SlotState.BUSY:
+            self._serve(slot)  # it went idle as a batch came: the batch waits in the pipe
+            return
         self._after_progress(slot)
 
     # -- results -----------------------------------------------------------------------
@@ -540,7 +541,7 @@ class ProcessLane:
         """Deliver every complete frame on the slot's pipe; False at end of file."""
         frames, alive = read_frames(slot)
         for seq, frame in frames:
-            self._deliver(slot, self._decode(seq, frame))
+            self._deliver(slot, _worker.decode_frame(seq, frame))
         return alive
 
     def _deliver(self, slot: Slot, outcome: tuple[int, int, float, object]) -> None:

@@ -6,8 +6,8 @@ first use, with a private forkserver for ``"forkserver"``; opening and shutting
 down slots in worker threads under a shield; stopping the forkserver),
 :func:`kill_worker` and :func:`stop_reading`. Does not cover: what a slot is and
 the blocking start and stop themselves (:mod:`._slots`), the forkserver
-(:mod:`._forkserver`), or when slots start, retire or die (:mod:`._processes`,
-:mod:`._sizing`).
+(:mod:`._forkserver`), the serving loop a stop frame ends (:mod:`._worker`), or
+when slots start, retire or die (:mod:`._processes`, :mod:`._sizing`).
 
 The blocking work runs in threads of the launcher's own capacity limiter, so
 starting and reaping workers never waits behind the default thread pool.
@@ -26,6 +26,7 @@ import anyio
 
 from ._forkserver import LaneForkServerContext
 from ._slots import open_slot, shutdown_slot
+from ._worker import STOP_FRAME
 
 if TYPE_CHECKING:
     import asyncio
@@ -48,14 +49,29 @@ def kill_worker(pid: int) -> None:
 
 def stop_reading(loop: asyncio.AbstractEventLoop | None, slot: Slot) -> None:
     """
-    Stop watching the slot's result pipe on *loop*, if it is watched.
+    Stop watching the slot's pipes on *loop*, if they are watched.
 
     Args:
         loop: The lane's event loop; ``None`` (never started) or closed is fine.
         slot: The slot.
     """
-    if slot.reader_fd >= 0 and loop is not None and not loop.is_closed():
+    if loop is None or loop.is_closed():
+        return
+    if slot.reader_fd >= 0:
         loop.remove_reader(slot.reader_fd)
+    if slot.writer_fd >= 0:
+        loop.remove_writer(slot.writer_fd)
+
+
+def _stop_serving(loop: asyncio.AbstractEventLoop | None, slot: Slot) -> None:
+    """Ask the worker's serving loop to return (best effort) and close the call pipe."""
+    stop_reading(loop, slot)
+    if not slot.outgoing:  # else a stop frame would land inside a batch
+        with contextlib.suppress(OSError):  # full (the worker is stuck or dead) or broken
+            os.write(slot.writer_fd, STOP_FRAME)
+    slot.outgoing.clear()
+    os.close(slot.writer_fd)  # end of file, if the worker holds the only other end
+    slot.writer_fd = -1
 
 
 class SlotLauncher:
@@ -106,24 +122,29 @@ class SlotLauncher:
 
     async def shutdown(self, slot: Slot, loop: asyncio.AbstractEventLoop | None) -> None:
         """
-        Stop the slot's executor and reap its worker, then close its pipe.
+        End the worker's serving loop, stop the slot's executor and reap its worker,
+        then close the result pipe.
 
         Args:
             slot: The slot; its executor is taken at once, so a second call only
                 closes what is left.
-            loop: The lane's event loop, to stop watching the pipe.
+            loop: The lane's event loop, to stop watching the pipes.
 
         Cancellation:
-            The executor's shutdown and the reaping are shielded; the pipe is
-            closed afterwards, on the loop, so no callback reads a closed or
-            reused fd.
+            The executor's shutdown and the reaping are shielded; the pipes are
+            closed on the loop, the call pipe first (after a stop frame, so the
+            serving loop returns and the executor can stop) and the result pipe
+            afterwards, so no callback reads or writes a closed or reused fd.
         """
         executor, slot.executor = slot.executor, None
+        if slot.writer_fd >= 0:
+            _stop_serving(loop, slot)
         with anyio.CancelScope(shield=True):
             if executor is not None:
                 await anyio.to_thread.run_sync(
                     shutdown_slot, executor, slot.process, limiter=self._limiter
                 )
+        slot.serving = None  # its done callback refers to the slot: no cycle outlives it
         stop_reading(loop, slot)
         if slot.reader_fd >= 0:
             os.close(slot.reader_fd)

@@ -2,13 +2,15 @@
 One worker slot of the local process lane: its state, its channel and its calls.
 
 Covers: :class:`Call` (one queued or handed-over call), :class:`SlotState`,
-:class:`Slot` (a single-worker ``ProcessPoolExecutor`` and the progress channel
-shared with its worker), :func:`open_slot` and :func:`shutdown_slot` (blocking:
-start and stop a slot's executor, from a worker thread), :func:`withdraw` (take
-back a handed-over call that has not started) and :func:`read_frames` (outcome
-frames from the slot's result pipe). Does not cover: queueing, dispatching and
-sizing (:mod:`._processes`), the worker's half of the protocol (:mod:`._worker`)
-or the lane's forkserver (:mod:`._forkserver`).
+:class:`Slot` (a single-worker ``ProcessPoolExecutor``, the pipes and progress
+channel shared with its worker, :meth:`Slot.hand_over` of a batch),
+:func:`open_slot` and :func:`shutdown_slot` (blocking: start and stop a slot's
+executor, from a worker thread), :func:`withdraw` (take back a handed-over call
+that has not started), :func:`write_calls` (batch frames to the slot's call pipe,
+non-blocking) and :func:`read_frames` (outcome frames from the slot's result
+pipe). Does not cover: queueing, dispatching and sizing (:mod:`._processes`), the
+worker's half of the protocol (:mod:`._worker`) or the lane's forkserver
+(:mod:`._forkserver`).
 
 Progress tracking: a batch handed to a slot gets consecutive sequence numbers;
 the worker stores the number of the call it starts in ``progress`` and writes one
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     import asyncio
     import multiprocessing.context
     import multiprocessing.process
+    from concurrent.futures import Future
     from multiprocessing.connection import Connection
     from multiprocessing.synchronize import Lock
 
@@ -44,6 +47,7 @@ __all__ = (
     "read_frames",
     "shutdown_slot",
     "withdraw",
+    "write_calls",
 )
 
 START_TIMEOUT: Final = 60.0
@@ -98,9 +102,15 @@ class Slot:
 
     state: SlotState = SlotState.STARTING
     executor: ProcessPoolExecutor | None = None
+    serving: Future[tuple[int, bytes] | None] | None = None
+    """The worker's :func:`._worker.serve` submission, while it runs."""
     process: multiprocessing.process.BaseProcess | None = None
     pid: int = 0
     reader_fd: int = -1
+    writer_fd: int = -1
+    """Write end of the call pipe (non-blocking)."""
+    outgoing: bytearray = field(default_factory=bytearray)
+    """Batch bytes the call pipe did not take yet."""
     progress: _SharedInt | None = None
     skip: _SharedFlags | None = None
     lock: Lock | None = None
@@ -113,7 +123,7 @@ class Slot:
     crashed: bool = False
 
     def adopt(self, opened: OpenedSlot) -> None:
-        """Take over a started executor; the pipe's read end becomes a non-blocking fd."""
+        """Take over a started executor; the pipes' parent ends become non-blocking fds."""
         self.executor = opened.executor
         self.process = opened.process
         self.pid = opened.pid
@@ -123,6 +133,31 @@ class Slot:
         self.reader_fd = os.dup(opened.reader.fileno())
         opened.reader.close()
         os.set_blocking(self.reader_fd, False)
+        self.writer_fd = os.dup(opened.calls.fileno())
+        opened.calls.close()
+        os.set_blocking(self.writer_fd, False)
+
+    def hand_over(self, batch: list[Call]) -> bytes:
+        """
+        Number *batch* for this slot, clear its withdrawal flags, add it to ``in_flight``.
+
+        Args:
+            batch: Calls to run here in order, at most :data:`._worker.MAX_BATCH`.
+
+        Returns:
+            The batch frame for the call pipe (:func:`._worker.encode_batch`).
+        """
+        assert self.skip is not None
+        items: list[tuple[int, bytes]] = []
+        for position, call in enumerate(batch):
+            call.seq = self.next_seq
+            call.position = position
+            call.slot = self
+            self.next_seq += 1
+            self.skip[position] = 0
+            self.in_flight.append(call)
+            items.append((call.seq, call.payload))
+        return _worker.encode_batch(items)
 
 
 @dataclass(slots=True)
@@ -133,6 +168,8 @@ class OpenedSlot:
     process: multiprocessing.process.BaseProcess | None
     pid: int
     reader: Connection
+    calls: Connection
+    """Write end of the call pipe."""
     progress: _SharedInt
     skip: _SharedFlags
     lock: Lock
@@ -153,6 +190,7 @@ def open_slot(ctx: multiprocessing.context.BaseContext) -> OpenedSlot:
         BrokenProcessPool: If the worker died while starting.
     """
     reader, writer = ctx.Pipe(duplex=False)
+    calls_reader, calls = ctx.Pipe(duplex=False)
     progress = cast("_SharedInt", ctx.RawValue("q", -1))
     skip = cast("_SharedFlags", ctx.RawArray("b", _worker.MAX_BATCH))
     lock = ctx.Lock()
@@ -160,18 +198,39 @@ def open_slot(ctx: multiprocessing.context.BaseContext) -> OpenedSlot:
         max_workers=1,
         mp_context=ctx,
         initializer=_worker.init_worker,
-        initargs=(progress, skip, lock, writer),
+        initargs=(progress, skip, lock, writer, calls_reader),
     )
     try:
         pid = executor.submit(_worker.ready).result(timeout=START_TIMEOUT)
     except BaseException:
         executor.shutdown(wait=True, cancel_futures=True)
         reader.close()
+        calls.close()
         raise
     finally:
         writer.close()
+        calls_reader.close()
+    _close_result_queue_writer(executor)
     processes = getattr(executor, "_processes", None) or {}
-    return OpenedSlot(executor, processes.get(pid), pid, reader, progress, skip, lock)
+    return OpenedSlot(executor, processes.get(pid), pid, reader, calls, progress, skip, lock)
+
+
+def _close_result_queue_writer(executor: ProcessPoolExecutor) -> None:
+    """
+    Close the parent's copy of the write end of the executor's result queue.
+
+    The parent never writes to it (the worker does), but while the parent holds
+    it, a worker killed in the middle of writing a big result (more than
+    ``PIPE_BUF`` bytes, in several writes) leaves the executor's manager thread
+    waiting forever for the rest of the message, and the executor's shutdown with
+    it. Without it the manager reads end of file and reports a broken pool. The
+    executor starts no other worker (it has one, started by now), so nothing
+    pickles the queue after this.
+    """
+    queue = getattr(executor, "_result_queue", None)
+    writer = getattr(queue, "_writer", None)
+    if writer is not None:
+        writer.close()
 
 
 def shutdown_slot(
@@ -211,6 +270,31 @@ def withdraw(slot: Slot, call: Call) -> bool:
         return True
     finally:
         slot.lock.release()
+
+
+def write_calls(slot: Slot) -> bool:
+    """
+    Write as much of ``slot.outgoing`` to the call pipe as it takes now (non-blocking).
+
+    Args:
+        slot: The slot; what the pipe did not take stays in ``slot.outgoing``.
+
+    Returns:
+        True when everything was written, or nothing can be any more (the pipe is
+        closed or its reader is gone: the worker's death is seen on the result
+        pipe); False while bytes wait for the pipe to drain.
+    """
+    outgoing = slot.outgoing
+    while outgoing:
+        try:
+            written = os.write(slot.writer_fd, outgoing)
+        except BlockingIOError:
+            return False
+        except OSError:  # EPIPE (the worker is gone) or EBADF (the pipe is closed)
+            outgoing.clear()
+            return True
+        del outgoing[:written]
+    return True
 
 
 def read_frames(slot: Slot) -> tuple[list[tuple[int, bytes]], bool]:

@@ -1,12 +1,23 @@
 """
-What runs inside a worker process of the local process lane, and the wire format back.
+What runs inside a worker process of the local process lane, and the wire formats.
 
-Covers: the slot channel a worker gets at start (:func:`init_worker`), the batch
-runner the lane submits to a slot's single-worker ``ProcessPoolExecutor``
+Covers: the slot channel a worker gets at start (:func:`init_worker`), the serving
+loop the lane submits to a slot's single-worker ``ProcessPoolExecutor``
+(:func:`serve`, :data:`SERVE_IDLE_SECONDS`), the batch frames it reads from the
+slot's call pipe (:func:`encode_batch`, :data:`STOP_FRAME`), the batch runner
 (:func:`run_batch`), the outcome frames it writes to the slot's result pipe
-(:func:`encode_outcome`, :func:`decode_outcome`) and :class:`RemoteTraceback`.
-Does not cover: the parent side (:mod:`._processes`), pickling of calls
-(:mod:`._pickling`) or maps (:mod:`._mapping`).
+(:func:`encode_outcome`, :func:`decode_outcome`, :func:`decode_frame`) and
+:class:`RemoteTraceback`. Does not cover: the parent side (:mod:`._processes`,
+:mod:`._slots`), pickling of calls (:mod:`._pickling`) or maps (:mod:`._mapping`).
+
+Calls travel on a pipe, not through the executor: :func:`serve` runs while calls
+come (until an idle spell or a big outcome, see below), reading one batch frame at a
+time from the slot's call pipe: ``!II`` (number of calls, body length), then per
+call ``!Iq`` (length, sequence number) + the pickled call. A batch with no calls
+(:data:`STOP_FRAME`) or end of file ends it. So a call costs two pipe hops, with
+none of the executor's feeder thread, call queue and manager thread on the way;
+the executor still owns the process: it started it, reports its death (the
+``serve`` future breaks) and reaps it.
 
 Progress protocol, which is what makes batching exactly-once (see
 :mod:`._processes` for the parent's half). Per slot the parent shares:
@@ -22,14 +33,16 @@ Progress protocol, which is what makes batching exactly-once (see
 - a pipe: each outcome is one frame ``!Iq`` (length, sequence number) + pickle. A frame of at most
   :data:`PIPE_FRAME_LIMIT` bytes is written with a single ``write`` to a pipe, which
   the kernel makes atomic (``PIPE_BUF``), so a worker killed mid-write never leaves
-  half a frame. A bigger outcome ends the batch and is returned through the
-  executor's own result channel instead (the calls after it never started).
+  half a frame. A bigger outcome ends the batch and :func:`serve`, and is returned
+  through the executor's own result channel instead (the calls after it never
+  started; the lane submits :func:`serve` again before its next batch).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import select
 import struct
 import time
 import traceback
@@ -42,20 +55,39 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Lock
 
 __all__ = (
+    "BATCH_HEADER",
     "FRAME_HEADER",
     "MAX_BATCH",
     "PIPE_FRAME_LIMIT",
+    "SERVE_IDLE_SECONDS",
     "SKIPPED",
+    "STOP_FRAME",
     "RemoteTraceback",
+    "decode_frame",
     "decode_outcome",
+    "encode_batch",
     "encode_outcome",
     "init_worker",
     "ready",
     "run_batch",
+    "serve",
 )
 
 FRAME_HEADER: Final = struct.Struct("!Iq")
-"""Prefix of a frame on the result pipe: payload length, then the call's sequence number."""
+"""Prefix of one call or outcome frame: payload length, then the call's sequence number."""
+BATCH_HEADER: Final = struct.Struct("!II")
+"""Prefix of a batch frame on the call pipe: number of calls, then body length."""
+STOP_FRAME: Final = BATCH_HEADER.pack(0, 0)
+"""The empty batch: :func:`serve` returns when it reads it."""
+SERVE_IDLE_SECONDS: Final = 0.1
+"""
+:func:`serve` returns after this long without a batch. A pending executor item
+holds up the executor's shutdown, including the one ``concurrent.futures`` runs
+when the interpreter exits (before ``atexit`` handlers, so a lane left open would
+hang the exit); so the loop never blocks longer than this. A call that comes
+after an idle spell pays one executor submission (a few hundred microseconds).
+"""
+_READ_SIZE: Final = 65536
 PIPE_FRAME_LIMIT: Final = 4096
 """Largest frame written to the pipe: Linux's PIPE_BUF, the atomic write size."""
 MAX_BATCH: Final = 32
@@ -83,10 +115,12 @@ class RemoteTraceback(Exception):  # noqa: N818 - the name ProcessPoolExecutor u
 class _Channel:
     """The slot channel of this worker process (set once by :func:`init_worker`)."""
 
-    __slots__ = ("fd", "lock", "progress", "skip")
+    __slots__ = ("buffer", "calls_fd", "fd", "lock", "progress", "skip")
 
     def __init__(self) -> None:
         self.fd = -1
+        self.calls_fd = -1
+        self.buffer = bytearray()  # call-pipe bytes read beyond the current batch
         self.lock: Lock | None = None
         self.progress: _SharedInt | None = None
         self.skip: _SharedFlags | None = None
@@ -102,31 +136,102 @@ class _SharedFlags(Protocol):  # typing shape of a ``multiprocessing`` RawArray(
 
 
 # The one piece of per-process state: it exists only to hand the channel from the
-# executor's initializer to run_batch inside a worker process. The parent never
+# executor's initializer to serve inside a worker process. The parent never
 # writes it.
 _CHANNEL: Final = _Channel()
 
 
-def init_worker(progress: object, skip: object, lock: Lock, pipe: Connection) -> None:
+def init_worker(
+    progress: object, skip: object, lock: Lock, pipe: Connection, calls: Connection
+) -> None:
     """
-    Executor initializer: keep the slot's channel for :func:`run_batch` (worker side).
+    Executor initializer: keep the slot's channel for :func:`serve` (worker side).
 
     Args:
         progress: Shared ``RawValue("q")``: sequence number of the call that runs.
         skip: Shared ``RawArray("b", MAX_BATCH)``: withdrawn batch positions.
         lock: Guards ``skip`` and ``progress`` together.
         pipe: Write end of the slot's result pipe.
+        calls: Read end of the slot's call pipe.
     """
     _CHANNEL.progress = progress  # type: ignore[assignment]
     _CHANNEL.skip = skip  # type: ignore[assignment]
     _CHANNEL.lock = lock
     _CHANNEL.fd = os.dup(pipe.fileno())
     pipe.close()
+    _CHANNEL.calls_fd = os.dup(calls.fileno())
+    calls.close()
 
 
 def ready() -> int:
     """Return this worker's pid: the first submission, proving the worker runs."""
     return os.getpid()
+
+
+def encode_batch(calls: list[tuple[int, bytes]]) -> bytes:
+    """
+    Encode a batch frame for the call pipe (parent side).
+
+    Args:
+        calls: ``(sequence number, pickled (func, args))`` pairs, 1 to
+            :data:`MAX_BATCH` of them.
+
+    Returns:
+        The frame :func:`serve` reads.
+    """
+    parts = [b""]
+    pack = FRAME_HEADER.pack
+    for seq, payload in calls:
+        parts.append(pack(len(payload), seq))
+        parts.append(payload)
+    body = sum(len(part) for part in parts)
+    parts[0] = BATCH_HEADER.pack(len(calls), body)
+    return b"".join(parts)
+
+
+def serve() -> tuple[int, bytes] | None:
+    """
+    Run the batches the lane writes to the slot's call pipe (worker side).
+
+    Submitted to the slot's executor when the lane has calls for the worker; it
+    runs until the lane ends it or it is idle for :data:`SERVE_IDLE_SECONDS`.
+
+    Returns:
+        ``None`` after :data:`STOP_FRAME`, end of file or an idle spell (a batch
+        written meanwhile stays whole in the pipe for the next :func:`serve`);
+        else what :func:`run_batch` returned for an outcome too big for the
+        result pipe.
+    """
+    fd = _CHANNEL.calls_fd
+    buffer = _CHANNEL.buffer
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    idle_ms = round(SERVE_IDLE_SECONDS * 1000)
+    while True:
+        while len(buffer) < BATCH_HEADER.size or len(buffer) < (
+            BATCH_HEADER.size + BATCH_HEADER.unpack_from(buffer)[1]
+        ):
+            if not buffer and not poller.poll(idle_ms):
+                return None  # idle: let the executor see a finished item (see SERVE_IDLE_SECONDS)
+            data = os.read(fd, _READ_SIZE)
+            if not data:
+                return None
+            buffer += data
+        count, body = BATCH_HEADER.unpack_from(buffer)
+        if count == 0:
+            del buffer[: BATCH_HEADER.size]
+            return None
+        calls: list[tuple[int, bytes]] = []
+        offset = BATCH_HEADER.size
+        for _ in range(count):
+            length, seq = FRAME_HEADER.unpack_from(buffer, offset)
+            offset += FRAME_HEADER.size
+            calls.append((seq, bytes(buffer[offset : offset + length])))
+            offset += length
+        del buffer[: BATCH_HEADER.size + body]
+        big = run_batch(calls)
+        if big is not None:
+            return big
 
 
 def run_batch(calls: list[tuple[int, bytes]]) -> tuple[int, bytes] | None:
@@ -192,6 +297,23 @@ def encode_outcome(status: int, seconds: float, value: object) -> bytes:
         what = "result" if status == _OK else "exception"
         error = pickle.PicklingError(f"the call's {what} cannot be pickled: {exc!r}")
         return pickle.dumps((_ERROR, seconds, (error, "")), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_frame(seq: int, data: bytes) -> tuple[int, int, float, object]:
+    """
+    Decode one outcome frame; one that cannot be decoded becomes the call's error.
+
+    Args:
+        seq: The frame's sequence number.
+        data: Its payload.
+
+    Returns:
+        ``(seq, status, seconds, value)``, as :func:`decode_outcome` plus *seq*.
+    """
+    try:
+        return (seq, *decode_outcome(data))
+    except Exception as exc:  # noqa: BLE001 - e.g. the result's class is not importable here
+        return seq, _ERROR, 0.0, exc
 
 
 def decode_outcome(data: bytes) -> tuple[int, float, object]:
