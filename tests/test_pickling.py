@@ -42,6 +42,25 @@ def test_bad_argument_is_named_by_position_and_type() -> None:
     assert info.value.what.startswith("argument 2 (type _thread.lock)")
 
 
+def test_check_does_not_copy_big_arguments() -> None:
+    """The picklability check never builds the pickled bytes: checking a 64 MiB
+    argument allocates a small fraction of it (tracemalloc), unlike pickle_call."""
+    import tracemalloc
+
+    big = bytes(64 * 2**20)
+    tracemalloc.start()
+    try:
+        check_picklable(_workers.add, (big, 1))
+        _, check_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        pickle_call(_workers.add, (big, 1))
+        _, pickle_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert check_peak < 2**20
+    assert pickle_peak > len(big)
+
+
 def test_describe_callable_sees_through_partial() -> None:
     """Names are module.qualname, and partials show the wrapped function."""
     assert describe_callable(_workers.add) == "tests._workers.add"

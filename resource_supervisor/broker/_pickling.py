@@ -271,7 +271,22 @@ def check_picklable(func: Callable[..., object], args: tuple[object, ...]) -> No
     Raises:
         UnpicklableError: As :func:`pickle_call`.
     """
-    pickle_call(func, args)
+    # Pickle into a writer that discards: the pickler hands large bytes-like
+    # payloads to write() without copying them, so checking a 16 MiB argument costs
+    # microseconds instead of the ~7 ms a copy into a bytes object takes on the loop.
+    try:
+        pickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump((func, args))
+    except _PICKLE_ERRORS as exc:
+        raise _diagnose(func, args, exc) from exc
+
+
+class _Discard:
+    """A binary file that drops everything written to it."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes | memoryview) -> int:
+        return len(data)
 
 
 def load_call(payload: bytes) -> tuple[Callable[..., object], tuple[object, ...]]:
