@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from resource_supervisor._streams import Broadcaster, BroadcastStatistics, Subscription
 
@@ -304,3 +308,108 @@ def test_subscription_is_an_async_iterator() -> None:
         assert isinstance(subscription, Subscription)
         assert subscription.__aiter__() is subscription
     broadcaster.close()
+
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(("subscribe", "publish", "receive", "close")), st.integers(0, 5)),
+    max_size=60,
+)
+
+
+@given(ops=_OPS)
+def test_shared_log_matches_one_bounded_deque_per_subscriber(ops: list[tuple[str, int]]) -> None:
+    """
+    Any mix of subscribe/publish/receive/close gives each subscription exactly what
+    its own bounded deque would hold, with the same drop counts and totals.
+    """
+    broadcaster = Broadcaster[int]()
+    subs: list[Subscription[int]] = []
+    models: list[deque[int] | None] = []
+    dropped: list[int] = []
+    published = 0
+    for op, arg in ops:
+        if op == "subscribe":
+            subs.append(broadcaster.subscribe(buffer=arg + 1))
+            models.append(deque(maxlen=arg + 1))
+            dropped.append(0)
+        elif op == "publish":
+            broadcaster.publish(published)
+            for i, model in enumerate(models):
+                if model is not None:
+                    if len(model) == model.maxlen:
+                        dropped[i] += 1
+                    model.append(published)
+            published += 1
+        elif subs:
+            i = arg % len(subs)
+            model = models[i]
+            if op == "receive" and model is not None:
+                if model:
+                    assert subs[i].receive_nowait() == model.popleft()
+                else:
+                    with pytest.raises(anyio.WouldBlock):
+                        subs[i].receive_nowait()
+            elif op == "close" and model is not None:
+                subs[i].close()
+                models[i] = None
+        for sub, model, lost in zip(subs, models, dropped, strict=True):
+            assert sub.buffered == (len(model) if model is not None else 0)
+            assert sub.dropped == lost
+    assert broadcaster.statistics() == BroadcastStatistics(
+        subscribers=sum(model is not None for model in models),
+        published=published,
+        dropped=sum(dropped),
+    )
+    broadcaster.close()
+
+
+async def test_subscribers_with_other_buffers_keep_their_items() -> None:
+    """
+    Closing the largest-buffer subscription, or opening a larger one, leaves every
+    other subscription its full window of unread items.
+    """
+    broadcaster = Broadcaster[int]()
+    with broadcaster.subscribe(buffer=2) as small:
+        with broadcaster.subscribe(buffer=5):
+            for item in range(4):
+                broadcaster.publish(item)
+        assert [small.receive_nowait() for _ in range(2)] == [2, 3]
+        broadcaster.publish(4)
+        broadcaster.publish(5)
+        with broadcaster.subscribe(buffer=4) as large:
+            for item in range(6, 11):
+                broadcaster.publish(item)
+            assert [small.receive_nowait() for _ in range(2)] == [9, 10]
+            assert [large.receive_nowait() for _ in range(4)] == [7, 8, 9, 10]
+            assert (small.dropped, large.dropped) == (2 + 5, 1)
+    await broadcaster.aclose()
+
+
+async def test_one_publish_wakes_receivers_of_every_subscription() -> None:
+    """
+    One publish wakes the receivers blocked on every subscription; a receiver
+    cancelled meanwhile leaves the item in its subscription.
+    """
+    broadcaster = Broadcaster[int]()
+    got: list[int] = []
+    with (
+        broadcaster.subscribe() as first,
+        broadcaster.subscribe() as second,
+        broadcaster.subscribe() as third,
+    ):
+
+        async def receive(subscription: Subscription[int]) -> None:
+            got.append(await subscription.receive())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive, first)
+            tg.start_soon(receive, second)
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(receive, third)
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+            broadcaster.publish(3)
+        assert got == [3, 3]
+        assert (first.buffered, second.buffered, third.buffered) == (0, 0, 1)
+    await broadcaster.aclose()
