@@ -28,12 +28,11 @@ import anyio.to_thread
 import psutil
 
 from ._sources._cgroup import CgroupMemoryReader, MemoryFigures, effective_memory
+from ._sources._kept_open import KeptOpen
 from ._sources._proc import CpuTimes, HostMemory, ProcReader
 from ._sources._psi import PsiReader
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from ._snapshot import MetricValue
 
 __all__ = ("MetricsProvider", "Sampler", "SamplerStatistics")
@@ -127,7 +126,7 @@ class _ThreadCall:
             self.provider.thread_busy = False
 
 
-class Sampler:
+class Sampler(KeptOpen):
     """
     Read every metric source and provider into one flat dict per call.
 
@@ -206,18 +205,6 @@ class Sampler:
         self._proc.close()
         self._cgroup.close()
         self._psi.close()
-
-    def __enter__(self) -> Sampler:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- providers -----------------------------------------------------------------
     def register_provider(self, name: str, provider: MetricsProvider) -> None:

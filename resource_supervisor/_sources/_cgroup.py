@@ -21,11 +21,10 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
+from ._kept_open import KeptOpen
 from ._proc import pread_all
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from ._proc import HostMemory
 
 __all__ = (
@@ -381,7 +380,7 @@ def locate_v2_cgroup(
 # -- kept-open memory reads ----------------------------------------------------------
 
 
-class CgroupMemoryReader:
+class CgroupMemoryReader(KeptOpen):
     """
     Kept-open reads of a process's memory cgroup, v1 or v2.
 
@@ -455,18 +454,6 @@ class CgroupMemoryReader:
         self._location = None
         for fd in fds:
             os.close(fd)
-
-    def __enter__(self) -> CgroupMemoryReader:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def read_limit(self) -> int | None:
         """

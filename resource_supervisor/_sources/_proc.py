@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import psutil
 
-if TYPE_CHECKING:
-    from types import TracebackType
+from ._kept_open import KeptOpen
 
 __all__ = (
     "CpuTimes",
@@ -211,7 +210,7 @@ def parse_statm_rss_pages(data: bytes) -> int:
     return int(fields[1])
 
 
-class ProcReader:
+class ProcReader(KeptOpen):
     """
     Kept-open reads of ``/proc`` for one process, psutil where a file is absent.
 
@@ -274,18 +273,6 @@ class ProcReader:
         fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
-
-    def __enter__(self) -> ProcReader:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _psutil_process(self) -> psutil.Process:
         if self._process is None:

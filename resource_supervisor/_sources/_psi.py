@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ._cgroup import locate_v2_cgroup
-
-if TYPE_CHECKING:
-    from types import TracebackType
+from ._kept_open import KeptOpen
 
 __all__ = ("PsiMemory", "PsiReader", "parse_psi")
 
@@ -63,7 +60,7 @@ def parse_psi(data: bytes | str) -> PsiMemory:
     return PsiMemory(some_avg10=averages["some"], full_avg10=averages.get("full"))
 
 
-class PsiReader:
+class PsiReader(KeptOpen):
     """
     Kept-open reads of memory PSI: the own cgroup v2 ``memory.pressure``, else
     ``<proc_root>/pressure/memory``. Not thread-safe.
@@ -128,18 +125,6 @@ class PsiReader:
         fd, self._fd, self._path = self._fd, None, None
         if fd is not None:
             os.close(fd)
-
-    def __enter__(self) -> PsiReader:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def read(self) -> PsiMemory | None:
         """
