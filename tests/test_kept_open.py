@@ -22,10 +22,17 @@ class Recorder(KeptOpen):
 def test_with_block_opens_then_closes_even_on_error() -> None:
     """`with reader:` returns the reader itself, opens it, and closes it when the block raises."""
     reader = Recorder()
-    with pytest.raises(RuntimeError, match="boom"), reader as entered:
-        assert entered is reader
-        assert reader.calls == ["open"]
-        raise RuntimeError("boom")
+    seen: list[list[str]] = []
+
+    def use() -> None:
+        with reader as entered:
+            assert entered is reader
+            seen.append(list(reader.calls))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        use()
+    assert seen == [["open"]]
     assert reader.calls == ["open", "close"]
 
 
