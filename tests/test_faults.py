@@ -36,7 +36,7 @@ from resource_supervisor import (
     SupervisorSettings,
     WorkerCrashedError,
 )
-from resource_supervisor._sampler import Sampler
+from resource_supervisor.testing import ScriptedSource
 from tests import _fault_workers as fw
 
 if TYPE_CHECKING:
@@ -417,35 +417,13 @@ async def test_providers_that_raise_hang_or_are_cancelled_never_stop_sampling() 
 # -- subscribers that never read -----------------------------------------------------------
 
 
-class ReplaySource:
+class ReplaySource(ScriptedSource):
     """
     The real sampler read once, then replayed: lets a test publish 100k snapshots
     quickly while every metric is still one this machine really reported.
     """
 
-    def __init__(self) -> None:
-        self._base = Sampler()
-        self._first: dict[str, MetricValue] | None = None
-
-    def open(self) -> None:
-        """Open the real sampler."""
-        self._base.open()
-
-    def close(self) -> None:
-        """Close the real sampler."""
-        self._base.close()
-
-    def register_provider(
-        self,
-        name: str,
-        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
-    ) -> None:
-        """Register on the real sampler."""
-        self._base.register_provider(name, provider)
-
-    def unregister_provider(self, name: str) -> None:
-        """Unregister from the real sampler."""
-        self._base.unregister_provider(name)
+    _first: dict[str, MetricValue] | None = None
 
     async def sample(self) -> dict[str, MetricValue]:
         """
@@ -455,12 +433,8 @@ class ReplaySource:
             Only the first call awaits (the real sample); later calls do not.
         """
         if self._first is None:
-            self._first = await self._base.sample()
+            self._first = await super().sample()
         return dict(self._first)
-
-    def read_memory(self) -> tuple[int, int]:
-        """The real sampler's memory reading."""
-        return self._base.read_memory()
 
 
 async def test_subscribers_that_never_read_stay_bounded() -> None:
