@@ -1,9 +1,11 @@
 """
 The Dask backend (an owned ``LocalCluster`` on 127.0.0.1) vs the local process lane,
-with the same worker count: per-call overhead, the break-even map of CPU-bound tasks
-(1 to 1000 ms), payload sizes with the event loop's maximum lag while submitting, and
-crash behaviour (time to error, time until capacity is back, executions counted)
-under the default policy and with ``dask.retries``.
+with the same worker count: per-call overhead, the break-even ``map_in_processes`` of
+CPU-bound tasks (1 to 1000 ms, automatic chunks), the same tasks as separate
+concurrent ``run_in_process`` calls (one Dask task each, so the per-task cost shows),
+payload sizes with the event loop's maximum lag while submitting, and crash
+behaviour (time to error, time until capacity is back, executions counted) under the
+default policy and with ``dask.retries``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ async def _batch(executors: Executors, seconds: float, tasks: int) -> float:
     async with anyio.create_task_group() as tg:
         for _ in range(tasks):
             tg.start_soon(executors.run_in_process, spin, seconds)
+    return time.perf_counter() - start
+
+
+async def _map(executors: Executors, seconds: float, tasks: int) -> float:
+    """Map *tasks* CPU-bound items of *seconds* (automatic chunks); return the wall time."""
+    start = time.perf_counter()
+    done = 0
+    async for _ in executors.map_in_processes(spin, [seconds] * tasks, ordered=False):
+        done += 1
+    assert done == tasks
     return time.perf_counter() - start
 
 
@@ -125,9 +137,9 @@ async def run(ctx: SuiteContext) -> None:
             tasks = max(2 * WORKERS, round(budget_s * 1000 / ms))
             ideal = tasks * ms / WORKERS
 
-            def batch_case(name: str, lane: Executors, ms: int = ms, tasks: int = tasks) -> Case:
+            def map_case(name: str, lane: Executors, ms: int = ms, tasks: int = tasks) -> Case:
                 async def measure() -> float:
-                    return await _batch(lane, ms / 1000, tasks) * 1e3
+                    return await _map(lane, ms / 1000, tasks) * 1e3
 
                 return Case(name, measure)
 
@@ -137,9 +149,9 @@ async def run(ctx: SuiteContext) -> None:
                 else []
             )
             comparison = await ctx.compare(
-                f"{tasks} tasks of {ms} ms on {WORKERS} workers (ideal {ideal:.0f} ms)",
-                [batch_case(k, e) for k, e in lanes.items()],
-                unit="ms (batch)",
+                f"map of {tasks} tasks of {ms} ms on {WORKERS} workers (ideal {ideal:.0f} ms)",
+                [map_case(k, e) for k, e in lanes.items()],
+                unit="ms (map)",
                 baseline=LOCAL,
                 targets=targets,
                 rounds=ctx.rounds if ms < 1000 else 2,
@@ -147,13 +159,29 @@ async def run(ctx: SuiteContext) -> None:
             ratios.append(comparison.case(DASK).ratio_median)
         ctx.curve(
             Curve(
-                "Dask / local batch time",
+                "Dask / local map time",
                 tuple(float(ms) for ms in lengths_ms),
                 tuple(ratios),
                 "task length (ms)",
                 "ratio (1.0 = same as local)",
                 log_x=True,
             )
+        )
+
+        calls_100 = max(2 * WORKERS, round(budget_s * 10))
+
+        def batch_case(name: str, lane: Executors) -> Case:
+            async def measure() -> float:
+                return await _batch(lane, 0.1, calls_100) * 1e3
+
+            return Case(name, measure)
+
+        await ctx.compare(
+            f"{calls_100} concurrent run_in_process calls of 100 ms on {WORKERS} workers "
+            f"(one Dask task each; ideal {calls_100 * 100 / WORKERS:.0f} ms)",
+            [batch_case(k, e) for k, e in lanes.items()],
+            unit="ms (batch)",
+            baseline=LOCAL,
         )
 
         sizes = [1024, 1024**2, 16 * 1024**2] + ([64 * 1024**2] if not ctx.quick else [])

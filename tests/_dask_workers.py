@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 
 def add(a: int, b: int) -> int:
@@ -79,3 +80,8 @@ def grow_memory(step_bytes: int, steps: int, pause: float) -> int:
         time.sleep(pause)
         held.append(b"x" * step_bytes)
     return sum(len(block) for block in held)
+
+
+def stream_intervals(dask_scheduler: Any = None) -> dict[str, float]:
+    """Run on the scheduler: the batch interval of its stream to each worker."""
+    return {addr: float(stream.interval) for addr, stream in dask_scheduler.stream_comms.items()}

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import psutil
@@ -383,6 +383,11 @@ async def test_connect_mode_leaves_the_scheduler_running(
             while int(lane.metrics()["dask_workers"]) < 2:  # noqa: ASYNC110 - polled figures
                 await anyio.sleep(0.05)
         assert await lane.run(w.add, (20, 22), timeout=None) == 42
+        handle = lane._handle
+        assert handle is not None
+        client: Any = handle.client
+        intervals = await client.run_on_scheduler(w.stream_intervals)
+        assert set(intervals.values()) == {0.005}  # a shared scheduler is not retuned
         stats = lane.metrics()
         assert stats["process_lane_delivery"] == "at-most-once"
         assert stats["dask_threads"] == 2

@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 
 from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import WorkerCrashedError
-from resource_supervisor.broker._mapping import apply_chunk, map_chunked, next_chunksize
+from resource_supervisor.broker._mapping import (
+    apply_chunk,
+    finishing_chunksize,
+    map_chunked,
+    next_chunksize,
+)
 from resource_supervisor.broker._processes import ProcessLane
 from tests import _workers
 
@@ -46,6 +51,63 @@ def test_next_chunksize_bounds(current: int, items: int, seconds: float, target:
 def test_next_chunksize_aims_at_target() -> None:
     """A chunk of 100 items that took 10 ms aims at 200 items for a 20 ms target."""
     assert next_chunksize(current=100, items=100, seconds=0.01, target_chunk_seconds=0.02) == 200
+
+
+def _finish_times(chunk: int, rest: int, workers: int, ahead: list[float]) -> list[float]:
+    """Lay out *ahead*, the new chunk and then *rest* one-second items greedily on workers."""
+    free = [0.0] * workers
+    for seconds in [*ahead, float(chunk)] + [1.0] * rest:
+        free.sort()
+        free[0] += seconds
+    return sorted(free)
+
+
+@given(
+    size=st.integers(1, 1000),
+    left=st.integers(-1, 5000),
+    workers=st.integers(1, 16),
+    item_seconds=st.floats(-1, 1),
+    ahead=st.lists(st.floats(-1, 100), max_size=20),
+)
+def test_finishing_chunksize_bounds(
+    size: int, left: int, workers: int, item_seconds: float, ahead: list[float]
+) -> None:
+    """The size is in [1, size]; unknown count or item time, or a long rest, keeps size."""
+    chunk = finishing_chunksize(
+        size, left=left, workers=workers, item_seconds=item_seconds, ahead=ahead
+    )
+    assert 1 <= chunk <= size
+    if left < 0 or item_seconds <= 0 or left > size * workers:
+        assert chunk == size
+    elif left > 0:
+        assert chunk <= left
+
+
+@given(
+    left=st.integers(1, 400),
+    workers=st.integers(1, 8),
+    ahead=st.lists(st.integers(0, 50).map(float), max_size=12),
+)
+def test_finishing_chunksize_lets_workers_finish_together(
+    left: int, workers: int, ahead: list[float]
+) -> None:
+    """With one-second items, the chunk plus the rest never ends later than needed."""
+    chunk = finishing_chunksize(1000, left=left, workers=workers, item_seconds=1.0, ahead=ahead)
+    finish = _finish_times(chunk, left - chunk, workers, ahead)
+    best = min(_finish_times(c, left - c, workers, ahead)[-1] for c in range(1, left + 1))
+    assert finish[-1] <= best + 1.0
+
+
+def test_finishing_chunksize_examples() -> None:
+    """Worked cases: an even split, and a split around work already sent."""
+    # Eight 100 ms items left on two idle workers: four each.
+    assert finishing_chunksize(5, left=8, workers=2, item_seconds=0.1) == 4
+    # 24 items of 20 ms; two running chunks and a queued one, 160 ms each, free the
+    # workers at 160 and 320 ms: 16 items for the first, 8 left for the other.
+    ahead = [0.16, 0.16, 0.16]
+    assert finishing_chunksize(25, left=24, workers=2, item_seconds=0.02, ahead=ahead) == 16
+    assert finishing_chunksize(5, left=20, workers=2, item_seconds=0.1) == 5
+    assert finishing_chunksize(64, left=-1, workers=2, item_seconds=0.1) == 64
 
 
 def test_apply_chunk_times_the_work() -> None:
@@ -157,6 +219,55 @@ async def test_async_items_and_chunks_growing_from_one() -> None:
     assert sorted([x async for x in stream]) == [i * i for i in range(300)]
     assert runner.sizes[0] == 1
     assert max(runner.sizes) > 1
+
+
+class _Workers:
+    """A backend run() with *n* simulated workers: each item takes *item* seconds."""
+
+    def __init__(self, n: int, item: float) -> None:
+        self.item = item
+        self.slots = anyio.Semaphore(n)
+        self.sizes: list[int] = []
+        self.ends: list[float] = []
+
+    async def __call__(self, func: Callable[..., object], args: tuple[object, ...]) -> object:
+        mapped, chunk = args
+        assert callable(mapped)
+        assert isinstance(chunk, list)
+        async with self.slots:
+            self.sizes.append(len(chunk))
+            await anyio.sleep(self.item * len(chunk))
+            results = [mapped(item) for item in chunk]
+            self.ends.append(anyio.current_time())
+            return results, self.item * len(chunk)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_known_length_tail_lets_workers_finish_together(ordered: bool) -> None:
+    """With a sized input the last chunks are sized so both workers end within an item or two."""
+    workers = _Workers(2, item=0.005)
+    stream = map_chunked(
+        workers, _workers.square, list(range(120)), ordered=ordered, max_in_flight=4,
+        workers=2, target_chunk_seconds=0.1,
+    )  # fmt: skip
+    assert sorted([x async for x in stream]) == [i * i for i in range(120)]
+    assert sum(workers.sizes) == 120
+    assert workers.sizes[:2] == [1, 1]
+    assert workers.sizes[2] > 1  # only `workers` one-item chunks before the first timing
+    last, before = sorted(workers.ends)[-1], sorted(workers.ends)[-2]
+    assert last - before <= 4 * workers.item
+
+
+async def test_generator_input_keeps_the_timed_size() -> None:
+    """A generator gives no length hint: chunks keep the time-based size to the end."""
+    workers = _Workers(2, item=0.005)
+    stream = map_chunked(
+        workers, _workers.square, (i for i in range(120)), ordered=False, max_in_flight=4,
+        workers=2, target_chunk_seconds=0.1,
+    )  # fmt: skip
+    assert sorted([x async for x in stream]) == [i * i for i in range(120)]
+    assert sum(workers.sizes) == 120
+    assert set(workers.sizes[5:-1]) == {20}  # 0.1 s of 5 ms items, up to the last chunk
 
 
 async def test_first_error_is_raised_bare_and_rest_cancelled() -> None:

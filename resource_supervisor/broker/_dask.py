@@ -422,16 +422,21 @@ class DaskLane:
         Items are read only as window slots free up (never ``client.map`` over the
         whole input); automatic chunks start at one item and grow (at most 8x per
         chunk) until one takes about ``dask.target_chunk_seconds`` on its worker (the
-        per-task cost is about 10 ms). Each chunk is admitted like a :meth:`run` call;
-        its results are fetched and released at once.
+        per-task cost is about 10 ms), and near the end of an input of known length
+        shrink so the workers finish together (:func:`._mapping.balanced_chunksize`).
+        Each chunk is admitted like a :meth:`run` call; its results are fetched and
+        released at once.
 
         Args:
             func: A picklable one-argument callable, importable on the workers.
             items: The inputs, sync or async iterable.
             ordered: Yield in input order (else as chunks complete).
             chunksize: Fixed items per chunk (``None``: grow to the target duration).
-            max_in_flight: Chunks submitted and not yet consumed (``None``: the
-                cluster's threads).
+            max_in_flight: Chunks formed and not yet consumed (``None``: twice the
+                cluster's threads). At most the cluster's threads of them are submitted
+                to Dask at once; the others wait for a slot on this side, so a worker
+                death still fails only the chunk it was running, and an ordered map
+                keeps every worker busy while it waits for its oldest chunk.
 
         Returns:
             An async iterator of results; ``aclose()`` it (or exhaust it) to cancel the
@@ -442,15 +447,17 @@ class DaskLane:
             SupervisorClosedError: If the lane is not entered or already closed.
         """
         self._client()
+        threads = max(1, int(self._limiter.total_tokens))
         return map_chunked(
             self._run_chunk,
             func,
             items,
             ordered=ordered,
             chunksize=chunksize,
-            max_in_flight=max_in_flight or max(1, int(self._limiter.total_tokens)),
+            max_in_flight=max_in_flight or 2 * threads,
             target_chunk_seconds=self._settings.dask.target_chunk_seconds,
             first_chunksize=1,
+            workers=threads,
         )
 
     # -- metrics -----------------------------------------------------------------

@@ -28,6 +28,10 @@ Settings the owned scheduler must have, and how they are applied:
   :func:`open_cluster` lowers it to :data:`CLIENT_BATCH_SECONDS` on the lane's own
   client (a public attribute of an undocumented object: skipped if it is absent;
   a reconnected client gets the stock 10 ms again).
+* The scheduler's batch interval to each worker (stock 5 ms): an owned scheduler
+  gets the :class:`._dask_streams.WorkerStreamInterval` plugin, which lowers it to
+  1 ms for every worker, restarted ones included. Connected schedulers are left as
+  their operators configured them.
 
 The owned cluster needs a running asyncio loop (distributed is built on tornado);
 trio is refused with a clear error.
@@ -184,6 +188,7 @@ async def _own(settings: DaskSettings, n_workers: int, memory_limit: int | str) 
             await _close_owned(cluster, settings.close_timeout)
         raise
     _tune_client(client)
+    await _tune_scheduler(client)
     return ClusterHandle(client=client, cluster=cluster, address=str(client.scheduler.address))
 
 
@@ -192,6 +197,16 @@ def _tune_client(client: object) -> None:
     comm = getattr(client, "scheduler_comm", None)
     if comm is not None and isinstance(getattr(comm, "interval", None), float):
         comm.interval = CLIENT_BATCH_SECONDS
+
+
+async def _tune_scheduler(client: object) -> None:
+    """Shorten an owned scheduler's batch interval to its workers (best effort)."""
+    from ._dask_streams import WorkerStreamInterval
+
+    try:
+        await client.register_plugin(WorkerStreamInterval())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - only latency depends on it
+        _LOG.debug("could not shorten the scheduler's worker batch interval", exc_info=True)
 
 
 async def open_cluster(

@@ -16,13 +16,27 @@ took in the worker, and later chunks hold about ``target_chunk_seconds`` worth o
 items, growing at most 8x per step and capped at ``max_chunksize``. Large chunks
 amortise the per-call cost (a tiny function then costs about one pickle round trip
 per item); the target time keeps the first results and the end of the map prompt.
+
+Until the first chunk's time is known only ``workers`` chunks are formed (more
+one-item chunks would each pay the backend's per-call cost for nothing).
+
+Tail balance: when the input says how many items are left (a list, tuple, range or
+anything with ``__length_hint__``) and they no longer fill a round of full-size
+chunks, each new chunk is sized so that every worker finishes at about the same time
+(:func:`finishing_chunksize`: the chunks already sent are laid out on the workers,
+the items left are poured over them like water, and the new chunk gets the share of
+the worker that frees first). Without it one worker can run a long last chunk alone
+while the others idle. Generators give no hint and keep the time-based size.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import itertools
+import math
+import operator
 import time
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, cast
 
@@ -34,9 +48,10 @@ if TYPE_CHECKING:
         Callable,
         Iterable,
         Iterator,
+        Sequence,
     )
 
-__all__ = ("RunCall", "apply_chunk", "map_chunked", "next_chunksize")
+__all__ = ("RunCall", "apply_chunk", "finishing_chunksize", "map_chunked", "next_chunksize")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -99,6 +114,55 @@ def next_chunksize(
     return max(1, int(min(wanted, float(ceiling))))
 
 
+def finishing_chunksize(
+    size: int,
+    *,
+    left: int,
+    workers: int,
+    item_seconds: float,
+    ahead: Sequence[float] = (),
+) -> int:
+    """
+    Size the next chunk so that the workers finish together. Pure.
+
+    The chunks already sent (their seconds of work still to do, oldest first) are
+    laid out on *workers*, each on the one that frees first; the *left* items are
+    then spread so every worker ends at the same time (water filling), and the new
+    chunk, which runs on the worker that frees first, gets that worker's share.
+
+    Args:
+        size: The size the timing asks for (the result never exceeds it).
+        left: Items not yet taken from the input; negative when unknown.
+        workers: Chunks that run at once.
+        item_seconds: Measured seconds per item; 0 or less when unknown.
+        ahead: Seconds of work still to do in each chunk sent and not finished,
+            oldest first (the oldest ``workers`` of them are the running ones).
+
+    Returns:
+        A size in ``[1, max(1, size)]``: *size* while the count or the item time is
+        unknown or the items left still fill a round of full-size chunks.
+    """
+    size = max(1, size)
+    workers = max(1, workers)
+    if left < 0 or item_seconds <= 0.0 or left > size * workers:
+        return size
+    free = [0.0] * workers
+    for seconds in ahead:
+        heapq.heapreplace(free, free[0] + max(0.0, seconds))
+    free.sort()
+    work = left * item_seconds
+    finish = free[-1]
+    total = 0.0
+    for k, start in enumerate(free, 1):
+        total += start
+        level = (work + total) / k
+        if k == workers or level <= free[k]:
+            finish = level
+            break
+    share = math.ceil((finish - free[0]) / item_seconds - 1e-9)
+    return max(1, min(size, left, share))
+
+
 class _Source:
     """Take chunks from a sync or async iterable, lazily."""
 
@@ -109,6 +173,15 @@ class _Source:
             self._async = cast("AsyncIterable[object]", items).__aiter__()
         else:
             self._sync = iter(items)
+
+    def left(self) -> int:
+        """Items not yet taken, from the iterator's length hint; -1 when unknown."""
+        if self._sync is None:
+            return -1
+        try:
+            return operator.length_hint(self._sync, -1)
+        except Exception:  # noqa: BLE001 - a broken hint only loses the tail balance
+            return -1
 
     async def take(self, size: int) -> list[object]:
         if self._sync is not None:
@@ -134,6 +207,7 @@ async def map_chunked(
     target_chunk_seconds: float = 0.02,
     first_chunksize: int = FIRST_CHUNKSIZE,
     max_chunksize: int = MAX_CHUNKSIZE,
+    workers: int | None = None,
 ) -> AsyncIterator[R]:
     """
     Map *func* over *items* in chunks through *run*, yielding results one by one.
@@ -150,6 +224,9 @@ async def map_chunked(
         target_chunk_seconds: Automatic size aims at chunks this long.
         first_chunksize: Automatic size starts here.
         max_chunksize: Automatic size never exceeds this.
+        workers: Chunks the backend runs at once: automatic sizes form only this many
+            chunks before the first timing, and balance the tail over them
+            (``None``: *max_in_flight*).
 
     Returns:
         An async iterator of results (an async generator).
@@ -170,20 +247,65 @@ async def map_chunked(
         raise ValueError("max_in_flight must be at least 1")
     source = _Source(items)
     size = chunksize if chunksize is not None else max(1, first_chunksize)
+    parallel = max(1, workers if workers is not None else max_in_flight)
+    timed = chunksize is not None  # a size is known (fixed, or measured once)
+    item_seconds = 0.0  # last measured seconds per item
     pending: collections.deque[asyncio.Task[tuple[list[R], float]]] = collections.deque()
+    # Per chunk sent: its send number, items and send time. The backend runs chunks
+    # in the order sent on `parallel` workers, so chunk n starts at its send time or
+    # when chunk number n - parallel's slot freed, i.e. at completion n - parallel.
+    sent: dict[asyncio.Task[tuple[list[R], float]], tuple[int, int, float]] = {}
+    finished: collections.deque[float] = collections.deque(maxlen=max_in_flight + parallel)
+    counts = [0, 0]  # chunks sent, chunks finished
     exhausted = False
 
     async def send(chunk: list[object]) -> tuple[list[R], float]:
         return cast("tuple[list[R], float]", await run(apply_chunk, (func, chunk)))
 
+    def on_done(_: object) -> None:
+        finished.append(time.monotonic())
+        counts[1] += 1
+
+    def started_at(number: int, sent_at: float) -> float | None:
+        if number < parallel:
+            return sent_at
+        index = number - parallel - (counts[1] - len(finished))
+        if index >= len(finished):
+            return None  # still waiting for a worker
+        return max(sent_at, finished[index]) if index >= 0 else sent_at
+
+    def next_size() -> int:
+        if chunksize is not None:
+            return chunksize
+        left = source.left()
+        if not timed or left < 0 or left > size * parallel:
+            return size
+        now = time.monotonic()
+        ahead: list[float] = []
+        for task in pending:
+            if task.done():
+                continue
+            number, items, sent_at = sent[task]
+            start = started_at(number, sent_at)
+            work = items * item_seconds
+            ahead.append(work if start is None else work - (now - start))
+        return finishing_chunksize(
+            size, left=left, workers=parallel, item_seconds=item_seconds, ahead=ahead
+        )
+
     try:
         while True:
-            while not exhausted and len(pending) < max_in_flight:
-                chunk = await source.take(size)
+            window = max_in_flight if timed else min(max_in_flight, parallel)
+            while not exhausted and len(pending) < window:
+                chunk = await source.take(next_size())
                 if not chunk:
                     exhausted = True
                     break
-                pending.append(asyncio.ensure_future(send(chunk)))
+                task = asyncio.ensure_future(send(chunk))
+                task.add_done_callback(on_done)
+                pending.append(task)
+                sent[task] = (counts[0], len(chunk), time.monotonic())
+                counts[0] += 1
             if not pending:
                 return
             if ordered:
@@ -194,7 +316,11 @@ async def map_chunked(
                 task = next(t for t in pending if t in done)
                 pending.remove(task)
                 results, seconds = task.result()
+            del sent[task]
             if chunksize is None:
+                timed = True
+                if results:
+                    item_seconds = seconds / len(results)
                 size = next_chunksize(
                     current=size,
                     items=len(results),

@@ -284,6 +284,7 @@ class ProcessLane:
             chunksize=chunksize,
             max_in_flight=max_in_flight if max_in_flight is not None else 2 * self._max_workers,
             target_chunk_seconds=self._target_chunk_seconds,
+            workers=self._max_workers,
         )
 
     def set_pressure(self, level: PressureLevel) -> None:
