@@ -97,7 +97,8 @@ class DaskSettings(_Frozen):
     """Owned cluster only: run the scheduler in its own process, off the service's loop."""
     target_chunk_seconds: PositiveSeconds = 0.5
     """map_in_processes grows chunks until each takes about this long (a Dask task
-    costs ~6-10 ms, so 0.5 s keeps that floor near 2 %)."""
+    costs ~3 ms on an owned cluster, more over a network, so 0.5 s keeps that floor
+    near 1 %)."""
     poll_interval: PositiveSeconds = 1.0
     """Seconds between reads of the cluster's pressure (paused workers, memory, queue)."""
     connect_timeout: PositiveSeconds = 10.0

@@ -422,7 +422,7 @@ class DaskLane:
         Items are read only as window slots free up (never ``client.map`` over the
         whole input); automatic chunks start at one item and grow (at most 8x per
         chunk) until one takes about ``dask.target_chunk_seconds`` on its worker (the
-        per-task cost is about 10 ms), and near the end of an input of known length
+        per-task cost is a few milliseconds), and near the end of an input of known length
         shrink so the workers finish together (:func:`._mapping.balanced_chunksize`).
         Each chunk is admitted like a :meth:`run` call; its results are fetched and
         released at once.
