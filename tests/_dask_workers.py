@@ -85,3 +85,15 @@ def grow_memory(step_bytes: int, steps: int, pause: float) -> int:
 def stream_intervals(dask_scheduler: Any = None) -> dict[str, float]:
     """Run on the scheduler: the batch interval of its stream to each worker."""
     return {addr: float(stream.interval) for addr, stream in dask_scheduler.stream_comms.items()}
+
+
+def sleep_and_return(seconds: float) -> float:
+    """Sleep *seconds* on the worker and return them."""
+    time.sleep(seconds)
+    return seconds
+
+
+def tasks_on_scheduler(dask_scheduler: Any = None) -> int:
+    """Run on the scheduler: tasks it has queued or sent to workers and not finished."""
+    active = {"queued", "no-worker", "waiting", "processing"}
+    return sum(1 for task in dask_scheduler.tasks.values() if task.state in active)

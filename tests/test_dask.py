@@ -242,6 +242,34 @@ async def test_unordered_map_with_growing_chunks(lane: DaskLane) -> None:
     assert int(lane.metrics()["process_completed_total"]) < 100  # chunks grew past one item
 
 
+async def test_map_window_submits_at_most_the_cluster_threads(lane: DaskLane) -> None:
+    """
+    The default map window holds twice the cluster's threads of chunks, but the
+    scheduler never has more than the threads of them at once (so a worker death
+    fails only the chunk it ran), and both workers are kept busy.
+    """
+    handle = lane._handle  # noqa: SLF001 - the lane's own client
+    assert handle is not None
+    client: Any = handle.client
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(await client.run_on_scheduler(w.tasks_on_scheduler))
+            await anyio.sleep(0.005)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            stream = lane.map(
+                w.sleep_and_return, [0.05] * 16, ordered=True, chunksize=1, max_in_flight=None
+            )
+            assert [value async for value in stream] == [0.05] * 16
+            tg.cancel_scope.cancel()
+    assert max(seen) == 2
+    assert seen.count(2) > len(seen) // 2
+
+
 async def test_map_error_is_raised_bare(lane: DaskLane) -> None:
     """A remote error inside a map chunk is raised as itself, not as an ExceptionGroup."""
     with pytest.raises(KeyError):
