@@ -248,7 +248,7 @@ async def test_map_window_submits_at_most_the_cluster_threads(lane: DaskLane) ->
     scheduler never has more than the threads of them at once (so a worker death
     fails only the chunk it ran), and both workers are kept busy.
     """
-    handle = lane._handle  # noqa: SLF001 - the lane's own client
+    handle = lane._handle
     assert handle is not None
     client: Any = handle.client
     seen: list[int] = []
