@@ -85,6 +85,34 @@ async def test_lazy_start_and_no_leak_after_close() -> None:
         await lane.run(_workers.add, (1, 1), timeout=None)
 
 
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+async def test_other_start_methods_keep_the_contract(start_method: str, tmp_path: Path) -> None:
+    """
+    With spawn or fork workers: results and remote errors come back, a crash fails only
+    its own call (innocents run once), the crashed worker is replaced, and nothing is
+    left after close.
+    """
+    before = _children()
+    async with ProcessLane(_settings(start_method=start_method), max_workers=2) as lane:
+        assert await lane.run(_workers.add, (2, 3), timeout=None) == 5
+        with pytest.raises(KeyError):
+            await lane.run(_workers.raise_key_error, ("k",), timeout=None)
+        calls = [
+            lane.run(_workers.record, (str(tmp_path), f"c{i}", i), timeout=None) for i in range(6)
+        ]
+        calls.insert(3, lane.run(_workers.exit_now, (7,), timeout=None))  # type: ignore[arg-type]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        crash = results.pop(3)
+        assert isinstance(crash, WorkerCrashedError)
+        assert crash.exitcode == 7
+        assert results == list(range(6))
+        for i in range(6):
+            assert (tmp_path / f"c{i}").read_text() == "x\n"
+        assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
+        assert lane.statistics().crashed_total == 1
+    assert _children() == before
+
+
 async def test_many_concurrent_calls_each_answered_once(lane: ProcessLane) -> None:
     """Concurrent callers (batched onto two workers) each get their own result."""
     results = await asyncio.gather(
