@@ -188,7 +188,8 @@ class SupervisorSettings(BaseSettings):
     aggressive_threshold_gpu_memory: Percent | None = None
     """Optional: percent of a GPU's memory that enters CRITICAL (None = off)."""
     session_ttl: PositiveSeconds = 1800.0
-    """Seconds a session may stay idle before normal cleanup evicts it."""
+    """Seconds a session may stay idle before it expires (checked after every sample,
+    whatever the pressure; normal cleanup evicts at the same age)."""
     session_ttl_aggressive: PositiveSeconds = 300.0
     """Shorter idle cut used by aggressive cleanup."""
     stream_buffer: int = Field(default=16, ge=1, le=1_000_000)

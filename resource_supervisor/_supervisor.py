@@ -475,8 +475,9 @@ class Supervisor:
 
     async def update_metrics(self) -> MetricsSnapshot:
         """
-        Sample now, grade the pressure, publish the snapshot, and start automatic
-        cleanup when the level calls for it.
+        Sample now, grade the pressure, publish the snapshot, start automatic
+        cleanup when the level calls for it, and expire sessions idle longer than
+        ``session_ttl`` (their ``on_close`` callbacks run in the background).
 
         Returns:
             The new snapshot (also :attr:`metrics`).
@@ -498,6 +499,9 @@ class Supervisor:
                 raw.update(await anyio.to_thread.run_sync(self._gpu.read))
             snapshot = self._build(raw)
         self._publish(snapshot)
+        closing = self._sessions.expire()
+        if closing is not None and self._task_group is not None:
+            self._task_group.start_soon(closing, name="resource_supervisor.session_expiry")
         return snapshot
 
     def _build(self, raw: dict[str, MetricValue]) -> MetricsSnapshot:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from resource_supervisor._cleanup import Cleanup, CleanupDispatcher, CleanupRequest
 from resource_supervisor._exceptions import SupervisorClosedError
 from resource_supervisor._sessions import SessionRegistry, SessionStatistics
 from resource_supervisor._snapshot import PressureLevel
+
+if TYPE_CHECKING:
+    import contextlib
 
 NORMAL = CleanupRequest(aggressive=False, level=PressureLevel.WARNING, reason="test", snapshot=None)
 AGGRESSIVE = CleanupRequest(
@@ -325,3 +331,149 @@ def test_rejects_bad_durations(ttl: float, aggressive_ttl: float, message: str) 
     """Non-positive or non-finite TTLs, and an aggressive_ttl above ttl, raise ValueError."""
     with pytest.raises(ValueError, match=message):
         SessionRegistry(ttl=ttl, aggressive_ttl=aggressive_ttl)
+
+
+async def test_expire_removes_only_sessions_idle_past_ttl() -> None:
+    """expire() takes sessions idle longer than ttl (not in use) and returns their closer."""
+    clock = ManualClock()
+    closer = Closer()
+    registry = make_registry(clock, ttl=60.0)
+    registry.open("a", on_close=closer)
+    registry.open("plain")
+    clock.advance(30)
+    registry.open("b", on_close=closer)
+    clock.advance(20)
+    registry.touch("a")  # a moves behind b: the order is by last use
+    clock.advance(20)  # plain 70 s idle, b 40 s, a 20 s
+    async with registry.session("busy"):
+        clock.advance(100)  # every session but busy is now past the TTL
+        assert registry.expire() is not None
+        assert set(closer.closed) == set()  # closers run only when awaited
+        assert "busy" in registry
+        assert registry.active == 1
+    assert registry.statistics().evicted_total == 3
+    assert registry.expire() is None  # busy was used just now
+
+
+async def test_expire_runs_on_close_and_skips_fresh_sessions() -> None:
+    """The returned closer awaits on_close of the expired sessions only."""
+    clock = ManualClock()
+    closer = Closer()
+    registry = make_registry(clock, ttl=60.0)
+    registry.open("old", on_close=closer)
+    clock.advance(50)
+    registry.open("fresh", on_close=closer)
+    clock.advance(11)  # old 61 s idle, fresh 11 s
+    closing = registry.expire()
+    assert closing is not None
+    await closing()
+    assert closer.closed == ["old"]
+    assert "fresh" in registry
+    assert registry.expire() is None
+    await registry.aclose()
+
+
+_IDS = st.sampled_from(["a", "b", "c"])
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("open"), _IDS),
+        st.tuples(st.just("touch"), _IDS),
+        st.tuples(st.just("enter"), _IDS),
+        st.tuples(st.just("exit"), st.integers(0, 5)),
+        st.tuples(st.just("close"), _IDS),
+        st.tuples(st.just("advance"), st.sampled_from([1.0, 5.0, 11.0, 30.0, 61.0])),
+        st.tuples(st.just("expire"), st.just("")),
+        st.tuples(st.just("aggressive"), st.just("")),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS)
+@example(  # a touched session moves behind an older one: expiry must still find it
+    ops=[("open", "a"), ("open", "b"), ("advance", 61.0), ("touch", "a"), ("expire", "")]
+)
+@example(  # leaving a block counts as a use
+    ops=[("enter", "a"), ("open", "b"), ("advance", 61.0), ("exit", 0), ("expire", "")]
+)
+def test_registry_matches_a_plain_model(ops: list[tuple[str, object]]) -> None:
+    """
+    Random opens, touches, nested blocks, closes, expiry and cleanup against a plain
+    dict model: the same sessions are open, in use and evicted at every step.
+    """
+    anyio.run(_replay, ops)
+
+
+async def _replay(ops: list[tuple[str, object]]) -> None:
+    ttl, aggressive_ttl = 60.0, 10.0
+    clock = ManualClock()
+    registry = make_registry(clock, ttl=ttl, aggressive_ttl=aggressive_ttl)
+    # model: id -> [last_used, in_use, generation]
+    model: dict[str, list[float]] = {}
+    blocks: list[tuple[str, float, contextlib.AbstractAsyncContextManager[None]]] = []
+    generation = 0.0
+    evicted = 0
+
+    def idle(limit: float) -> set[str]:
+        return {
+            sid for sid, (used, in_use, _) in model.items()
+            if in_use == 0 and clock.now - used > limit
+        }  # fmt: skip
+
+    for op, arg in ops:
+        if op == "open":
+            sid = str(arg)
+            if sid in model:
+                model[sid][0] = clock.now
+            else:
+                generation += 1
+                model[sid] = [clock.now, 0, generation]
+            registry.open(sid)
+        elif op == "touch" and str(arg) in model:
+            model[str(arg)][0] = clock.now
+            registry.touch(str(arg))
+        elif op == "enter":
+            sid = str(arg)
+            if sid not in model:
+                generation += 1
+                model[sid] = [clock.now, 0, generation]
+            model[sid][0] = clock.now
+            model[sid][1] += 1
+            block = registry.session(sid)
+            await block.__aenter__()
+            blocks.append((sid, model[sid][2], block))
+        elif op == "exit" and blocks:
+            sid, gen, leaving = blocks.pop(int(str(arg)) % len(blocks))
+            await leaving.__aexit__(None, None, None)
+            if sid in model and model[sid][2] == gen:
+                model[sid][1] -= 1
+                model[sid][0] = clock.now
+        elif op == "close":
+            model.pop(str(arg), None)
+            await registry.close(str(arg))
+        elif op == "advance":
+            clock.advance(float(str(arg)))
+        elif op == "expire":
+            gone = idle(ttl)
+            for sid in gone:
+                del model[sid]
+            evicted += len(gone)
+            closing = registry.expire()
+            if closing is not None:
+                await closing()
+        elif op == "aggressive":
+            gone = idle(aggressive_ttl)
+            for sid in gone:
+                del model[sid]
+            evicted += len(gone)
+            await registry.cleanup(AGGRESSIVE)
+        stats = registry.statistics()
+        assert set(model) == {sid for sid in ("a", "b", "c") if sid in registry}
+        assert stats.active == len(model)
+        assert stats.in_use == sum(1 for _, in_use, _ in model.values() if in_use > 0)
+        assert stats.evicted_total == evicted
+    for _, _, remaining in reversed(blocks):
+        await remaining.__aexit__(None, None, None)
+    await registry.aclose()
+    assert registry.statistics().in_use == 0

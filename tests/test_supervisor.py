@@ -371,6 +371,39 @@ async def test_batch_size_and_sessions_follow_the_snapshot() -> None:
             assert snap.active_sessions_rag == 1
 
 
+async def test_idle_sessions_expire_after_a_sample_at_normal_pressure() -> None:
+    """
+    At NORMAL (no cleanup ever runs) a session idle past session_ttl expires at the next
+    sample and its on_close runs; a session in use and a fresh one stay.
+    """
+    source = ScriptedSource()
+    clock = ManualClock()
+    closed: list[str] = []
+
+    async def on_close(session_id: str) -> None:
+        closed.append(session_id)
+
+    settings = quiet(session_ttl=60.0, session_ttl_aggressive=10.0)
+    async with Supervisor(settings, source=source, clock=clock) as sup:
+        source.set(memory_percent=5.0)
+        sup.sessions.open("idle", on_close=on_close)
+        async with sup.sessions.session("busy", on_close=on_close):
+            clock.advance(45.0)
+            sup.sessions.open("fresh", on_close=on_close)
+            clock.advance(20.0)  # idle and busy 65 s since use, fresh 20 s
+            snap = await sup.update_metrics()
+            assert snap.pressure_level is PressureLevel.NORMAL
+            with anyio.fail_after(5):
+                while not closed:  # noqa: ASYNC110 - on_close runs in the supervisor's group
+                    await anyio.sleep(0.001)
+            assert closed == ["idle"]
+            assert "busy" in sup.sessions
+            assert "fresh" in sup.sessions
+        snap = await sup.update_metrics()
+        assert snap.active_sessions_rag == 2
+        assert snap.sessions_evicted_total == 1
+
+
 async def test_exit_leaves_no_tasks_threads_or_processes() -> None:
     """After exit, no task, lane thread or worker process of the supervisor remains."""
     before_tasks = len(asyncio.all_tasks())

@@ -308,7 +308,10 @@ class Executors:
             func: A picklable one-argument callable.
             items: A sync or async iterable of picklable items.
             ordered: Yield results in input order (else as they complete).
-            chunksize: Items per chunk; ``None`` picks one automatically.
+            chunksize: Items per chunk; ``None`` picks one automatically: chunks
+                grow from one item to the lane's target duration, and when *items*
+                has a length (a list, tuple, range) the last ones shrink so the
+                workers finish together.
             max_in_flight: Most chunks sent and not yet yielded; ``None`` = twice the
                 worker count.
 
