@@ -97,3 +97,12 @@ def tasks_on_scheduler(dask_scheduler: Any = None) -> int:
     """Run on the scheduler: tasks it has queued or sent to workers and not finished."""
     active = {"queued", "no-worker", "waiting", "processing"}
     return sum(1 for task in dask_scheduler.tasks.values() if task.state in active)
+
+
+def block_then_exit(directory: str, name: str, release: str, limit: float = 20.0) -> None:
+    """Record the start, wait for the file *release* (hang guard *limit*), then die."""
+    record(directory, name)
+    deadline = time.monotonic() + limit
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os._exit(3)

@@ -176,10 +176,13 @@ async def test_memory_kill_is_a_crash(no_leaks: None) -> None:
         assert await lane.run(w.add, (2, 2), timeout=None) == 4
 
 
-async def test_cancelled_caller_frees_its_slot(lane: DaskLane, tmp_path: Path) -> None:
+async def test_cancelled_running_call_keeps_its_slot_until_it_ends(
+    lane: DaskLane, tmp_path: Path
+) -> None:
     """
-    Cancelling a caller whose call runs gives the slot back at once; the call itself
-    finishes on its worker (it cannot be interrupted).
+    Cancelling a caller whose call runs cancels its Dask future, but the call finishes
+    on its worker: its slot stays taken until then, and a call made meanwhile runs on
+    the other worker instead of waiting behind it.
     """
     release = tmp_path / "release"
     async with anyio.create_task_group() as tg:
@@ -187,10 +190,17 @@ async def test_cancelled_caller_frees_its_slot(lane: DaskLane, tmp_path: Path) -
         await _wait_for(tmp_path, "blocked")
         assert lane.metrics()["process_in_flight"] == 1
         tg.cancel_scope.cancel()
-    assert lane.metrics()["process_in_flight"] == 0
+    assert lane.metrics()["process_in_flight"] == 1  # still running on its worker
+    for i in range(3):  # each would wait 20 s behind the blocked call on its worker
+        with anyio.fail_after(5):
+            assert await lane.run(w.add, (i, 1), timeout=None) == i + 1
+    assert w.count(tmp_path, "blocked-done") == 0
     release.touch()
     await _wait_for(tmp_path, "blocked-done")
-    assert lane.metrics()["process_completed_total"] == 0
+    with anyio.fail_after(10):
+        while lane.metrics()["process_in_flight"] != 0:  # noqa: ASYNC110 - polled worker
+            await anyio.sleep(0.01)
+    assert lane.metrics()["process_completed_total"] == 3
 
 
 async def test_timeout_kills_the_owned_worker(lane: DaskLane, tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ from .._exceptions import (
 )
 from .._snapshot import PressureLevel
 from ._dask_cluster import ClusterHandle, close_cluster, open_cluster, probe_scheduler
+from ._dask_draining import Drains, running_worker
 from ._dask_pressure import ClusterReading, ClusterThresholds, grade_cluster, parse_identity
 from ._mapping import map_chunked
 from ._pickling import check_picklable, describe_callable
@@ -83,6 +84,22 @@ def _worker_thresholds() -> ClusterThresholds:
         return float(value)
 
     return ClusterThresholds(spill=fraction("spill", 0.7), pause=fraction("pause", 0.8))
+
+
+class _Slot:
+    """One call's token of the lane's limiter; released exactly once, by any task."""
+
+    __slots__ = ("_held", "_limiter", "draining")
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self._limiter = limiter
+        self._held = True
+        self.draining = False  # a drain waits for the call's end and releases it
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._limiter.release_on_behalf_of(self)
 
 
 class DaskLane:
@@ -128,6 +145,8 @@ class DaskLane:
         self._local_level = PressureLevel.NORMAL
         self._at_least_once = dask_settings.retries > 0
         self._poller: asyncio.Task[None] | None = None
+        self._drains = Drains()
+        self._workers: tuple[str, ...] = ()  # addresses, from the last poll
         self._waiting = 0
         self._completed = 0
         self._failed = 0
@@ -200,6 +219,7 @@ class DaskLane:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            await self._drains.aclose()
             if handle is not None:
                 await close_cluster(handle, close_seconds=self._settings.dask.close_timeout)
 
@@ -212,6 +232,8 @@ class DaskLane:
         facts = await probe_scheduler(handle.client)
         reading = parse_identity(identity, queue_depth=facts.queue_depth or 0)
         self._reading = reading
+        workers = identity.get("workers") if isinstance(identity, dict) else None
+        self._workers = tuple(str(address) for address in workers) if workers else ()
         self._cluster_level = grade_cluster(reading, self._thresholds)
         # The cap follows the cluster's threads (workers come, go, or are scaled).
         self._limiter.total_tokens = max(1, reading.threads)
@@ -285,15 +307,17 @@ class DaskLane:
         """Admit, wait for a slot, submit, await, release: one Dask task."""
         client = self._client()
         self._admit()
+        slot = _Slot(self._limiter)
         self._waiting += 1
         try:
-            await self._limiter.acquire()
+            await self._limiter.acquire_on_behalf_of(slot)
         finally:
             self._waiting -= 1
         try:
-            return await self._run_task(client, func, args, limit_seconds)
+            return await self._run_task(client, func, args, limit_seconds, slot)
         finally:
-            self._limiter.release()
+            if not slot.draining:
+                slot.release()
 
     async def _run_task(
         self,
@@ -301,11 +325,19 @@ class DaskLane:
         func: Callable[..., T],
         args: tuple[object, ...],
         limit_seconds: float | None,
+        slot: _Slot,
     ) -> T:
         name = describe_callable(func)
         key = f"{getattr(func, '__name__', 'call')}-{uuid.uuid4().hex}"
+        placement: dict[str, object] = {}
+        busy = self._drains.busy_workers
+        free = [address for address in self._workers if address not in busy]
+        if busy and free:
+            # Workers still running a cancelled call look idle to the scheduler:
+            # prefer the others (loosely, so a call still runs if they all go away).
+            placement = {"workers": free, "allow_other_workers": True}
         try:
-            future = client.submit(func, *args, key=key, pure=False)  # type: ignore[attr-defined]
+            future = client.submit(func, *args, key=key, pure=False, **placement)  # type: ignore[attr-defined]
         except Exception as exc:
             if getattr(client, "status", "running") != "running":
                 self._crashed += 1
@@ -325,41 +357,55 @@ class DaskLane:
             raise
         except BaseException:
             # The caller was cancelled: a queued task is dropped; a running one ends
-            # on its worker and its result is discarded.
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await client.cancel([future])  # type: ignore[attr-defined]
+            # on its worker (its result is discarded) and keeps its slot until then.
+            with anyio.CancelScope(shield=True):
+                worker = await running_worker(client, key)
+                with contextlib.suppress(Exception):
+                    await client.cancel([future])  # type: ignore[attr-defined]
+            if worker is not None:
+                slot.draining = True
+                self._drains.start(client, key, worker, slot.release)
             raise
         else:
             if scope.cancelled_caught:
                 self._failed += 1
                 with anyio.CancelScope(shield=True):
-                    await self._abandon(client, future, key)
+                    worker = await self._abandon(client, future, key)
+                if worker is not None:
+                    slot.draining = True
+                    self._drains.start(client, key, worker, slot.release)
                 raise CallTimeoutError(name, limit_seconds or 0.0)
             self._completed += 1
             return result
         finally:
             future.release()
 
-    async def _abandon(self, client: object, future: object, key: str) -> None:
-        """After a timeout: cancel the task; on an owned cluster kill its worker too."""
+    async def _abandon(self, client: object, future: object, key: str) -> str | None:
+        """
+        After a timeout: cancel the task; on an owned cluster kill its worker too.
+
+        Returns the address of a worker still running it (a connected cluster's, or
+        one that could not be killed), whose slot must wait until it ends.
+        """
+        worker = await running_worker(client, key)
         pids: list[int] = []
         with contextlib.suppress(Exception):
-            if self._handle_owned():
-                processing = await client.scheduler.processing()  # type: ignore[attr-defined]
-                workers = [addr for addr, keys in processing.items() if key in keys]
-                if workers:
-                    found = await client.run(os.getpid, workers=workers)  # type: ignore[attr-defined]
-                    pids = [pid for pid in found.values() if isinstance(pid, int)]
+            if worker is not None and self._handle_owned():
+                found = await client.run(os.getpid, workers=[worker])  # type: ignore[attr-defined]
+                pids = [pid for pid in found.values() if isinstance(pid, int)]
         with contextlib.suppress(Exception):
             await client.cancel([future])  # type: ignore[attr-defined]
         # One thread per worker: killing it stops exactly this call, as the local lane
         # replaces a timed-out worker; its nanny starts a new one. Only our own
         # descendants are killed, never a process of a shared cluster.
         ours = {child.pid for child in psutil.Process().children(recursive=True)}
+        killed = False
         for pid in pids:
             if pid in ours:
                 with contextlib.suppress(psutil.Error):
                     psutil.Process(pid).kill()
+                    killed = True
+        return None if killed else worker
 
     async def run(
         self,
@@ -390,14 +436,16 @@ class DaskLane:
                 call may or may not have run.
             CallTimeoutError: If *timeout* expired; the Dask task is cancelled. On an
                 owned cluster a started call is stopped by killing its worker process
-                (its nanny starts a new one); on a connected cluster it runs to its end.
+                (its nanny starts a new one); on a connected cluster it runs to its end,
+                holding its slot as a cancelled running call does.
             SupervisorClosedError: If the lane is not entered or already closed.
 
         Cancellation:
             Checked before a slot is taken (the lane is then unchanged). While waiting
             for the result, cancellation cancels the Dask future (shielded): a queued
-            task never runs, a running one finishes on its worker and its result is
-            dropped. The slot is released at once.
+            task never runs and its slot is released at once; a running one finishes on
+            its worker, its result is dropped, and its slot stays taken until it ends
+            (new calls go to the other workers meanwhile; see :mod:`._dask_draining`).
         """
         check_picklable(func, args)
         return await self._submit_and_wait(func, args, timeout)
