@@ -88,6 +88,41 @@ def test_breaking_out_of_map_releases_workers(manager: ResourceManager) -> None:
     assert manager.concurrency_manager.run_in_process_pool(square, 7) == 49
 
 
+@pytest.mark.timeout(90)
+def test_facade_on_the_dask_backend() -> None:
+    """
+    With ``concurrency.backend: dask`` the facade's process calls and maps run on an
+    owned LocalCluster and keep their results and errors; shutdown leaves no process.
+    """
+    from resource_supervisor import UnpicklableError
+    from tests import _dask_workers as dw
+
+    settings = build_settings(
+        monitoring_enabled=False,
+        concurrency={
+            "default_cpu_workers": 2,
+            "default_io_workers": 2,
+            "backend": "dask",
+            "dask": {"n_workers": 2, "memory_limit_bytes": 600 * 1024 * 1024},
+        },
+    )
+    rm = ResourceManager(settings=settings)
+    try:
+        pool = rm.concurrency_manager
+        assert pool.run_in_process_pool(dw.add, 2, 3) == 5
+        assert list(pool.map_tasks_in_process_pool(dw.square, range(300))) == [
+            x * x for x in range(300)
+        ]
+        with pytest.raises(KeyError):
+            pool.run_in_process_pool(dw.raise_key_error, "missing")
+        with pytest.raises(UnpicklableError):
+            pool.run_in_process_pool(lambda: 1)
+        assert rm.metrics["process_lane_backend"] == "dask"
+    finally:
+        rm.shutdown()
+    assert live_children() == []
+
+
 def test_shutdown_stops_everything_and_next_call_starts_fresh(manager: ResourceManager) -> None:
     """shutdown() stops the loop thread and workers; a later ResourceManager() is new."""
     manager.concurrency_manager.run_in_process_pool(square, 3)

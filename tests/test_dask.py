@@ -18,6 +18,7 @@ import pytest
 from resource_supervisor._config import ConcurrencySettings, DaskSettings
 from resource_supervisor._exceptions import (
     CallTimeoutError,
+    ClusterConnectionLostError,
     ConfigError,
     OverloadedError,
     SupervisorClosedError,
@@ -433,6 +434,57 @@ async def test_connect_mode_leaves_the_scheduler_running(
     async with DaskLane(settings, max_workers=1) as again:
         assert await again.run(w.add, (1, 1), timeout=None) == 2
         assert again.metrics()["dask_workers"] == 2
+
+
+async def test_lost_scheduler_fails_the_running_call(tmp_path: Path, no_leaks: None) -> None:
+    """
+    Connected to a scheduler that dies mid-call, the call fails with
+    ClusterConnectionLostError (a WorkerCrashedError; whether it ran is unknown), and
+    the lane still closes within its close timeout.
+    """
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
+    }
+    common = ["--host", "127.0.0.1", "--no-dashboard", "--scheduler-file", str(scheduler_file)]
+    scheduler = _start(["scheduler", "--port", "0", *common], env)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with anyio.fail_after(30):
+            while not scheduler_file.exists():  # noqa: ASYNC110 - another process writes it
+                await anyio.sleep(0.05)
+        worker = _start(["worker", "--nthreads", "1", *common], env)
+        settings = _settings(scheduler_file=str(scheduler_file), close_timeout=3.0)
+        async with DaskLane(settings, max_workers=1) as lane:
+            with anyio.fail_after(30):
+                while int(lane.metrics()["dask_workers"]) < 1:  # noqa: ASYNC110 - polled
+                    await anyio.sleep(0.05)
+            outcome: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await lane.run(
+                        w.block_until,
+                        (str(tmp_path), "stranded", str(tmp_path / "never")),
+                        timeout=None,
+                    )
+                except Exception as exc:  # noqa: BLE001 - the error is the result
+                    outcome.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await _wait_for(tmp_path, "stranded")
+                _kill_tree(scheduler)
+                with anyio.fail_after(30):
+                    while not outcome:  # noqa: ASYNC110 - set by the call above
+                        await anyio.sleep(0.01)
+            assert isinstance(outcome[0], ClusterConnectionLostError)
+            assert isinstance(outcome[0], WorkerCrashedError)
+            assert lane.metrics()["process_crashed_total"] == 1
+    finally:
+        _kill_tree(scheduler, *([worker] if worker is not None else []))
 
 
 @pytest.fixture(scope="module")
