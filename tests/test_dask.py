@@ -108,6 +108,40 @@ async def test_round_trip_and_metrics(lane: DaskLane) -> None:
     assert lane.cluster_level() == PressureLevel.NORMAL
 
 
+async def test_cluster_figures_in_snapshots_and_prometheus(no_leaks: None) -> None:
+    """A supervisor on the Dask backend puts the cluster's figures in every snapshot,
+    and its Prometheus collector exports them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from resource_supervisor import Supervisor
+    from resource_supervisor._config import build_settings
+    from resource_supervisor.integrations.prometheus import register
+
+    settings = build_settings(
+        monitoring_enabled=False,
+        concurrency={
+            "backend": "dask",
+            "dask": {"n_workers": 2, "memory_limit_bytes": 600 * MiB, "poll_interval": 0.2},
+        },
+    )
+    async with Supervisor(settings) as sup:
+        assert await sup.executors.run_in_process(w.add, 1, 2) == 3
+        snap = await sup.update_metrics()
+        assert snap["process_lane_backend"] == "dask"
+        assert snap["dask_workers"] == 2
+        assert snap["dask_threads"] == 2
+        assert snap["dask_workers_paused"] == 0
+        assert snap["dask_memory_limit_bytes"] == 2 * 600 * MiB
+        assert float(snap["dask_memory_used_bytes"]) > 0
+        assert snap["dask_queue_depth"] == 0
+        registry = CollectorRegistry()
+        register(sup, registry)
+        text = generate_latest(registry).decode()
+    for name in ("dask_workers 2.0", "dask_threads 2.0", "dask_memory_limit_bytes"):
+        assert f"resource_supervisor_{name}" in text
+    assert 'process_lane_backend="dask"' in text
+
+
 async def test_remote_key_error_keeps_its_type(lane: DaskLane) -> None:
     """A KeyError raised on a worker arrives as KeyError, with its argument."""
     with pytest.raises(KeyError) as info:
