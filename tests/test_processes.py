@@ -61,6 +61,26 @@ async def _call(lane: ProcessLane, func: Callable[..., object], args: tuple[obje
     await lane.run(func, args, timeout=None)
 
 
+async def _crash_among_innocents(
+    lane: ProcessLane, directory: Path, *, innocents: int
+) -> WorkerCrashedError:
+    """Run *innocents* recorded calls with one ``os._exit(7)`` among them; check that
+    each innocent returned and ran exactly once; return the crash's error."""
+    calls = [
+        lane.run(_workers.record, (str(directory), f"c{i}", i), timeout=None)
+        for i in range(innocents)
+    ]
+    middle = innocents // 2
+    calls.insert(middle, lane.run(_workers.exit_now, (7,), timeout=None))  # type: ignore[arg-type]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    crash = results.pop(middle)
+    assert isinstance(crash, WorkerCrashedError)
+    assert results == list(range(innocents))
+    for i in range(innocents):
+        assert (directory / f"c{i}").read_text() == "x\n"
+    return crash
+
+
 @pytest.fixture
 async def lane() -> AsyncIterator[ProcessLane]:
     async with ProcessLane(_settings(), max_workers=2) as lane:
@@ -97,17 +117,8 @@ async def test_other_start_methods_keep_the_contract(start_method: str, tmp_path
         assert await lane.run(_workers.add, (2, 3), timeout=None) == 5
         with pytest.raises(KeyError):
             await lane.run(_workers.raise_key_error, ("k",), timeout=None)
-        calls = [
-            lane.run(_workers.record, (str(tmp_path), f"c{i}", i), timeout=None) for i in range(6)
-        ]
-        calls.insert(3, lane.run(_workers.exit_now, (7,), timeout=None))  # type: ignore[arg-type]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        crash = results.pop(3)
-        assert isinstance(crash, WorkerCrashedError)
+        crash = await _crash_among_innocents(lane, tmp_path, innocents=6)
         assert crash.exitcode == 7
-        assert results == list(range(6))
-        for i in range(6):
-            assert (tmp_path / f"c{i}").read_text() == "x\n"
         assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
         assert lane.statistics().crashed_total == 1
     assert _children() == before
@@ -197,18 +208,9 @@ async def test_worker_serves_again_after_an_idle_spell_and_a_big_result() -> Non
 
 async def test_crash_fails_only_the_running_call(lane: ProcessLane, tmp_path: Path) -> None:
     """os._exit in a worker fails that call with its exit code; every innocent runs exactly once."""
-    calls = [
-        lane.run(_workers.record, (str(tmp_path), f"c{i}", i), timeout=None) for i in range(12)
-    ]
-    calls.insert(5, lane.run(_workers.exit_now, (7,), timeout=None))  # type: ignore[arg-type]
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    crash = results.pop(5)
-    assert isinstance(crash, WorkerCrashedError)
+    crash = await _crash_among_innocents(lane, tmp_path, innocents=12)
     assert crash.exitcode == 7
     assert crash.function == "tests._workers.exit_now"
-    assert results == list(range(12))
-    for i in range(12):
-        assert (tmp_path / f"c{i}").read_text() == "x\n"
     stats = lane.statistics()
     assert stats.crashed_total == 1
     assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
