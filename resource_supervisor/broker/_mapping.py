@@ -38,7 +38,7 @@ import itertools
 import math
 import operator
 import time
-from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, cast
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -163,6 +163,58 @@ def finishing_chunksize(
     return max(1, min(size, left, share))
 
 
+class _Timeline:
+    """
+    The chunks sent and not yet consumed: when each started and the work it has left.
+
+    The backend runs chunks in the order sent on ``parallel`` workers, so chunk
+    number n starts when it is sent or, if all workers were busy, when the worker of
+    chunk n - parallel freed: at the (n - parallel)-th completion.
+    """
+
+    def __init__(self, parallel: int, *, keep: int) -> None:
+        self._parallel = parallel
+        self._finished: collections.deque[float] = collections.deque(maxlen=keep)
+        self._finished_count = 0
+        self._sent_count = 0
+        # in send order (dicts keep insertion order): number, items, send time
+        self._chunks: dict[asyncio.Future[object], tuple[int, int, float]] = {}
+
+    def sent(self, task: asyncio.Future[Any], items: int) -> None:
+        """Record a chunk of *items* just sent as *task*."""
+        self._chunks[task] = (self._sent_count, items, time.monotonic())
+        self._sent_count += 1
+        task.add_done_callback(self._finish)
+
+    def _finish(self, _: object) -> None:
+        self._finished.append(time.monotonic())
+        self._finished_count += 1
+
+    def consumed(self, task: asyncio.Future[Any]) -> None:
+        """Forget a chunk whose results were taken."""
+        del self._chunks[task]
+
+    def ahead(self, item_seconds: float) -> list[float]:
+        """Seconds of work left in each unfinished chunk, oldest first."""
+        now = time.monotonic()
+        left: list[float] = []
+        for task, (number, items, sent_at) in self._chunks.items():
+            if task.done():
+                continue
+            start = self._started_at(number, sent_at)
+            work = items * item_seconds
+            left.append(work if start is None else work - (now - start))
+        return left
+
+    def _started_at(self, number: int, sent_at: float) -> float | None:
+        if number < self._parallel:
+            return sent_at
+        index = number - self._parallel - (self._finished_count - len(self._finished))
+        if index >= len(self._finished):
+            return None  # still waiting for a worker
+        return max(sent_at, self._finished[index]) if index >= 0 else sent_at
+
+
 class _Source:
     """Take chunks from a sync or async iterable, lazily."""
 
@@ -251,28 +303,11 @@ async def map_chunked(
     timed = chunksize is not None  # a size is known (fixed, or measured once)
     item_seconds = 0.0  # last measured seconds per item
     pending: collections.deque[asyncio.Task[tuple[list[R], float]]] = collections.deque()
-    # Per chunk sent: its send number, items and send time. The backend runs chunks
-    # in the order sent on `parallel` workers, so chunk n starts at its send time or
-    # when chunk number n - parallel's slot freed, i.e. at completion n - parallel.
-    sent: dict[asyncio.Task[tuple[list[R], float]], tuple[int, int, float]] = {}
-    finished: collections.deque[float] = collections.deque(maxlen=max_in_flight + parallel)
-    counts = [0, 0]  # chunks sent, chunks finished
+    timeline = _Timeline(parallel, keep=max_in_flight + parallel)
     exhausted = False
 
     async def send(chunk: list[object]) -> tuple[list[R], float]:
         return cast("tuple[list[R], float]", await run(apply_chunk, (func, chunk)))
-
-    def on_done(_: object) -> None:
-        finished.append(time.monotonic())
-        counts[1] += 1
-
-    def started_at(number: int, sent_at: float) -> float | None:
-        if number < parallel:
-            return sent_at
-        index = number - parallel - (counts[1] - len(finished))
-        if index >= len(finished):
-            return None  # still waiting for a worker
-        return max(sent_at, finished[index]) if index >= 0 else sent_at
 
     def next_size() -> int:
         if chunksize is not None:
@@ -280,17 +315,12 @@ async def map_chunked(
         left = source.left()
         if not timed or left < 0 or left > size * parallel:
             return size
-        now = time.monotonic()
-        ahead: list[float] = []
-        for task in pending:
-            if task.done():
-                continue
-            number, items, sent_at = sent[task]
-            start = started_at(number, sent_at)
-            work = items * item_seconds
-            ahead.append(work if start is None else work - (now - start))
         return finishing_chunksize(
-            size, left=left, workers=parallel, item_seconds=item_seconds, ahead=ahead
+            size,
+            left=left,
+            workers=parallel,
+            item_seconds=item_seconds,
+            ahead=timeline.ahead(item_seconds),
         )
 
     try:
@@ -302,10 +332,8 @@ async def map_chunked(
                     exhausted = True
                     break
                 task = asyncio.ensure_future(send(chunk))
-                task.add_done_callback(on_done)
                 pending.append(task)
-                sent[task] = (counts[0], len(chunk), time.monotonic())
-                counts[0] += 1
+                timeline.sent(task, len(chunk))
             if not pending:
                 return
             if ordered:
@@ -316,7 +344,7 @@ async def map_chunked(
                 task = next(t for t in pending if t in done)
                 pending.remove(task)
                 results, seconds = task.result()
-            del sent[task]
+            timeline.consumed(task)
             if chunksize is None:
                 timed = True
                 if results:
