@@ -30,6 +30,20 @@ def live_children() -> list[psutil.Process]:
     return found
 
 
+def child_pids() -> set[int]:
+    """Pids of this process's descendants that can still be inspected (zombies and
+    processes gone meanwhile are left out), except the resource tracker."""
+    found = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "multiprocessing.resource_tracker" in " ".join(proc.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        found.add(proc.pid)
+    return found
+
+
 def open_fds() -> set[int]:
     """File descriptors open in this process."""
     return {int(fd) for fd in os.listdir("/proc/self/fd")}

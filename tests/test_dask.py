@@ -28,6 +28,7 @@ from resource_supervisor._exceptions import (
 from resource_supervisor._snapshot import PressureLevel
 from resource_supervisor.broker._dask import DaskLane
 from tests import _dask_workers as w
+from tests._leaks import child_pids
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -51,28 +52,15 @@ def _listening() -> set[tuple[str, int]]:
     }
 
 
-def _children() -> set[int]:
-    """Child processes, without multiprocessing's resource tracker: it is started once
-    per interpreter by the first spawned process and lives as long as the interpreter."""
-    found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "multiprocessing.resource_tracker" not in " ".join(child.cmdline()):
-                found.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
 @pytest.fixture
 def no_leaks() -> Iterator[None]:
     """After the test, no child process or listening socket it made is left."""
-    children, listening = _children(), _listening()
+    children, listening = child_pids(), _listening()
     yield
     deadline = time.monotonic() + 10.0  # hang guard: nannies reap their workers
-    while _children() - children and time.monotonic() < deadline:
+    while child_pids() - children and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _children() - children == set()
+    assert child_pids() - children == set()
     assert _listening() - listening == set()
 
 

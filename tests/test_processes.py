@@ -25,24 +25,12 @@ from resource_supervisor._snapshot import PressureLevel
 from resource_supervisor.broker._processes import ProcessLane
 from resource_supervisor.broker._worker import RemoteTraceback
 from tests import _workers
+from tests._leaks import child_pids
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _children() -> set[int]:
-    """Child processes of this test process, except the interpreter-wide resource tracker."""
-    found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if any("resource_tracker" in part for part in child.cmdline()):
-                continue
-        except psutil.Error:
-            continue
-        found.add(child.pid)
-    return found
 
 
 async def _until(condition: Callable[[], bool], limit: float = 20.0) -> None:
@@ -89,18 +77,18 @@ async def lane() -> AsyncIterator[ProcessLane]:
 
 async def test_lazy_start_and_no_leak_after_close() -> None:
     """No process before the first call; after aclose no worker and no forkserver remain."""
-    before = _children()
+    before = child_pids()
     lane = ProcessLane(_settings(), max_workers=2)
     assert lane.statistics().workers_live == 0
-    assert _children() == before
+    assert child_pids() == before
     assert await lane.run(_workers.add, (2, 3), timeout=None) == 5
     pids = lane.statistics().worker_pids
     assert pids
-    assert set(pids) <= _children()
-    assert len(_children() - before) >= 2  # the worker and the lane's forkserver
+    assert set(pids) <= child_pids()
+    assert len(child_pids() - before) >= 2  # the worker and the lane's forkserver
     await lane.aclose()
     await lane.aclose()  # idempotent
-    assert _children() == before
+    assert child_pids() == before
     with pytest.raises(SupervisorClosedError):
         await lane.run(_workers.add, (1, 1), timeout=None)
 
@@ -112,7 +100,7 @@ async def test_other_start_methods_keep_the_contract(start_method: str, tmp_path
     its own call (innocents run once), the crashed worker is replaced, and nothing is
     left after close.
     """
-    before = _children()
+    before = child_pids()
     async with ProcessLane(_settings(start_method=start_method), max_workers=2) as lane:
         assert await lane.run(_workers.add, (2, 3), timeout=None) == 5
         with pytest.raises(KeyError):
@@ -121,7 +109,7 @@ async def test_other_start_methods_keep_the_contract(start_method: str, tmp_path
         assert crash.exitcode == 7
         assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
         assert lane.statistics().crashed_total == 1
-    assert _children() == before
+    assert child_pids() == before
 
 
 async def test_many_concurrent_calls_each_answered_once(lane: ProcessLane) -> None:
@@ -147,13 +135,13 @@ async def test_remote_exception_keeps_type_and_traceback(lane: ProcessLane) -> N
 
 async def test_unpicklable_fails_fast_without_starting_a_process() -> None:
     """A lambda or a lock argument raises UnpicklableError and starts no process."""
-    before = _children()
+    before = child_pids()
     async with ProcessLane(_settings(), max_workers=2) as lane:
         with pytest.raises(UnpicklableError, match="the function"):
             await lane.run(lambda: None, (), timeout=None)
         with pytest.raises(UnpicklableError, match=r"argument 2 \(type _thread.lock\)"):
             await lane.run(_workers.add, (1, threading.Lock()), timeout=None)
-        assert _children() == before
+        assert child_pids() == before
         assert lane.statistics().workers_live == 0
 
 
@@ -316,10 +304,10 @@ async def test_idle_workers_retire_and_children_follow() -> None:
             )
         )
         assert len(pids) == 2
-        assert pids <= _children()
+        assert pids <= child_pids()
         assert set(lane.statistics().worker_pids) == pids
         await _until(lambda: lane.statistics().workers_live == 0)
-        await _until(lambda: not (pids & _children()))
+        await _until(lambda: not (pids & child_pids()))
 
 
 async def test_critical_shrinks_refuses_and_recovers(tmp_path: Path) -> None:
@@ -331,7 +319,7 @@ async def test_critical_shrinks_refuses_and_recovers(tmp_path: Path) -> None:
         assert lane.statistics().workers_live == 2
         lane.set_pressure(PressureLevel.CRITICAL)
         await _until(lambda: lane.statistics().workers_live == 1)
-        assert len(_children() & set(lane.statistics().worker_pids)) == 1
+        assert len(child_pids() & set(lane.statistics().worker_pids)) == 1
         async with anyio.create_task_group() as tg:
             tg.start_soon(_call, lane, _workers.wait_for_file, (str(gate),))
             await _until(lambda: Path(f"{gate}.started").exists())
@@ -368,7 +356,7 @@ async def test_recycle_above_max_rss() -> None:
 
 async def test_close_fails_waiting_calls(tmp_path: Path) -> None:
     """aclose makes running and queued calls raise SupervisorClosedError, and reaps the workers."""
-    before = _children()
+    before = child_pids()
     gate = tmp_path / "gate"
     lane = ProcessLane(_settings(), max_workers=1)
     errors: list[BaseException] = []
@@ -386,7 +374,7 @@ async def test_close_fails_waiting_calls(tmp_path: Path) -> None:
         await _until(lambda: lane.statistics().queue_depth == 1)
         await lane.aclose()
     assert len(errors) == 2
-    assert _children() == before
+    assert child_pids() == before
 
 
 async def test_metrics_names(lane: ProcessLane) -> None:

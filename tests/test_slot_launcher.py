@@ -14,34 +14,22 @@ from resource_supervisor.broker._pickling import pickle_call
 from resource_supervisor.broker._slot_launcher import SlotLauncher, kill_worker, stop_reading
 from resource_supervisor.broker._slots import Slot, SlotState, read_frames, write_calls
 from tests import _workers
+from tests._leaks import child_pids
 
 pytestmark = pytest.mark.timeout(60)
 
 PRELOAD = ("__main__", _worker.__name__)
 
 
-def _children() -> set[int]:
-    """Child processes of this test process, except the interpreter-wide resource tracker."""
-    found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if any("resource_tracker" in part for part in child.cmdline()):
-                continue
-        except psutil.Error:
-            continue
-        found.add(child.pid)
-    return found
-
-
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
 async def test_open_and_shutdown_leave_nothing_behind(start_method: str) -> None:
     """A slot opens with a live worker; shutdown reaps it and closes the pipe; aclose stops all."""
-    before = _children()
+    before = child_pids()
     launcher = SlotLauncher(start_method, PRELOAD, threads=2)
     slot = Slot()
     slot.adopt(await launcher.open())
     assert psutil.pid_exists(slot.pid)
-    assert slot.pid in _children()
+    assert slot.pid in child_pids()
     assert slot.reader_fd >= 0
     loop = asyncio.get_running_loop()
     loop.add_reader(slot.reader_fd, lambda: None)
@@ -51,12 +39,12 @@ async def test_open_and_shutdown_leave_nothing_behind(start_method: str) -> None
     await launcher.shutdown(slot, loop)  # a second call has nothing left to do
     await launcher.aclose()
     await launcher.aclose()  # idempotent
-    assert _children() == before
+    assert child_pids() == before
 
 
 async def test_killed_worker_is_reaped_by_shutdown() -> None:
     """kill_worker ends the worker at once; shutdown still reaps it; a gone pid is fine."""
-    before = _children()
+    before = child_pids()
     launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
     slot = Slot()
     slot.adopt(await launcher.open())
@@ -66,12 +54,12 @@ async def test_killed_worker_is_reaped_by_shutdown() -> None:
     assert slot.process.exitcode == -9
     kill_worker(slot.pid)  # already gone: no error
     await launcher.aclose()
-    assert _children() == before
+    assert child_pids() == before
 
 
 async def test_shutdown_completes_when_cancelled() -> None:
     """A shutdown cancelled while it reaps the worker still reaps it (shielded)."""
-    before = _children()
+    before = child_pids()
     launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
     slot = Slot()
     slot.adopt(await launcher.open())
@@ -81,7 +69,7 @@ async def test_shutdown_completes_when_cancelled() -> None:
         tg.cancel_scope.cancel()
     assert slot.reader_fd == -1
     await launcher.aclose()
-    assert _children() == before
+    assert child_pids() == before
 
 
 async def test_a_serving_worker_runs_batches_and_stops_on_shutdown() -> None:
@@ -90,7 +78,7 @@ async def test_a_serving_worker_runs_batches_and_stops_on_shutdown() -> None:
     outcome arrives on the result pipe; shutdown ends the loop with a stop frame,
     so the worker exits by itself (code 0, not killed).
     """
-    before = _children()
+    before = child_pids()
     launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
     slot = Slot()
     slot.adopt(await launcher.open())
@@ -114,7 +102,7 @@ async def test_a_serving_worker_runs_batches_and_stops_on_shutdown() -> None:
     assert process is not None
     assert process.exitcode == 0
     await launcher.aclose()
-    assert _children() == before
+    assert child_pids() == before
 
 
 def test_stop_reading_without_a_loop_or_pipe_is_a_no_op() -> None:
