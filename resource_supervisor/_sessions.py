@@ -82,9 +82,8 @@ class SessionRegistry:
 
     A session lives from :meth:`open` (or the first :meth:`session` block) until
     :meth:`close`, expiry (:meth:`expire`), eviction by :meth:`cleanup`, or
-    :meth:`aclose`. Leaving a
-    :meth:`session` block does *not* close it, so one conversation spans many
-    requests; it only marks the session idle from that moment.
+    :meth:`aclose`. Leaving a :meth:`session` block does *not* close it, so one
+    conversation spans many requests; it only marks the session idle from that moment.
 
     Register the registry with the cleanup dispatcher; it is a
     :class:`~resource_supervisor.Cleanup` object.

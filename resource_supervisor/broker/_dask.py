@@ -101,6 +101,11 @@ class _Slot:
             self._held = False
             self._limiter.release_on_behalf_of(self)
 
+    def drain(self, drains: Drains, client: object, key: str, worker: str) -> None:
+        """Keep the token until *worker* has finished task *key*; the drain releases it."""
+        self.draining = True
+        drains.start(client, key, worker, self.release)
+
 
 class DaskLane:
     """
@@ -331,11 +336,12 @@ class DaskLane:
         key = f"{getattr(func, '__name__', 'call')}-{uuid.uuid4().hex}"
         placement: dict[str, object] = {}
         busy = self._drains.busy_workers
-        free = [address for address in self._workers if address not in busy]
-        if busy and free:
+        if busy:
             # Workers still running a cancelled call look idle to the scheduler:
             # prefer the others (loosely, so a call still runs if they all go away).
-            placement = {"workers": free, "allow_other_workers": True}
+            free = [address for address in self._workers if address not in busy]
+            if free:
+                placement = {"workers": free, "allow_other_workers": True}
         try:
             future = client.submit(func, *args, key=key, pure=False, **placement)  # type: ignore[attr-defined]
         except Exception as exc:
@@ -363,8 +369,7 @@ class DaskLane:
                 with contextlib.suppress(Exception):
                     await client.cancel([future])  # type: ignore[attr-defined]
             if worker is not None:
-                slot.draining = True
-                self._drains.start(client, key, worker, slot.release)
+                slot.drain(self._drains, client, key, worker)
             raise
         else:
             if scope.cancelled_caught:
@@ -372,8 +377,7 @@ class DaskLane:
                 with anyio.CancelScope(shield=True):
                     worker = await self._abandon(client, future, key)
                 if worker is not None:
-                    slot.draining = True
-                    self._drains.start(client, key, worker, slot.release)
+                    slot.drain(self._drains, client, key, worker)
                 raise CallTimeoutError(name, limit_seconds or 0.0)
             self._completed += 1
             return result
