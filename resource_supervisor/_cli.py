@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 import yaml
 
+from . import __version__
 from ._config import build_settings, load_settings
 from ._exceptions import ConfigError
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from ._config import SupervisorSettings
     from ._snapshot import MetricsSnapshot
 
-__all__ = ("format_block", "format_line", "main")
+__all__ = ("annotate_auto", "format_block", "format_line", "main", "resolved_auto")
 
 _PROG: Final = "resource-supervisor"
 # ANSI: cursor to the start of the line N lines up, then clear to the end of screen.
@@ -131,6 +132,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "from RESOURCE_SUPERVISOR_* environment variables ('__' for nesting)."
         ),
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     watch = commands.add_parser(
@@ -168,7 +172,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="validate a YAML file and print the effective settings",
         description=(
             "Load PATH like load_settings() does (YAML, then environment overrides), and "
-            "print the effective settings as YAML. Exit status 2 with the reason if invalid."
+            "print the effective settings as YAML. A setting left to 'auto' is printed as "
+            "'auto' with what it resolves to on this machine as a comment. Exit status 2 "
+            "with the reason if invalid."
         ),
     )
     check.add_argument("path", metavar="PATH", help="YAML file with a resource_management: section")
@@ -258,8 +264,77 @@ def _run_check_config(args: argparse.Namespace) -> int:
         print(f"{_PROG}: invalid configuration: {exc}", file=sys.stderr)
         return 2
     document = {"resource_management": settings.model_dump(mode="json")}
-    sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+    text = yaml.safe_dump(document, sort_keys=False)
+    sys.stdout.write(annotate_auto(text, resolved_auto(settings)))
     return 0
+
+
+def resolved_auto(settings: SupervisorSettings) -> dict[str, str]:
+    """
+    Say what each ``auto`` setting of *settings* resolves to on this machine.
+
+    Reads the usable CPU count (affinity and cgroup CPU quota) once; applies
+    ``max_total_workers`` as the supervisor does.
+
+    Args:
+        settings: The settings to explain.
+
+    Returns:
+        Dotted key (below ``resource_management``) to a short explanation, for the
+        keys whose value is ``auto`` only.
+    """
+    from ._sources._cpus import usable_cpu_count
+    from ._supervisor import resolve_io_workers
+    from .broker._executors import split_worker_budget
+
+    c = settings.concurrency
+    cpus = usable_cpu_count()
+    cpu_wanted = cpus if c.default_cpu_workers == "auto" else c.default_cpu_workers
+    io_wanted = resolve_io_workers(c.default_io_workers, cpus)
+    cpu_workers, io_workers = split_worker_budget(cpu_wanted, io_wanted, c.max_total_workers)
+    capped = "" if c.max_total_workers is None else f", max_total_workers {c.max_total_workers}"
+    notes: dict[str, str] = {}
+    if c.default_cpu_workers == "auto":
+        notes["concurrency.default_cpu_workers"] = (
+            f"{cpu_workers} here ({cpus} usable CPUs{capped})"
+        )
+    if c.default_io_workers == "auto":
+        notes["concurrency.default_io_workers"] = (
+            f"{io_workers} here (min(32, {cpus} usable CPUs + 4){capped})"
+        )
+    if c.dask.n_workers == "auto":
+        notes["concurrency.dask.n_workers"] = f"{cpu_workers} here (the process lane's workers)"
+    return notes
+
+
+def annotate_auto(text: str, notes: dict[str, str]) -> str:
+    """
+    Append ``# auto = ...`` comments to the ``auto`` lines of a YAML dump. Pure.
+
+    Args:
+        text: ``yaml.safe_dump`` output of the ``resource_management`` document
+            (two-space indentation, block style).
+        notes: Dotted key (below ``resource_management``) to explanation, as from
+            :func:`resolved_auto`.
+
+    Returns:
+        *text* with each noted key's line commented; still valid YAML, and it loads
+        to the same document.
+    """
+    out: list[str] = []
+    path: list[str] = []
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        depth = (len(line) - len(stripped)) // 2
+        key, sep, value = stripped.partition(":")
+        if sep:
+            del path[depth:]
+            path.append(key)
+            note = notes.get(".".join(path[1:]))
+            if note is not None and value.strip() == "auto":
+                line = f"{line}  # auto = {note}"
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _run_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:

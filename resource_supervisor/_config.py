@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import logging
 import os
 import re
 from pathlib import Path
@@ -402,6 +403,7 @@ def load_settings(
     path: str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    missing_ok: bool = False,
 ) -> SupervisorSettings:
     """
     Read settings from the ``resource_management:`` section of a YAML file, then
@@ -411,15 +413,26 @@ def load_settings(
     Args:
         path: A YAML file; ``None`` means defaults plus environment only.
         environ: The environment to read (defaults to :data:`os.environ`).
+        missing_ok: When *path* does not exist, log a warning (logger
+            ``resource_supervisor``) naming it and use the defaults plus the
+            environment instead of raising. A file that exists but is invalid
+            still raises.
 
     Returns:
         A frozen :class:`SupervisorSettings`.
 
     Raises:
-        ConfigError: If the file is missing or unreadable, is not YAML or not a
-            mapping, or a key is unknown or has an invalid value. The error names
+        ConfigError: If the file is missing (unless *missing_ok*) or unreadable, is
+            not YAML or not a mapping, or a key is unknown or has an invalid value. The error names
             the dotted key, the value and the reason.
     """
+    if path is not None and missing_ok and not Path(path).exists():
+        logging.getLogger("resource_supervisor").warning(
+            "config file %s not found (in %s): using the default settings and the environment",
+            os.fspath(path),
+            Path.cwd(),
+        )
+        path = None
     data = _read_yaml(Path(path)) if path is not None else {}
     env = dict(os.environ if environ is None else environ)
     _check_env_keys(env)

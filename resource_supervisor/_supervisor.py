@@ -324,12 +324,22 @@ class Supervisor:
         """
         The latest snapshot (never ``None`` once entered).
 
+        ``active_sessions_rag`` is always the count of sessions open now: a session
+        opened or closed since the last sample shows at once (in a copy of that
+        sample; other metrics stay as sampled).
+
         Raises:
             SupervisorClosedError: Before entry.
         """
-        if self._metrics is None:
+        snapshot = self._metrics
+        if snapshot is None:
             raise SupervisorClosedError("supervisor (no snapshot before entry)")
-        return self._metrics
+        active = self._sessions.active
+        if snapshot.active_sessions_rag != active:
+            data = dict(snapshot.items())
+            data["active_sessions_rag"] = active
+            snapshot = self._metrics = MetricsSnapshot(data)
+        return snapshot
 
     @property
     def level(self) -> PressureLevel:

@@ -196,3 +196,53 @@ def test_format_line_and_block_show_the_key_figures() -> None:
     assert "level CRITICAL" in block[0]
     assert any(row.strip().startswith("gpu0") and "42.0%" in row for row in block)
     assert all("\n" not in row for row in block)
+
+
+def test_version_flag_prints_the_installed_version() -> None:
+    """--version prints the program name and the installed distribution's version."""
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"resource-supervisor {version('resource-supervisor')}"
+
+
+def test_check_config_shows_auto_and_what_it_resolves_to(tmp_path: Path) -> None:
+    """An 'auto' worker count is printed as auto plus its value on this machine, and the
+    output still loads to the same settings; explicit values get no comment."""
+    from resource_supervisor._sources._cpus import usable_cpu_count
+
+    path = tmp_path / "config.yaml"
+    path.write_text("resource_management:\n  concurrency:\n    default_io_workers: 3\n")
+    result = cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    cpus = usable_cpu_count()
+    lines = {line.split(":")[0].strip(): line for line in result.stdout.splitlines()}
+    assert lines["default_cpu_workers"].endswith(
+        f"default_cpu_workers: auto  # auto = {cpus} here ({cpus} usable CPUs)"
+    )
+    assert lines["default_io_workers"].endswith("default_io_workers: 3")
+    assert "# auto = " in lines["n_workers"]
+    printed = yaml.safe_load(result.stdout)
+    assert printed == {"resource_management": load_settings(path).model_dump(mode="json")}
+
+
+def test_check_config_auto_follows_max_total_workers(tmp_path: Path) -> None:
+    """With max_total_workers the comment shows the capped counts the supervisor uses."""
+    from resource_supervisor._cli import resolved_auto
+
+    settings = load_settings(
+        None, environ={"RESOURCE_SUPERVISOR_CONCURRENCY__MAX_TOTAL_WORKERS": "2"}
+    )
+    notes = resolved_auto(settings)
+    assert notes["concurrency.default_cpu_workers"].startswith("1 here")
+    assert notes["concurrency.default_io_workers"].startswith("1 here")
+    assert "max_total_workers 2" in notes["concurrency.default_io_workers"]
+    explicit = load_settings(
+        None,
+        environ={
+            "RESOURCE_SUPERVISOR_CONCURRENCY__DEFAULT_CPU_WORKERS": "2",
+            "RESOURCE_SUPERVISOR_CONCURRENCY__DASK__N_WORKERS": "2",
+        },
+    )
+    assert set(resolved_auto(explicit)) == {"concurrency.default_io_workers"}

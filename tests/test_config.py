@@ -338,3 +338,27 @@ def test_fuzzed_env_only_raises_config_error(name: str, value: str) -> None:
         error = err
     if error is not None:
         assert error.key.startswith("resource_management")
+
+
+def test_missing_ok_falls_back_to_defaults_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """missing_ok=True: a missing file logs one warning naming it and gives the defaults
+    plus the environment; without it the same call raises ConfigError."""
+    missing = tmp_path / "config.yaml"
+    env = {f"{ENV_PREFIX}MONITORING_INTERVAL": "7"}
+    with caplog.at_level("WARNING", logger="resource_supervisor"):
+        settings = load_settings(missing, environ=env, missing_ok=True)
+    assert settings == build_settings(monitoring_interval=7)
+    [record] = caplog.records
+    assert str(missing) in record.getMessage()
+    assert "default settings" in record.getMessage()
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(missing, environ=env)
+
+
+def test_missing_ok_still_rejects_an_invalid_file(tmp_path: Path) -> None:
+    """missing_ok covers a missing file only: an existing invalid one still raises."""
+    path = write(tmp_path, "resource_management:\n  monitoring_interval: -1\n")
+    with pytest.raises(ConfigError, match="monitoring_interval"):
+        load_settings(path, environ={}, missing_ok=True)

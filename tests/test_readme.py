@@ -37,6 +37,25 @@ def test_quick_start_runs(tmp_path: Path) -> None:
     assert "('cache', 'ok')" in lines[2]
 
 
+def test_quick_start_without_config_file_uses_defaults_and_says_so(tmp_path: Path) -> None:
+    """Run in a directory without config.yaml, the quick start still works and warns
+    once that it uses the default settings."""
+    script = tmp_path / "quick_start.py"
+    script.write_text(python_blocks()[0])
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "config file config.yaml not found" in proc.stderr
+    assert "using the default settings" in proc.stderr
+    assert "('cache', 'ok')" in proc.stdout.splitlines()[2]
+
+
 def test_fastapi_service_block_serves_requests(tmp_path: Path) -> None:
     """The README's FastAPI app imports, starts its supervisor and answers a request."""
     pytest.importorskip("fastapi")

@@ -434,3 +434,22 @@ async def test_cancelled_enter_cleans_up() -> None:
     assert live_children() == []
     with pytest.raises(NoSupervisorError):
         Supervisor.current()
+
+
+async def test_active_sessions_count_at_once_without_a_new_sample() -> None:
+    """sup.metrics counts a session opened (and closed) since the last sample at once,
+    with every sampled metric unchanged; the compat facade's dict agrees."""
+    source = ScriptedSource()
+    async with Supervisor(quiet(), source=source) as sup:
+        sampled = sup.metrics
+        assert sampled.active_sessions_rag == 0
+        async with sup.sessions.session("brand-new"):
+            inside = sup.metrics
+            assert inside.active_sessions_rag == 1
+            assert inside.last_metrics_update_ts == sampled.last_metrics_update_ts
+            assert inside.memory_percent == sampled.memory_percent
+            sup.sessions.open("second")
+            assert sup.metrics["active_sessions_rag"] == 2
+        await sup.sessions.close("brand-new")
+        assert sup.metrics.active_sessions_rag == 1
+        assert sup.metrics is sup.metrics  # rebuilt only when the count moves
