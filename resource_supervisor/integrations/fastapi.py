@@ -37,6 +37,7 @@ from .._config import load_settings
 from .._exceptions import NoSupervisorError, SupervisorClosedError
 from .._snapshot import PressureLevel
 from .._supervisor import Supervisor
+from ._paths import app_path, exempt_prefix, is_exempt
 
 if TYPE_CHECKING:
     import os
@@ -459,19 +460,26 @@ class LoadSheddingMiddleware:
     instead of running out of memory.
 
     Never shed: paths equal to or below an entry of *exempt_paths* (health probes
-    and ``/metrics`` by default), endpoints marked with
+    and ``/metrics`` by default), matched segment by segment on the path inside
+    the app (without the server's ``root_path``) once ``.``, ``..`` and empty
+    segments are resolved, so ``/healthzz`` is not ``/healthz`` and
+    ``/health/../big.txt`` is shed; endpoints marked with
     :func:`exempt_from_shedding` (every route of :func:`create_router` is), and
     non-HTTP traffic (lifespan, websockets). Without a running supervisor every
     request passes. At NORMAL the cost per request is one attribute read.
 
     Args:
         app: The ASGI app to wrap (``app.add_middleware(LoadSheddingMiddleware)``).
-        exempt_paths: Path prefixes never shed.
+        exempt_paths: Path prefixes never shed (``"/health"``; ``"/"`` exempts all).
         shed_at: The lowest level that sheds.
         retry_after: ``Retry-After`` seconds; ``None`` uses the supervisor's
             ``monitoring_interval`` (rounded up, at least 1), when the level may
             next change.
         supervisor: The supervisor to follow; ``None`` finds the app's.
+
+    Raises:
+        ValueError: If an exempt path does not start with ``/`` or has ``.``,
+            ``..`` or empty segments.
     """
 
     def __init__(
@@ -484,7 +492,7 @@ class LoadSheddingMiddleware:
         supervisor: Supervisor | None = None,
     ) -> None:
         self.app = app
-        self._exempt = tuple(path.rstrip("/") for path in exempt_paths)
+        self._exempt = tuple(exempt_prefix(path) for path in exempt_paths)
         self._shed_at = shed_at
         self._retry_after = retry_after
         self._supervisor = supervisor
@@ -520,16 +528,16 @@ class LoadSheddingMiddleware:
         await response(scope, receive, send)
 
     def _is_exempt(self, scope: Scope) -> bool:
-        path = str(scope.get("path", "")).rstrip("/") or "/"
-        for exempt in self._exempt:
-            if path == exempt or path.startswith(exempt + "/") or (exempt == "" and path == "/"):
-                return True
-        return _route_is_marked(scope)
+        path = app_path(scope)
+        return is_exempt(path, self._exempt) or _route_is_marked(scope, path)
 
 
-def _route_is_marked(scope: Scope) -> bool:
-    """Whether the request's path is that of a route whose endpoint is marked exempt."""
-    path = str(scope.get("path", ""))
+def _route_is_marked(scope: Scope, path: str) -> bool:
+    """
+    Whether *path* (inside the app) is that of a route whose endpoint is marked
+    exempt. Matched as the router matches it: unresolved, so ``/ready/../work`` is
+    not ``/ready``.
+    """
     routes = getattr(scope.get("app"), "routes", ())
     return any(pattern.match(path) for pattern in _marked_patterns(routes, ""))
 
