@@ -95,7 +95,8 @@ from ._pickling import (
 from ._recycling import calls_left, recycle_due
 from ._sizing import admits, target_workers
 from ._slot_launcher import SlotLauncher, kill_worker, stop_reading
-from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, withdraw, write_calls
+from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
+from ._stopping import Stop, stop_call
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -122,6 +123,9 @@ _logger = logging.getLogger("resource_supervisor.broker")
 _LANE: Final = "process lane"
 _SETTLE_SECONDS: Final = 5.0
 """Default time NORMAL must hold before the lane grows back to full size."""
+_STOP_RETRY_SECONDS: Final = 0.002
+_STOP_TRIES: Final = 500
+"""Stopping a call waits at most about a second for its worker's lock (see :mod:`._stopping`)."""
 
 
 # -- the lane ----------------------------------------------------------------------
@@ -555,7 +559,8 @@ class ProcessLane:
         call = slot.in_flight.popleft()
         call.slot = None
         if status == _worker.SKIPPED:
-            self._finish(call, None)
+            if not call.future.done():  # flagged by a kill that then did not happen
+                self._requeue([call])
             return
         slot.calls_done += 1
         mean = self._call_seconds
@@ -624,24 +629,67 @@ class ProcessLane:
             with contextlib.suppress(ValueError):
                 self._queue.remove(call)
             return
-        if withdraw(slot, call):
-            return
-        if call.kill_on_cancel:
-            self._kill(slot, "cancelled")
+        self._stop(slot, call, kill=call.kill_on_cancel, reason="cancelled")
 
     def _on_timeout(self, call: Call) -> None:
         call.timer = None
         if call.future.done() or call.timeout is None:
             return
+        slot = call.slot
+        if slot is not None:
+            self._catch_up(slot)  # an outcome already written wins over the timer
+            if call.future.done():
+                return
         self._counts.timeouts += 1
         self._counts.failed += 1
-        slot = call.slot
         call.future.set_exception(CallTimeoutError(call.function, call.timeout))
-        if slot is None:
+        if call.slot is None:
             with contextlib.suppress(ValueError):
                 self._queue.remove(call)
         else:
-            self._kill(slot, "timeout")
+            self._stop(call.slot, call, kill=True, reason="timeout")
+
+    def _catch_up(self, slot: Slot) -> None:
+        """Deliver the outcomes the slot's worker has written and not yet been read."""
+        if slot.state is SlotState.BUSY:
+            self._on_readable(slot)
+
+    def _stop(self, slot: Slot, call: Call, *, kill: bool, reason: str, tries: int = 0) -> None:
+        """Withdraw a handed-over call, or kill its worker only while it runs it."""
+        self._catch_up(slot)
+        if call.slot is not slot or slot.state is not SlotState.BUSY:
+            return  # delivered, requeued, or its worker is already gone
+        outcome = stop_call(slot, call, kill=kill)
+        if outcome is Stop.UNDECIDED:
+            assert self._loop is not None
+            if tries < _STOP_TRIES:
+                self._loop.call_later(
+                    _STOP_RETRY_SECONDS, self._retry_stop, slot, call, kill, reason, tries + 1
+                )
+            elif kill:  # the worker has held its lock for a second: it is stuck or dying
+                self._kill(slot, reason)
+        elif outcome is Stop.KILLED:
+            slot.kill_reason = reason
+            slot.state = SlotState.KILLED
+            # flagged under the lock: they never start, so they run elsewhere
+            later = [c for c in slot.in_flight if c.seq > call.seq]
+            for c in later:
+                slot.in_flight.remove(c)
+            self._requeue(later)
+            self._dispatch()
+            if self._queue:
+                self._resize()
+
+    def _retry_stop(
+        self,
+        slot: Slot,
+        call: Call,
+        kill: bool,  # noqa: FBT001 - positional for call_later
+        reason: str,
+        tries: int,
+    ) -> None:
+        if not self._closed:
+            self._stop(slot, call, kill=kill, reason=reason, tries=tries)
 
     def _kill(self, slot: Slot, reason: str) -> None:
         if slot.state in (SlotState.DEAD, SlotState.KILLED):

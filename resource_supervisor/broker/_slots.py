@@ -5,8 +5,7 @@ Covers: :class:`Call` (one queued or handed-over call), :class:`SlotState`,
 :class:`Slot` (a single-worker ``ProcessPoolExecutor``, the pipes and progress
 channel shared with its worker, :meth:`Slot.hand_over` of a batch),
 :func:`open_slot` and :func:`shutdown_slot` (blocking: start and stop a slot's
-executor, from a worker thread), :func:`withdraw` (take back a handed-over call
-that has not started), :func:`write_calls` (batch frames to the slot's call pipe,
+executor, from a worker thread), :func:`write_calls` (batch frames to the slot's call pipe,
 non-blocking) and :func:`read_frames` (outcome frames from the slot's result
 pipe). Does not cover: queueing, dispatching and sizing (:mod:`._processes`), the
 worker's half of the protocol (:mod:`._worker`) or the lane's forkserver
@@ -46,7 +45,6 @@ __all__ = (
     "open_slot",
     "read_frames",
     "shutdown_slot",
-    "withdraw",
     "write_calls",
 )
 
@@ -246,30 +244,6 @@ def shutdown_slot(
     executor.shutdown(wait=True, cancel_futures=True)
     if process is not None:
         process.join(timeout=5.0)
-
-
-def withdraw(slot: Slot, call: Call) -> bool:
-    """
-    Withdraw a handed-over call that has not started; False if it started.
-
-    Args:
-        slot: The slot the call was handed to.
-        call: The call.
-
-    Returns:
-        True if the worker will skip the call (it reports it as skipped).
-    """
-    if slot.lock is None or slot.progress is None or slot.skip is None:
-        return False
-    if not slot.lock.acquire(timeout=0.005):  # the worker holds it for microseconds
-        return False
-    try:
-        if slot.progress.value >= call.seq:
-            return False
-        slot.skip[call.position] = 1
-        return True
-    finally:
-        slot.lock.release()
 
 
 def write_calls(slot: Slot) -> bool:
