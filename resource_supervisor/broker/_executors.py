@@ -160,8 +160,17 @@ class Executors:
             raise RuntimeError("Executors can be entered only once")
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._threads)
-            backend = _make_backend(self._settings, self._cpu_workers)
-            await stack.enter_async_context(backend)
+            try:
+                backend = _make_backend(self._settings, self._cpu_workers)
+                await stack.enter_async_context(backend)
+            except BaseException:
+                # Close the thread lane as a clean exit: handed the error, its task
+                # group would re-raise it wrapped in an ExceptionGroup, which
+                # ``except ImportError`` / ``except ConfigError`` would miss. (The
+                # lane's aclose() shields itself; a shield here would nest wrongly
+                # inside the lane's task group.)
+                await stack.aclose()
+                raise
             backend.set_pressure(self._level)
             self._backend = backend
             self._stack = stack.pop_all()
