@@ -9,10 +9,13 @@ work through an executor broker (``sup.executors``).
 
 from __future__ import annotations
 
+from ._admission._limiter import AdmissionLimiter as AdmissionLimiter
+from ._admission._limiter import AdmissionStatistics as AdmissionStatistics
 from ._cleanup import Cleanup as Cleanup
 from ._cleanup import CleanupReport as CleanupReport
 from ._cleanup import CleanupRequest as CleanupRequest
 from ._cleanup import HandlerOutcome as HandlerOutcome
+from ._config import AdmissionSettings as AdmissionSettings
 from ._config import ConcurrencySettings as ConcurrencySettings
 from ._config import DaskSettings as DaskSettings
 from ._config import SupervisorSettings as SupervisorSettings
@@ -21,6 +24,7 @@ from ._events import CleanupCompleted as CleanupCompleted
 from ._events import CpuWarning as CpuWarning
 from ._events import LevelChanged as LevelChanged
 from ._events import SupervisorEvent as SupervisorEvent
+from ._exceptions import AdmissionRejectedError as AdmissionRejectedError
 from ._exceptions import CallTimeoutError as CallTimeoutError
 from ._exceptions import ClusterConnectionLostError as ClusterConnectionLostError
 from ._exceptions import ConfigError as ConfigError
@@ -40,6 +44,10 @@ from ._supervisor import Supervisor as Supervisor
 __version__ = "0.1.0"
 
 __all__ = (
+    "AdmissionLimiter",
+    "AdmissionRejectedError",
+    "AdmissionSettings",
+    "AdmissionStatistics",
     "CallTimeoutError",
     "Cleanup",
     "CleanupCompleted",

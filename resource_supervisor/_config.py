@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ENV_PREFIX",
+    "AdmissionSettings",
     "ConcurrencySettings",
     "DaskSettings",
     "SupervisorSettings",
@@ -147,6 +148,59 @@ class ConcurrencySettings(_Frozen):
     )
 
 
+class AdmissionSettings(_Frozen):
+    """
+    Adaptive admission control (``sup.admission`` and ``AdmissionMiddleware``).
+
+    .. versionadded:: 0.2
+    """
+
+    initial_limit: int = Field(default=20, ge=1)
+    """Calls admitted at once before any latency is measured."""
+    min_limit: int = Field(default=1, ge=1)
+    """The floor; CRITICAL memory pressure drops the limit here."""
+    max_limit: int = Field(default=1000, ge=1)
+    """The ceiling."""
+    queue_limit: int = Field(default=8, ge=0)
+    """Callers that may wait for a slot; beyond it they are refused at once."""
+    queue_timeout: PositiveSeconds | Literal["auto"] | None = "auto"
+    """Seconds a caller may wait; ``auto`` = the minimum latency times ``tolerance``."""
+    tolerance: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    """How much slower than the minimum latency calls may get before the limit shrinks."""
+    smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    """Weight of each window's target in the limit (lower = steadier, slower)."""
+    window_samples: int = Field(default=10, ge=1)
+    """Completed calls per update of the limit."""
+    long_window: int = Field(default=20, ge=1)
+    """Windows averaged by the long latency estimate."""
+    probe_interval: PositiveSeconds | None = 10.0
+    """Seconds between minimum-latency probes (limit pinned at min_limit for one window)."""
+    cpu_saturation_percent: Percent | None = 95.0
+    """Process CPU (percent of the usable CPUs) that tightens the limit (None = off)."""
+    cpu_throttled_percent: Annotated[float, Field(gt=0, le=100)] | None = 5.0
+    """Percent of cgroup quota periods throttled that tightens the limit (None = off)."""
+    cpu_backoff: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+    """Factor applied to the limit per sample while the CPU is saturated or throttled."""
+    reject_status: Literal[429, 503] = 503
+    """HTTP status the middleware answers when it refuses a request."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdmissionSettings:
+        if self.max_limit < self.min_limit:
+            raise _RelationError(
+                "admission.max_limit",
+                self.max_limit,
+                f"must not be below min_limit ({self.min_limit})",
+            )
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise _RelationError(
+                "admission.initial_limit",
+                self.initial_limit,
+                f"must lie between min_limit ({self.min_limit}) and max_limit ({self.max_limit})",
+            )
+        return self
+
+
 class SupervisorSettings(BaseSettings):
     """
     Every setting of a :class:`Supervisor`, frozen. Build with :func:`load_settings`
@@ -197,6 +251,8 @@ class SupervisorSettings(BaseSettings):
     """Default buffer of a subscription (snapshots kept for a slow reader)."""
     concurrency: ConcurrencySettings = ConcurrencySettings()
     """The executor broker."""
+    admission: AdmissionSettings = AdmissionSettings()
+    """Adaptive admission control."""
 
     @model_validator(mode="after")
     def _check_relations(self) -> SupervisorSettings:

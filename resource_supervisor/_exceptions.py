@@ -13,6 +13,7 @@ ResourceSupervisorError
       +-- WorkerCrashedError              a worker died while running the call
       |    +-- ClusterConnectionLostError the distributed scheduler went away
       +-- OverloadedError                 admission refused at CRITICAL pressure
+      |    +-- AdmissionRejectedError     the admission limit and its queue are full
       +-- CallTimeoutError (also TimeoutError) a per-call timeout expired
       +-- UnpicklableError (also TypeError) the callable or an argument cannot be pickled
 ```
@@ -24,6 +25,7 @@ survives :mod:`pickle` across the process pool.
 from __future__ import annotations
 
 __all__ = (
+    "AdmissionRejectedError",
     "CallTimeoutError",
     "ClusterConnectionLostError",
     "ConfigError",
@@ -144,6 +146,41 @@ class OverloadedError(ExecutorError):
         return (
             f"{self.lane} lane refused the call: pressure is {self.level} and "
             f"{self.queued} calls are queued (queue_limit={self.queue_limit})"
+        )
+
+
+class AdmissionRejectedError(OverloadedError):
+    """
+    Raised by ``sup.admission.slot()`` when the adaptive concurrency limit is
+    reached and its wait queue is full, or the caller waited past the queue
+    timeout. ``retry_after`` is the measured time for the backlog to drain.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        in_flight: int,
+        queued: int,
+        queue_limit: int,
+        retry_after: float,
+        timed_out: bool = False,  # noqa: FBT001, FBT002  # positional for pickling
+    ) -> None:
+        super().__init__("admission", queued, queue_limit, "n/a")
+        # OverloadedError's arguments are derived: keep our own for pickling.
+        self.args = (limit, in_flight, queued, queue_limit, retry_after, timed_out)
+        self.limit = limit
+        self.in_flight = in_flight
+        self.retry_after = retry_after
+        self.timed_out = timed_out
+
+    def __str__(self) -> str:
+        why = "waited past the queue timeout" if self.timed_out else "the queue is full"
+        return (
+            f"admission refused the call: {self.in_flight} in flight at limit {self.limit}, "
+            f"{why} ({self.queued} queued, queue_limit={self.queue_limit}); "
+            f"retry after {self.retry_after:.3g} s"
         )
 
 

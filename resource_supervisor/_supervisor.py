@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import anyio
 from anyio.lowlevel import RunVar
 
+from ._admission._cpu_stat import CpuStatReader
+from ._admission._settings import limiter_from_settings
 from ._cleanup import CleanupDispatcher, CleanupReport, CleanupRequest
 from ._config import SupervisorSettings
 from ._events import CleanupCompleted, CpuWarning, LevelChanged, SupervisorEvent
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from ._admission._limiter import AdmissionLimiter
     from ._cleanup import CleanupHandler
 
 __all__ = ("MetricSource", "Supervisor")
@@ -163,6 +166,8 @@ class Supervisor:
         )
         self._memory = MemoryAdvisor(lambda: self.metrics)
         self._executors: Executors | None = None
+        self._admission = limiter_from_settings(s.admission, cpu_stat=CpuStatReader(), clock=clock)
+        self._usable_cpus = 1
         self._provider_names: list[str] = []
         self._metrics: MetricsSnapshot | None = None
         self._levels: Mapping[str, PressureLevel] = {}
@@ -212,6 +217,9 @@ class Supervisor:
         stack.push_async_callback(self._sessions.aclose)
 
         cpus = usable_cpu_count()
+        self._usable_cpus = cpus
+        self._admission.open()
+        stack.callback(self._admission.close)
         cpu_workers = (
             cpus
             if s.concurrency.default_cpu_workers == "auto"
@@ -357,6 +365,15 @@ class Supervisor:
         if self._executors is None or self._state != "running":
             raise SupervisorClosedError("executors")
         return self._executors
+
+    @property
+    def admission(self) -> AdmissionLimiter:
+        """
+        The adaptive admission limiter: ``async with sup.admission.slot(): ...``.
+
+        .. versionadded:: 0.2
+        """
+        return self._admission
 
     @property
     def memory(self) -> MemoryAdvisor:
@@ -570,6 +587,8 @@ class Supervisor:
         self._level = graded.level
         data["pressure_level"] = graded.level
         data["pressure_level_name"] = graded.level.name
+        self._admission.observe(data, usable_cpus=self._usable_cpus)
+        data.update(self._admission.metrics())
         snapshot = MetricsSnapshot(data)
         self._metrics = snapshot
         if self._executors is not None:

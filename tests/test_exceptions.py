@@ -17,6 +17,7 @@ INSTANCES = [
     ex.WorkerCrashedError("mod.fn"),
     ex.ClusterConnectionLostError("mod.fn", detail="scheduler gone"),
     ex.OverloadedError("process", 10, 10, "CRITICAL"),
+    ex.AdmissionRejectedError(4, 4, 8, 8, 2.5, True),
     ex.CallTimeoutError("mod.fn", 1.5),
     ex.UnpicklableError("function <lambda>", "cannot pickle"),
 ]

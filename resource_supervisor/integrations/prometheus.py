@@ -85,6 +85,7 @@ _CORE_PREFIXES: Final = (
     "dask_",
     "gpu_",
     "batch_",
+    "admission_",
 )
 
 #: Core keys whose generic name would be unclear: their name, and the factor that
