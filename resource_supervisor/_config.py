@@ -220,6 +220,10 @@ class SupervisorSettings(BaseSettings):
     """Seconds between samples."""
     monitoring_enabled: bool = True
     """Sample in the background; when false, only ``update_metrics()`` samples."""
+    memory_notifications: bool = True
+    """Arm the kernel's memory notifications (cgroup v1 thresholds and pressure level,
+    cgroup v2 ``memory.events``, PSI triggers) and sample at once when one fires, at
+    most once per 10 ms; false = polling only. Needs ``monitoring_enabled``."""
     warning_threshold_memory: Percent = 75.0
     """Percent of the effective memory limit that enters WARNING (normal cleanup)."""
     aggressive_threshold_memory: Percent = 85.0

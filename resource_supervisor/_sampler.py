@@ -165,6 +165,7 @@ class Sampler(KeptOpen):
         """
         if not provider_timeout > 0:
             raise ValueError(f"provider_timeout must be positive, got {provider_timeout!r}")
+        self._target = (proc_root, cgroup_root, pid)
         self._proc = ProcReader(proc_root=proc_root, pid=pid)
         self._cgroup = CgroupMemoryReader(proc_root=proc_root, cgroup_root=cgroup_root, pid=pid)
         self._psi = PsiReader(proc_root=proc_root, cgroup_root=cgroup_root, pid=pid)
@@ -182,6 +183,11 @@ class Sampler(KeptOpen):
         self._samples = 0
         self._provider_failures = 0
         self._sample_seconds_last = 0.0
+
+    @property
+    def target(self) -> tuple[str, str, int | None]:
+        """``(proc_root, cgroup_root, pid)`` as given: where memory notifications arm."""
+        return self._target
 
     # -- lifecycle -----------------------------------------------------------------
     def open(self) -> None:

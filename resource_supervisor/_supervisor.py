@@ -36,8 +36,10 @@ from ._policy import Reading, Thresholds, cleanup_due, grade
 from ._sampler import Sampler
 from ._sessions import SessionRegistry
 from ._snapshot import MetricsSnapshot, MetricValue, PressureLevel
+from ._sources._arming import next_sample_at
 from ._sources._cpus import usable_cpu_count
 from ._sources._gpu import GpuSource
+from ._sources._notify import MemoryNotifier
 from ._streams import Broadcaster, Subscription
 from .broker._executors import Executors
 
@@ -181,6 +183,11 @@ class Supervisor:
         self._stack: contextlib.AsyncExitStack | None = None
         self._token: contextvars.Token[Supervisor | None] | None = None
         self._state: Literal["new", "running", "closed"] = "new"
+        # Kernel memory notifications wake the sampling loop early (see _start_notifier).
+        self._notifier: MemoryNotifier | None = None
+        self._sample_wanted: anyio.Event | None = None
+        self._last_sample_at: float | None = None
+        self._notified_samples = 0
 
     # -- lifecycle -------------------------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -250,9 +257,52 @@ class Supervisor:
         stack.callback(running.remove, self)
         self._token = _CURRENT.set(self)
 
+        self._start_notifier(stack)
         await self.update_metrics()
         if s.monitoring_enabled:
             self._task_group.start_soon(self._sample_loop, name="resource_supervisor.sampler")
+
+    # -- memory notifications --------------------------------------------------
+    def _start_notifier(self, stack: contextlib.AsyncExitStack) -> None:
+        # Only the built-in sampler reads the kernel figures a notification is about.
+        s = self._settings
+        source = self._source
+        if not (s.memory_notifications and s.monitoring_enabled and isinstance(source, Sampler)):
+            return
+        proc_root, cgroup_root, pid = source.target
+        notifier = MemoryNotifier(
+            self._request_sample,
+            levels_percent=(s.warning_threshold_memory, s.aggressive_threshold_memory),
+            proc_root=proc_root,
+            cgroup_root=cgroup_root,
+            pid=pid,
+        )
+        try:
+            notifier.start()
+        except (RuntimeError, NotImplementedError) as exc:  # not asyncio, or no add_reader
+            logger.debug("memory notifications unavailable on this loop (%s): polling", exc)
+            return
+        stack.callback(notifier.close)
+        self._notifier = notifier
+        self._sample_wanted = anyio.Event()
+
+    def _request_sample(self, source: str) -> None:
+        wanted = self._sample_wanted
+        if wanted is not None:
+            wanted.set()
+
+    async def _wait_for_sample(self, deadline: float) -> bool:
+        """Sleep until *deadline* or a notification (rate-limited); True when notified."""
+        if self._sample_wanted is None:
+            await anyio.sleep_until(deadline)
+            return False
+        with anyio.CancelScope(deadline=deadline):
+            await self._sample_wanted.wait()
+            self._sample_wanted = anyio.Event()  # before sampling: later ones wake again
+            await anyio.sleep_until(next_sample_at(self._last_sample_at, anyio.current_time()))
+            self._notified_samples += 1
+            return True
+        return False
 
     async def __aexit__(
         self,
@@ -484,13 +534,14 @@ class Supervisor:
         interval = self._settings.monitoring_interval
         next_at = anyio.current_time() + interval
         while True:
-            await anyio.sleep_until(next_at)
+            notified = await self._wait_for_sample(next_at)
             # A timer that fired just as the supervisor began closing: anyio delivers
             # the task group's cancellation to an already-woken task one loop
             # iteration late, so stop here rather than sample a closed supervisor.
             if self._state != "running":
                 return
-            next_at = max(next_at + interval, anyio.current_time())
+            if not notified:
+                next_at = max(next_at + interval, anyio.current_time())
             try:
                 await self.update_metrics()
             except SupervisorClosedError:
@@ -520,7 +571,15 @@ class Supervisor:
         if self._state != "running":
             raise SupervisorClosedError
         async with self._lock:
+            self._last_sample_at = anyio.current_time()
             raw = await self._source.sample()
+            if self._notifier is not None:
+                self._notifier.update(
+                    str(raw["memory_limit_source"]), int(raw["memory_limit_bytes"])
+                )
+                raw.update(
+                    self._notifier.metrics(), memory_notified_samples_total=self._notified_samples
+                )
             if self._gpu is not None:
                 # NVML calls cost microseconds to milliseconds per device: off the loop
                 raw.update(await anyio.to_thread.run_sync(self._gpu.read))
