@@ -5,7 +5,8 @@ Covers: :func:`supervised_lifespan` (run a :class:`Supervisor` for the app's
 lifetime, composed with the app's own lifespan), :func:`get_supervisor` (a
 dependency), :func:`create_router` (``/metrics``, ``/health/resources`` and the
 ``/metrics/stream`` Server-Sent Events), :class:`LoadSheddingMiddleware` (503 with
-``Retry-After`` at CRITICAL) and :func:`exempt_from_shedding`. Does not cover: the
+``Retry-After`` at CRITICAL), :func:`exempt_from_shedding`, and re-exports
+:class:`AdmissionMiddleware` (adaptive concurrency limit; see its module). Does not cover: the
 Prometheus format itself (:mod:`resource_supervisor.integrations.prometheus`) or
 how pressure is graded (:mod:`resource_supervisor._policy`).
 
@@ -37,6 +38,7 @@ from .._config import load_settings
 from .._exceptions import NoSupervisorError, SupervisorClosedError
 from .._snapshot import PressureLevel
 from .._supervisor import Supervisor
+from ._admission_middleware import AdmissionMiddleware as AdmissionMiddleware
 from ._paths import app_path, exempt_prefix, is_exempt
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DEFAULT_EXEMPT_PATHS",
+    "AdmissionMiddleware",
     "LoadSheddingMiddleware",
     "create_router",
     "exempt_from_shedding",
