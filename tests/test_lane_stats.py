@@ -14,7 +14,7 @@ from resource_supervisor.broker._slots import Call, Slot, SlotState
 
 
 async def test_statistics_count_live_busy_and_pids() -> None:
-    """Dead slots are not counted; starting and in-flight slots are busy; pids of started ones."""
+    """Dead slots are not counted; in-flight ones are busy, starting ones apart; started pids."""
     future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     busy = Slot(state=SlotState.BUSY, pid=11)
     busy.in_flight.append(Call(b"", "f", None, future, kill_on_cancel=True))
@@ -30,7 +30,7 @@ async def test_statistics_count_live_busy_and_pids() -> None:
     assert stats == ProcessLaneStatistics(
         workers_live=4,
         workers_target=3,
-        workers_busy=2,
+        workers_busy=1,
         queue_depth=7,
         completed_total=5,
         failed_total=4,
@@ -39,6 +39,7 @@ async def test_statistics_count_live_busy_and_pids() -> None:
         refused_total=1,
         timeouts_total=6,
         worker_pids=(10, 11, 12),
+        workers_starting=1,
     )
 
 
@@ -59,6 +60,7 @@ def test_metrics_name_every_statistic_with_its_unit_suffix() -> None:
         "process_workers_live": 1,
         "process_workers_target": 2,
         "process_workers_busy": 3,
+        "process_workers_starting": 0,
         "process_queue_depth": 4,
         "process_completed_total": 5,
         "process_failed_total": 6,

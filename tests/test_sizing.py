@@ -75,12 +75,14 @@ def _inputs(draw: st.DrawFn) -> dict[str, object]:
     max_workers = draw(st.integers(1, 64))
     live = draw(st.integers(0, 2 * max_workers))
     busy = draw(st.integers(0, live))
+    starting = draw(st.integers(0, live - busy))
     return {
         "max_workers": max_workers,
         "queued": draw(st.integers(0, 1000)),
         "busy": busy,
+        "starting": starting,
         "live": live,
-        "idle_expired": draw(st.integers(0, live - busy)),
+        "idle_expired": draw(st.integers(0, live - busy - starting)),
         "level": draw(st.sampled_from(PressureLevel)),
         "calm_for": draw(st.floats(0, 100)),
         "settle_seconds": draw(st.floats(0, 10)),
@@ -95,7 +97,8 @@ def test_decision_bounds(kwargs: dict[str, object]) -> None:
     assert 0 <= decision.target <= decision.cap <= int(kwargs["max_workers"])  # type: ignore[call-overload]
     assert decision.start >= 0
     assert live + decision.start <= max(live, decision.cap)
-    assert 0 <= decision.retire_idle <= live - busy
+    starting = int(kwargs["starting"])  # type: ignore[call-overload]
+    assert 0 <= decision.retire_idle <= live - busy - starting
     if queued > 0:
         assert decision.target >= 1
         assert live + decision.start >= 1
@@ -109,7 +112,41 @@ def test_decision_is_stable(kwargs: dict[str, object]) -> None:
     first = target_workers(**kwargs)  # type: ignore[arg-type]
     live = int(kwargs["live"]) + first.start - first.retire_idle  # type: ignore[call-overload]
     expired = max(0, int(kwargs["idle_expired"]) - first.retire_idle)  # type: ignore[call-overload]
-    again = target_workers(**{**kwargs, "live": live, "idle_expired": expired})
+    starting = int(kwargs["starting"]) + first.start  # type: ignore[call-overload]
+    again = target_workers(
+        **{**kwargs, "live": live, "starting": starting, "idle_expired": expired}
+    )
     assert again.start == 0
     busy = int(kwargs["busy"])  # type: ignore[call-overload]
     assert again.retire_idle == 0 or live > again.cap or busy > again.cap
+
+
+@given(_inputs())
+def test_no_worker_starts_without_a_call_waiting_for_it(kwargs: dict[str, object]) -> None:
+    """
+    Workers started never exceed the queued calls that no idle or starting worker
+    will take: a worker still starting counts against the calls waiting.
+    """
+    decision = target_workers(**kwargs)  # type: ignore[arg-type]
+    live, busy, queued = int(kwargs["live"]), int(kwargs["busy"]), int(kwargs["queued"])  # type: ignore[call-overload]
+    starting = int(kwargs["starting"])  # type: ignore[call-overload]
+    idle = live - busy - starting
+    assert decision.start <= max(0, queued - idle - starting)
+
+
+@given(_inputs(), st.integers(0, 10))
+def test_starts_stay_within_the_memory_headroom(kwargs: dict[str, object], room: int) -> None:
+    """No more workers start than the headroom holds; without a bound the start is unchanged."""
+    bounded = target_workers(**kwargs, startable=room)  # type: ignore[arg-type]
+    free = target_workers(**kwargs)  # type: ignore[arg-type]
+    assert bounded.start == min(free.start, room)
+    assert bounded.target == free.target
+
+
+def test_starting_workers_are_not_busy() -> None:
+    """Three queued calls, three workers starting: nothing more starts (8 allowed)."""
+    decision = target_workers(
+        max_workers=8, queued=3, busy=0, starting=3, live=3, idle_expired=0, level=N
+    )
+    assert decision.start == 0
+    assert decision.target == 3

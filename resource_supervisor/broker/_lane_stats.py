@@ -45,6 +45,7 @@ class ProcessLaneStatistics:
         refused_total: Calls refused with :class:`OverloadedError`.
         timeouts_total: Calls that exceeded their ``timeout=``.
         worker_pids: Pids of the started workers.
+        workers_starting: Slots whose worker is still starting (not busy).
     """
 
     workers_live: int
@@ -58,6 +59,7 @@ class ProcessLaneStatistics:
     refused_total: int
     timeouts_total: int
     worker_pids: tuple[int, ...]
+    workers_starting: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -85,13 +87,14 @@ def lane_statistics(
         counters: The lane's running totals.
 
     Returns:
-        A frozen :class:`ProcessLaneStatistics`. A slot still starting counts as busy.
+        A frozen :class:`ProcessLaneStatistics`.
     """
     live = [s for s in slots if s.state is not SlotState.DEAD]
     return ProcessLaneStatistics(
         workers_live=len(live),
         workers_target=target,
-        workers_busy=sum(1 for s in live if s.in_flight or s.state is SlotState.STARTING),
+        workers_busy=sum(1 for s in live if s.in_flight),
+        workers_starting=sum(1 for s in live if s.state is SlotState.STARTING),
         queue_depth=queue_depth,
         completed_total=counters.completed,
         failed_total=counters.failed,
@@ -118,6 +121,7 @@ def lane_metrics(stats: ProcessLaneStatistics, *, backend: str) -> dict[str, Met
         "process_workers_live": stats.workers_live,
         "process_workers_target": stats.workers_target,
         "process_workers_busy": stats.workers_busy,
+        "process_workers_starting": stats.workers_starting,
         "process_queue_depth": stats.queue_depth,
         "process_completed_total": stats.completed_total,
         "process_failed_total": stats.failed_total,

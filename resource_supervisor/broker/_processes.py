@@ -66,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -82,6 +83,7 @@ from .._exceptions import (
 from .._snapshot import PressureLevel
 from . import _worker
 from ._dispatch import batch_size, sort_unfinished
+from ._headroom import MemoryHeadroom, startable_workers
 from ._lane_stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
 from ._mapping import map_chunked
 from ._pickling import (
@@ -92,7 +94,7 @@ from ._pickling import (
     pickle_call,
     pickle_call_spilled,
 )
-from ._recycling import calls_left, recycle_due
+from ._recycling import calls_left, recycle_due, rss_bytes
 from ._sizing import admits, target_workers
 from ._slot_launcher import SlotLauncher, kill_worker, stop_reading
 from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
@@ -150,6 +152,7 @@ class ProcessLane:
         clock: Callable[[], float] = time.monotonic,
         settle_seconds: float = _SETTLE_SECONDS,
         target_chunk_seconds: float = 0.02,
+        headroom: MemoryHeadroom | None = None,
     ) -> None:
         """
         Create the lane; no process or task starts here.
@@ -161,6 +164,8 @@ class ProcessLane:
             clock: Monotonic clock for idle timeouts and pressure hysteresis.
             settle_seconds: How long pressure must be NORMAL before growing back.
             target_chunk_seconds: Maps size chunks to take about this long.
+            headroom: Reads the memory left for new workers; ``None`` reads this
+                process's own cgroup and ``/proc/meminfo``.
 
         Raises:
             ValueError: If *max_workers* is below 1.
@@ -190,6 +195,7 @@ class ProcessLane:
         self._sleep_until = -math.inf  # when the maintainer wakes by itself
         self._wakeup: asyncio.Event | None = None
         self._counts = LaneCounters()
+        self._headroom = MemoryHeadroom() if headroom is None else headroom
 
     # -- context manager -----------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -372,6 +378,7 @@ class ProcessLane:
                 await self._launcher.shutdown(slot, self._loop)
             self._slots.clear()
             await self._launcher.aclose()
+            self._headroom.close()
 
     # -- submission --------------------------------------------------------------------
     async def _run_chunk(self, func: Callable[..., object], args: tuple[object, ...]) -> object:
@@ -766,21 +773,35 @@ class ProcessLane:
         now = self._clock()
         live = [s for s in self._slots if s.state in LIVE_STATES]
         idle = [s for s in live if s.state is SlotState.IDLE]
+        starting = sum(1 for s in live if s.state is SlotState.STARTING)
         timeout = self._settings.idle_timeout
         expired = [s for s in idle if now - s.idle_since >= timeout]
         calm_for = math.inf if self._calm_since is None else now - self._calm_since
         if self._level > PressureLevel.NORMAL:
             calm_for = 0.0
-        decision = target_workers(
+        decide = functools.partial(
+            target_workers,
             max_workers=self._max_workers,
             queued=len(self._queue),
-            busy=len(live) - len(idle),
+            busy=len(live) - len(idle) - starting,
+            starting=starting,
             live=len(live),
             idle_expired=len(expired),
             level=self._level,
             calm_for=calm_for,
             settle_seconds=self._settle_seconds,
         )
+        decision = decide()
+        if decision.start:  # read the memory headroom only when it matters
+            worker_bytes = max((s.rss_bytes for s in live), default=0)
+            decision = decide(
+                startable=startable_workers(
+                    self._headroom.available_bytes(),
+                    worker_bytes,
+                    live=len(live),
+                    starting=starting,
+                )
+            )
         self._target = decision.target
         for _ in range(decision.start):
             slot = Slot()
@@ -829,6 +850,7 @@ class ProcessLane:
                         self._counts.failed += 1
             return
         slot.adopt(opened)
+        slot.rss_bytes = rss_bytes(slot.pid)  # what the next worker is judged by
         if self._closed or slot.kill_reason is not None:
             slot.state = SlotState.KILLED
             kill_worker(slot.pid)

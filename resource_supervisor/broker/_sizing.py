@@ -15,8 +15,13 @@ Rules, in the order they apply:
    once the level returns to NORMAL, the cap stays at the WARNING cap until the
    level has been NORMAL for ``settle_seconds``, so a level that flaps around a
    threshold does not start and kill workers on every flap.
-3. Grow while work waits: start workers up to ``min(cap, busy + queued)``.
-4. Shrink: above the cap, idle workers retire now (busy ones after their call);
+3. Grow while work waits: start workers up to ``min(cap, busy + queued)``, where
+   *busy* counts workers running calls only. A worker still starting is not busy:
+   it will take one of the queued calls, so it already counts against the
+   workers those calls need (never more workers than calls waiting for one).
+4. Memory: never start more at once than the memory headroom holds
+   (``startable``, see :mod:`._headroom`).
+5. Shrink: above the cap, idle workers retire now (busy ones after their call);
    under the cap, only workers idle longer than ``idle_timeout`` retire, and the
    others are never drained to make that happen.
 """
@@ -81,8 +86,10 @@ def target_workers(
     live: int,
     idle_expired: int,
     level: PressureLevel,
+    starting: int = 0,
     calm_for: float = float("inf"),
     settle_seconds: float = 0.0,
+    startable: int | None = None,
 ) -> SizingDecision:
     """
     Decide the lane's worker count (see the module docstring for the rules).
@@ -90,23 +97,29 @@ def target_workers(
     Args:
         max_workers: The lane's configured worker count (>= 1).
         queued: Calls waiting for a worker.
-        busy: Workers running a call (or starting, counted as busy).
-        live: Workers started or starting, busy or idle (>= *busy*).
-        idle_expired: Idle workers idle longer than the idle timeout (<= live - busy).
+        busy: Workers running calls (not those still starting).
+        live: Workers started or starting, busy or idle (>= *busy* + *starting*).
+        idle_expired: Idle workers idle longer than the idle timeout
+            (<= live - busy - starting).
         level: The current pressure level.
+        starting: Workers still starting (counted in *live*).
         calm_for: Seconds since the level was last above NORMAL.
         settle_seconds: How long NORMAL must hold before growing back fully.
+        startable: Most workers the memory headroom holds now; ``None`` for no bound.
 
     Returns:
-        The decision; ``live + start <= cap`` and ``retire_idle <= live - busy``.
+        The decision; ``live + start <= cap``, ``start <= queued`` and
+        ``retire_idle <= live - busy - starting``.
     """
     cap = pressure_cap(max_workers, level, calm_for=calm_for, settle_seconds=settle_seconds)
-    idle = max(0, live - busy)
+    idle = max(0, live - busy - starting)
     demand = busy + queued
     # keep every worker that is busy, still wanted, or idle but not yet expired
     kept = max(demand, live - min(idle_expired, idle))
     target = min(cap, kept)
     start = max(0, min(cap, demand) - live)
+    if startable is not None:
+        start = min(start, max(0, startable))
     retire_idle = min(idle, max(0, live - target))
     return SizingDecision(target=target, cap=cap, start=start, retire_idle=retire_idle)
 

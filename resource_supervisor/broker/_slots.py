@@ -119,6 +119,8 @@ class Slot:
     idle_since: float = 0.0
     kill_reason: str | None = None
     crashed: bool = False
+    rss_bytes: int = 0
+    """The worker's resident memory when last measured (0 before)."""
 
     def adopt(self, opened: OpenedSlot) -> None:
         """Take over a started executor; the pipes' parent ends become non-blocking fds."""
