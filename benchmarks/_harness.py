@@ -33,11 +33,14 @@ __all__ = (
     "CaseStats",
     "Comparison",
     "Curve",
+    "Panel",
     "SkipSuite",
     "SuiteContext",
     "SuiteResult",
     "Target",
     "TargetCheck",
+    "Timeline",
+    "Track",
     "compare",
     "concurrent_case",
     "median_ratio",
@@ -153,6 +156,53 @@ class Curve:
     log_x: bool = False
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Track:
+    """One line of a :class:`Panel`: values over time."""
+
+    name: str
+    t: tuple[float, ...]
+    y: tuple[float, ...]
+    step: bool = False
+    """Draw as a step function (levels, worker counts) rather than a line."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Panel:
+    """
+    One stacked panel of a :class:`Timeline`.
+
+    Attributes:
+        y_label: The panel's axis label, with its unit.
+        tracks: Its lines.
+        references: Horizontal reference lines as (label, value), e.g. a limit.
+        y_ticks: Named ticks as (value, label), e.g. pressure levels.
+    """
+
+    y_label: str
+    tracks: tuple[Track, ...]
+    references: tuple[tuple[str, float], ...] = ()
+    y_ticks: tuple[tuple[float, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timeline:
+    """
+    A run over time: stacked panels sharing the time axis, with marked events.
+
+    Attributes:
+        title: States the workload.
+        panels: Top to bottom.
+        events: Vertical markers as (time, label), e.g. cleanups with bytes freed.
+        x_label: The shared time axis.
+    """
+
+    title: str
+    panels: tuple[Panel, ...]
+    events: tuple[tuple[float, str], ...] = ()
+    x_label: str = "time since the workload started (s)"
+
+
 @dataclasses.dataclass(slots=True)
 class SuiteResult:
     """Everything one suite produced."""
@@ -164,6 +214,7 @@ class SuiteResult:
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
     tables: list[tuple[str, list[str], list[list[str]]]] = dataclasses.field(default_factory=list)
     curves: list[Curve] = dataclasses.field(default_factory=list)
+    timelines: list[Timeline] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -388,6 +439,10 @@ class SuiteContext:
     def curve(self, curve: Curve) -> None:
         """Record a series for a line plot."""
         self.result.curves.append(curve)
+
+    def timeline(self, timeline: Timeline) -> None:
+        """Record a run over time, plotted as stacked panels."""
+        self.result.timelines.append(timeline)
 
     def note(self, text: str) -> None:
         """Record a note shown under the suite's tables."""

@@ -1,12 +1,12 @@
 """
-Writing a benchmark run: ``results.json``, ``report.md`` and one PNG per suite.
+Writing a benchmark run: ``results.json``, ``report.md`` and the PNG figures.
 
-Covers: :func:`write_run` (the three outputs in one folder, then a copy in
-``results/latest``), :func:`to_json` and :func:`render_markdown`. Plots use
-matplotlib's Agg backend (no display), imported only when a run is written.
+Covers: :func:`write_run` (the outputs in one folder, then a copy in
+``results/latest``), :func:`to_json` and :func:`render_markdown` (the summary
+figure first, then the targets, then each suite with its figures).
 
-Does not cover: measuring (:mod:`benchmarks._harness`) or running suites
-(:mod:`benchmarks.__main__`).
+Does not cover: drawing (:mod:`benchmarks._plots`), measuring
+(:mod:`benchmarks._harness`) or running suites (:mod:`benchmarks.__main__`).
 """
 
 from __future__ import annotations
@@ -106,6 +106,11 @@ def render_markdown(results: Sequence[SuiteResult], meta: dict[str, object]) -> 
         f"{meta.get('platform', '?')}. Absolute times move 1.2-3x between runs on shared "
         "machines; compare the ratios, which are measured side by side in one run.",
         "",
+        *(
+            ["![Summary: every target of this run, measured against its limit](summary.png)", ""]
+            if target_rows(results)
+            else []
+        ),
         "## Targets (BASELINES.md)",
         "",
         "| suite | target | measured | limit | |",
@@ -132,69 +137,23 @@ def render_markdown(results: Sequence[SuiteResult], meta: dict[str, object]) -> 
         lines.extend(f"- {note}" for note in result.notes)
         if result.comparisons or result.curves:
             lines += ["", f"![{result.name}]({result.name}.png)"]
+        for index, timeline in enumerate(result.timelines):
+            lines += ["", f"![{timeline.title}]({_timeline_file(result.name, index)})"]
         lines.append("")
     return "\n".join(lines)
 
 
-def _plot(result: SuiteResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = len(result.comparisons) + (1 if result.curves else 0)
-    cols = min(panels, 2)
-    rows = math.ceil(panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 0.5 + 3.2 * rows), squeeze=False)
-    flat = [ax for row in axes for ax in row]
-    for ax, comparison in zip(flat, result.comparisons, strict=False):
-        names = [c.name for c in comparison.cases]
-        medians = [c.median for c in comparison.cases]
-        mins = [c.min for c in comparison.cases]
-        y = range(len(names))
-        ax.barh(list(y), medians, color="#4c72b0", label="median")
-        ax.plot(mins, list(y), "k|", markersize=14, label="min")
-        ax.set_yticks(list(y), [n if len(n) <= 38 else n[:36] + ".." for n in names])
-        ax.invert_yaxis()
-        ax.set_xlabel(comparison.unit)
-        ax.set_title(comparison.name, fontsize=9)
-        ax.tick_params(labelsize=7)
-        positive = [m for m in medians if m > 0]
-        if positive and max(positive) / min(positive) > 50:
-            ax.set_xscale("log")
-        for i, comparison_case in enumerate(comparison.cases):
-            ax.annotate(
-                f"{comparison_case.ratio_median:.2f}x",
-                (comparison_case.median, i),
-                fontsize=7,
-                xytext=(3, -3),
-                textcoords="offset points",
-            )
-        ax.legend(fontsize=7, loc="lower right")
-    if result.curves:
-        ax = flat[len(result.comparisons)]
-        for curve in result.curves:
-            ax.plot(curve.x, curve.y, marker="o", label=curve.name)
-            ax.set_xlabel(curve.x_label)
-            ax.set_ylabel(curve.y_label)
-            if curve.log_x:
-                ax.set_xscale("log")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    for ax in flat[panels:]:
-        ax.set_visible(False)
-    fig.suptitle(result.name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+def _timeline_file(suite: str, index: int) -> str:
+    return f"{suite}-timeline-{index + 1}.png"
 
 
 def write_run(
     results: Sequence[SuiteResult], meta: dict[str, object], out: Path, latest: Path | None
 ) -> list[Path]:
     """
-    Write ``results.json``, ``report.md`` and a PNG per suite with figures into *out*,
-    then replace *latest* (when given) with a copy.
+    Write ``results.json``, ``report.md``, ``summary.png`` (when a target was checked),
+    a PNG per suite with figures and one per timeline into *out*, then replace
+    *latest* (when given) with a copy.
 
     Returns:
         The files written in *out*.
@@ -203,11 +162,19 @@ def write_run(
     written = [out / "results.json", out / "report.md"]
     written[0].write_text(to_json(results, meta))
     written[1].write_text(render_markdown(results, meta))
+    from ._plots import plot_suite, plot_summary, plot_timeline
+
+    checks = [(r.name, check) for r in results for c in r.comparisons for check in c.targets]
+    if checks:
+        written.append(out / "summary.png")
+        plot_summary(checks, written[-1])
     for result in results:
         if result.comparisons or result.curves:
-            path = out / f"{result.name}.png"
-            _plot(result, path)
-            written.append(path)
+            written.append(out / f"{result.name}.png")
+            plot_suite(result, written[-1])
+        for index, timeline in enumerate(result.timelines):
+            written.append(out / _timeline_file(result.name, index))
+            plot_timeline(timeline, written[-1])
     if latest is not None and latest.resolve() != out.resolve():
         if latest.exists():
             shutil.rmtree(latest)

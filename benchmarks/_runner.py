@@ -34,6 +34,7 @@ SUITES = (
     "loop_lag",
     "publish",
     "reaction",
+    "survival",
     "adaptive",
     "loadtest",
     "dask_backend",
@@ -48,6 +49,9 @@ def run_suite(name: str, *, quick: bool, limit: float) -> SuiteResult:
     """
     Run one suite in a fresh event loop and return its record; never raises
     (except KeyboardInterrupt).
+
+    *limit* is the default time limit; a suite module may set its own as
+    ``TIME_LIMITS = {"full": seconds, "quick": seconds}``.
     """
     result = SuiteResult(name)
     ctx = SuiteContext(quick=quick, rounds=3 if quick else 5, result=result)
@@ -55,6 +59,7 @@ def run_suite(name: str, *, quick: bool, limit: float) -> SuiteResult:
     try:
         module = importlib.import_module(f"benchmarks.{name}")
         suite: Callable[[SuiteContext], Awaitable[None]] = module.run
+        limit = getattr(module, "TIME_LIMITS", {}).get("quick" if quick else "full", limit)
 
         async def main() -> None:
             with anyio.fail_after(limit):

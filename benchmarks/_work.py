@@ -10,7 +10,16 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ("alloc_and_spin", "crash", "noop", "payload_len", "record_and_crash", "spin", "square")
+__all__ = (
+    "alloc_and_spin",
+    "crash",
+    "grow_and_spin",
+    "noop",
+    "payload_len",
+    "record_and_crash",
+    "spin",
+    "square",
+)
 
 
 def noop() -> None:
@@ -54,3 +63,21 @@ def record_and_crash(path: str) -> None:
     with open(path, "a") as f:
         f.write("ran\n")
     os._exit(13)
+
+
+_KEPT: list[bytearray] = []
+"""What :func:`grow_and_spin` keeps between calls: the worker grows, as a leaky one would."""
+
+
+def grow_and_spin(mib: int, seconds: float, keep_mib: int) -> int:
+    """
+    Hold *mib* MiB (touched) while spinning for *seconds*, and keep *keep_mib* MiB of it
+    for good; return the bytes this worker keeps in total.
+    """
+    alloc_and_spin(mib, seconds)
+    if keep_mib:
+        block = bytearray(keep_mib * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        _KEPT.append(block)
+    return sum(len(block) for block in _KEPT)

@@ -5,7 +5,9 @@ Public helpers for testing code that uses a supervisor.
 ``Supervisor(clock=...)`` or to a :class:`SessionRegistry`). :class:`ScriptedSource`
 wraps the real sampler and overrides chosen metrics, so a test can drive pressure
 levels, cleanup and batch sizing deterministically while every other metric is
-still read from the machine.
+still read from the machine. :func:`memory_cgroup` runs processes inside a real
+memory limit (a child cgroup of this process's own), so a test can watch the
+kernel's OOM killer spare, or take, a service.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ._cgroup_sandbox import CgroupUnavailableError, MemoryCgroup, memory_cgroup
 from ._sampler import Sampler
 
 if TYPE_CHECKING:
@@ -21,7 +24,13 @@ if TYPE_CHECKING:
     from ._snapshot import MetricValue
     from ._supervisor import MetricSource
 
-__all__ = ("ManualClock", "ScriptedSource")
+__all__ = (
+    "CgroupUnavailableError",
+    "ManualClock",
+    "MemoryCgroup",
+    "ScriptedSource",
+    "memory_cgroup",
+)
 
 
 class ManualClock:
