@@ -5,7 +5,7 @@ real memory cgroup, and the figures it writes (behaviour only, never speed).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _run(returncode: int, *lines: dict[str, object], oom: int = 0) -> ChildRun:
+def _run(returncode: int, *lines: dict[str, Any], oom: int = 0) -> ChildRun:
     return ChildRun(returncode, lines, "", oom, 200 * MiB, 400 * MiB)
 
 
