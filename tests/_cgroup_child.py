@@ -1,7 +1,8 @@
 """
 The service that ``tests/test_container_limit.py`` runs inside a real memory cgroup.
 
-Usage: ``python tests/_cgroup_child.py supervised|unsupervised STEP_BYTES TARGET_BYTES``.
+Usage: ``python tests/_cgroup_child.py supervised|unsupervised STEP_BYTES TARGET_BYTES
+[SETTINGS_JSON [STEP_PAUSE_SECONDS]]``.
 
 The process first waits for one line on stdin, so that the test can move it into
 the cgroup before it allocates anything (or imports the library). It then grows
@@ -10,7 +11,12 @@ allocated ``TARGET_BYTES`` in total. In ``supervised`` mode a :class:`Supervisor
 samples every 0.1 s and the cache is registered as a cleanup participant (normal
 cleanup drops the oldest entry, aggressive cleanup drops everything); in
 ``unsupervised`` mode nothing ever frees the cache, like a service without the
-library. Every step prints one JSON line; the last line has ``"done": true``.
+library. ``SETTINGS_JSON`` replaces the supervised mode's settings (``{}`` means the
+defaults). With ``STEP_PAUSE_SECONDS`` the ramp is paced: step *k* is allocated
+*k* pauses after the first, however long touching the pages takes, so the rate is
+``STEP_BYTES / STEP_PAUSE_SECONDS`` as long as the machine keeps up; without it each
+step is followed by a fixed 40 ms pause. Every step prints one JSON line (with
+``elapsed_seconds`` since the first step); the last line has ``"done": true``.
 
 Related: ``tests/test_container_limit.py`` (creates the cgroup, reads the lines).
 """
@@ -74,11 +80,14 @@ def _emit(line: str) -> None:
     sys.stdout.flush()
 
 
-def _line(step: int, allocated: int, cache: Cache, sup: Supervisor | None) -> str:
+def _line(
+    step: int, allocated: int, cache: Cache, sup: Supervisor | None, elapsed: float = 0.0
+) -> str:
     import json
 
     record: dict[str, object] = {
         "step": step,
+        "elapsed_seconds": round(elapsed, 4),
         "allocated_bytes": allocated,
         "cache_bytes": cache.size_bytes,
         "cleanups": cache.cleanups,
@@ -92,11 +101,18 @@ def _line(step: int, allocated: int, cache: Cache, sup: Supervisor | None) -> st
             memory_used_bytes=snap["memory_used_bytes"],
             memory_limit_bytes=snap["memory_limit_bytes"],
             memory_limit_source=snap["memory_limit_source"],
+            notified_samples=snap.get("memory_notified_samples_total", 0),
         )
     return json.dumps(record)
 
 
-async def ramp(mode: str, step_bytes: int, target_bytes: int) -> None:
+async def ramp(
+    mode: str,
+    step_bytes: int,
+    target_bytes: int,
+    settings_json: str | None = None,
+    pause: float | None = None,
+) -> None:
     """Grow the cache to *target_bytes* allocated in total, printing a line per step."""
     import anyio
 
@@ -106,20 +122,28 @@ async def ramp(mode: str, step_bytes: int, target_bytes: int) -> None:
 
     async def grow(sup: Supervisor | None) -> None:
         nonlocal allocated, step
+        started = anyio.current_time()
         while allocated < target_bytes:
             cache.add(step_bytes)
             allocated += step_bytes
             step += 1
-            _emit(_line(step, allocated, cache, sup))
-            await anyio.sleep(STEP_PAUSE_SECONDS)
+            _emit(_line(step, allocated, cache, sup, anyio.current_time() - started))
+            if pause is None:
+                await anyio.sleep(STEP_PAUSE_SECONDS)
+            else:
+                await anyio.sleep_until(started + step * pause)
 
     if mode == "unsupervised":
         await grow(None)
     else:
+        import json
+
         from resource_supervisor import Supervisor, SupervisorSettings
 
         settings = SupervisorSettings.model_validate(
-            {
+            json.loads(settings_json)
+            if settings_json is not None
+            else {
                 "monitoring_interval": 0.1,
                 "warning_threshold_memory": 60,
                 "aggressive_threshold_memory": 75,
@@ -140,6 +164,8 @@ async def ramp(mode: str, step_bytes: int, target_bytes: int) -> None:
 def main(argv: list[str]) -> int:
     """Wait for the go line, then ramp; return the exit status."""
     mode, step_bytes, target_bytes = argv[1], int(argv[2]), int(argv[3])
+    settings_json = argv[4] if len(argv) > 4 else None
+    pause = float(argv[5]) if len(argv) > 5 else None
     if mode not in {"supervised", "unsupervised"}:
         raise SystemExit(f"unknown mode {mode!r}")
     # The test moves this process into the cgroup, then says go: nothing before
@@ -147,7 +173,7 @@ def main(argv: list[str]) -> int:
     sys.stdin.readline()
     import anyio
 
-    anyio.run(ramp, mode, step_bytes, target_bytes)
+    anyio.run(ramp, mode, step_bytes, target_bytes, settings_json, pause)
     return 0
 
 

@@ -1,0 +1,247 @@
+"""
+Memory notifications against a real cgroup v1 memory controller: usage thresholds
+armed through ``cgroup.event_control`` in a child cgroup (created inside this
+process's own memory cgroup, removed afterwards), a supervisor with the default 30 s
+interval that reacts to a crossing within seconds, and a service that survives a
+fast ramp with the defaults which kills it without the supervisor.
+
+Needs root and a writable v1 memory controller; skipped with the reason otherwise.
+The cgroup helpers are those of ``tests/test_container_limit.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from resource_supervisor import Supervisor, SupervisorSettings
+from resource_supervisor._sampler import Sampler
+from resource_supervisor._sources._arming import threshold_bytes
+from resource_supervisor._sources._notify import MemoryNotifier
+
+from ._leaks import open_fds
+from .test_container_limit import LIMIT_BYTES, MemoryCgroup, memory_cgroup
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from resource_supervisor import CleanupRequest
+
+pytestmark = [pytest.mark.cgroup, pytest.mark.timeout(60)]
+
+__all__ = ("memory_cgroup",)  # the fixture, reused
+
+MiB = 2**20
+ALLOCATOR = Path(__file__).with_name("_notify_allocator.py")
+CHILD = Path(__file__).with_name("_cgroup_child.py")
+LEVELS = (75.0, 85.0)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # freed blocks go back to the kernel at once (see test_container_limit)
+    env["MALLOC_MMAP_THRESHOLD_"] = str(1 * MiB)
+    env.pop("COVERAGE_PROCESS_START", None)
+    return env
+
+
+class Allocator:
+    """The allocator child, moved into a cgroup before it allocates anything."""
+
+    def __init__(self, cgroup: MemoryCgroup) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ALLOCATOR)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_child_env(),
+            text=True,
+        )
+        self._await_ok()
+        cgroup.add(self.process.pid)
+
+    @property
+    def pid(self) -> int:
+        """The child's pid."""
+        return self.process.pid
+
+    def _await_ok(self) -> None:
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline() == "ok\n"
+
+    def send(self, command: str) -> None:
+        """Send one command and wait until it is done (blocking: call from a thread)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        self._await_ok()
+
+    async def run(self, command: str) -> None:
+        """:meth:`send` in a worker thread, so the loop keeps serving notifications."""
+        await anyio.to_thread.run_sync(self.send, command)
+
+    def close(self) -> None:
+        """End the child and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
+
+
+@pytest.fixture
+def allocator(memory_cgroup: MemoryCgroup) -> Iterator[Allocator]:
+    """An allocator child inside the test's 300 MiB cgroup."""
+    child = Allocator(memory_cgroup)
+    try:
+        yield child
+    finally:
+        child.close()
+
+
+async def test_real_v1_thresholds_fire_both_ways_and_rearm(
+    memory_cgroup: MemoryCgroup, allocator: Allocator
+) -> None:
+    """
+    Marks armed at 75 % and 85 % of the 300 MiB limit fire when usage crosses them
+    upwards and downwards; a changed limit re-arms them at the new marks, which then
+    fire; close() unregisters them (their eventfds closed) and leaves no descriptor.
+    """
+    notes: list[str] = []
+    fired = asyncio.Event()
+
+    def on_notify(source: str) -> None:
+        notes.append(source)
+        fired.set()
+
+    async def crossing(command: str) -> None:
+        fired.clear()
+        count = len(notes)
+        await allocator.run(command)
+        with anyio.fail_after(5):
+            while "cgroup_v1_threshold" not in notes[count:]:
+                await fired.wait()
+                fired.clear()
+
+    before = open_fds()
+    notifier = MemoryNotifier(on_notify, levels_percent=LEVELS, pid=allocator.pid)
+    notifier.start()
+    try:
+        assert "cgroup_v1_pressure_level" in notifier.armed()
+        notifier.update("cgroup_v1", LIMIT_BYTES)
+        assert notifier.marks == threshold_bytes(LIMIT_BYTES, LEVELS)
+        assert notifier.metrics()["memory_notify_thresholds_armed"] == 2
+        notifier.update("cgroup_v1", LIMIT_BYTES)  # unchanged: kept as they are
+        assert notifier.marks == threshold_bytes(LIMIT_BYTES, LEVELS)
+
+        await crossing(f"alloc {240 * MiB}")  # past 75 % (225 MiB)
+        await crossing("free")  # back below it
+        # a new limit (e.g. the container was resized) moves the marks
+        notifier.update("cgroup_v1", 200 * MiB)
+        assert notifier.marks == threshold_bytes(200 * MiB, LEVELS)
+        await crossing(f"alloc {160 * MiB}")  # past 75 % of 200 MiB, not of 300 MiB
+        notifier.update("host", 2**40)  # the limit no longer comes from the cgroup
+        assert notifier.marks == ()
+        assert "cgroup_v1_threshold" not in notifier.armed()
+    finally:
+        notifier.close()
+    assert open_fds() == before
+
+
+async def test_defaults_start_cleanup_within_seconds_of_a_crossing(
+    memory_cgroup: MemoryCgroup, allocator: Allocator
+) -> None:
+    """
+    With the default 30 s interval, a jump past the aggressive threshold of the
+    child's cgroup starts an aggressive cleanup within 5 s (the next sample by
+    polling would be up to 30 s away).
+    """
+    requests: list[CleanupRequest] = []
+    started = asyncio.Event()
+
+    async def handler(request: CleanupRequest) -> None:
+        requests.append(request)
+        if request.aggressive:
+            started.set()
+
+    before = open_fds()
+    sampler = Sampler(pid=allocator.pid)
+    async with Supervisor(SupervisorSettings(), source=sampler) as sup:
+        assert sup.settings.monitoring_interval == 30
+        assert sup.metrics.memory_limit_bytes == LIMIT_BYTES
+        assert sup.metrics["memory_notify_thresholds_armed"] == 2
+        sup.register_cleanup(handler, name="probe")
+        await allocator.run(f"alloc {265 * MiB}")  # past 85 % (255 MiB) at once
+        with anyio.fail_after(5):
+            await started.wait()
+        # touching the pages takes a few ms: the warning mark is crossed on the way
+        assert [r.level.name for r in requests] in (["CRITICAL"], ["WARNING", "CRITICAL"])
+        assert sup.metrics["memory_notified_samples_total"] >= 1
+        assert sup.metrics["memory_notifications_total"] >= 1
+    assert open_fds() <= before
+
+
+# -- survival ------------------------------------------------------------------------
+
+RAMP_STEP_BYTES = 8 * MiB
+RAMP_PAUSE_SECONDS = 0.04  # 8 MiB per 40 ms: 200 MiB/s
+RAMP_TARGET_BYTES = 1200 * MiB
+
+
+def _ramp(
+    cgroup: MemoryCgroup, mode: str, settings: str | None
+) -> tuple[int, list[dict[str, object]]]:
+    args = [sys.executable, str(CHILD), mode, str(RAMP_STEP_BYTES), str(RAMP_TARGET_BYTES)]
+    if settings is not None:
+        args += [settings, str(RAMP_PAUSE_SECONDS)]
+    else:
+        args += ["{}", str(RAMP_PAUSE_SECONDS)]
+    process = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(),
+    )
+    try:
+        cgroup.add(process.pid)
+        stdout, _ = process.communicate(b"go\n", timeout=40)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    lines = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+    return process.returncode, lines
+
+
+@pytest.mark.slow
+def test_defaults_survive_a_fast_ramp_that_kills_without_the_supervisor(
+    memory_cgroup: MemoryCgroup,
+) -> None:
+    """
+    A cache growing at 200 MiB/s to 1.2 GiB in a 300 MiB cgroup: with the default
+    settings (30 s interval) the notified samples clean it up each time it nears the
+    limit and the service ends normally with no OOM kill; the same ramp with nothing
+    freeing the cache is killed by the OOM killer.
+    """
+    returncode, lines = _ramp(memory_cgroup, "supervised", "{}")
+    assert returncode == 0, lines[-3:]
+    assert lines[-1] == {"done": True}
+    steps = lines[:-1]
+    assert steps[-1]["allocated_bytes"] == RAMP_TARGET_BYTES
+    assert {record["memory_limit_bytes"] for record in steps} == {LIMIT_BYTES}
+    aggressive = int(str(steps[-1]["aggressive_cleanups"]))
+    assert aggressive >= 3  # 1.2 GiB through a 300 MiB limit: several passes
+    assert int(str(steps[-1]["notified_samples"])) >= aggressive
+    assert memory_cgroup.oom_kills() == 0
+
+    returncode, lines = _ramp(memory_cgroup, "unsupervised", None)
+    assert returncode == -signal.SIGKILL
+    assert memory_cgroup.oom_kills() >= 1
+    assert {"done": True} not in lines
