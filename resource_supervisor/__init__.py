@@ -28,6 +28,7 @@ from ._exceptions import AdmissionRejectedError as AdmissionRejectedError
 from ._exceptions import CallTimeoutError as CallTimeoutError
 from ._exceptions import ClusterConnectionLostError as ClusterConnectionLostError
 from ._exceptions import ConfigError as ConfigError
+from ._exceptions import ConfigWarning as ConfigWarning
 from ._exceptions import ExecutorError as ExecutorError
 from ._exceptions import NoSupervisorError as NoSupervisorError
 from ._exceptions import OverloadedError as OverloadedError
@@ -56,6 +57,7 @@ __all__ = (
     "ClusterConnectionLostError",
     "ConcurrencySettings",
     "ConfigError",
+    "ConfigWarning",
     "CpuWarning",
     "DaskSettings",
     "ExecutorError",

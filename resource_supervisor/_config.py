@@ -16,14 +16,12 @@ directly gives pure defaults.
 from __future__ import annotations
 
 import contextvars
-import difflib
 import logging
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -33,7 +31,22 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from ._config_input import SECTION as _SECTION
+from ._config_input import read_section, setting_variables, suggest
 from ._exceptions import ConfigError
+from ._limits import (
+    MAX_COUNT,
+    MAX_WORKERS,
+    Bytes,
+    Cooldown,
+    Count,
+    Duration,
+    Interval,
+    Percent,
+    Retries,
+    Timeout,
+    WorkerCap,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -50,14 +63,10 @@ __all__ = (
 )
 
 ENV_PREFIX = "RESOURCE_SUPERVISOR_"
-_SECTION = "resource_management"
-
-Percent = Annotated[float, Field(ge=0, le=100)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
 def _auto_or_positive_int(value: object) -> object:
-    """Accept ``"auto"`` or an integer >= 1 (also given as a digit string from env)."""
+    """Accept ``"auto"`` or an integer 1..MAX_WORKERS (also a digit string from env)."""
     if isinstance(value, str):
         text = value.strip().lower()
         if text == "auto":
@@ -69,11 +78,15 @@ def _auto_or_positive_int(value: object) -> object:
         raise ValueError('must be "auto" or a positive integer')  # noqa: TRY004
     if value < 1:
         raise ValueError('must be "auto" or a positive integer (>= 1)')
+    if value > MAX_WORKERS:
+        raise ValueError(f'must be "auto" or a positive integer up to {MAX_WORKERS}')
     return value
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
 
 class DaskSettings(_Frozen):
@@ -91,21 +104,21 @@ class DaskSettings(_Frozen):
     """Path of a scheduler file written by ``dask scheduler --scheduler-file``."""
     n_workers: int | Literal["auto"] = "auto"
     """Owned cluster only: worker processes (``auto`` = the lane's worker count)."""
-    memory_limit_bytes: int | None = Field(default=None, gt=0)
+    memory_limit_bytes: Bytes | None = None
     """Owned cluster only: memory limit per worker (``None`` = effective limit / workers)."""
-    retries: int = Field(default=0, ge=0, le=100)
+    retries: Retries = 0
     """0 = at most once (crash fails the call); N > 0 = at least once with N retries."""
     scheduler_in_subprocess: bool = False
     """Owned cluster only: run the scheduler in its own process, off the service's loop."""
-    target_chunk_seconds: PositiveSeconds = 0.5
+    target_chunk_seconds: Timeout = 0.5
     """map_in_processes grows chunks until each takes about this long (a Dask task
     costs ~3 ms on an owned cluster, more over a network, so 0.5 s keeps that floor
     near 1 %)."""
-    poll_interval: PositiveSeconds = 1.0
+    poll_interval: Interval = 1.0
     """Seconds between reads of the cluster's pressure (paused workers, memory, queue)."""
-    connect_timeout: PositiveSeconds = 10.0
+    connect_timeout: Timeout = 10.0
     """Seconds to wait for the scheduler (and owned workers) on start."""
-    close_timeout: PositiveSeconds = 10.0
+    close_timeout: Timeout = 10.0
     """Seconds to wait for an owned cluster to close before killing what is left."""
 
     _check_workers = field_validator("n_workers", mode="before")(_auto_or_positive_int)
@@ -126,17 +139,17 @@ class ConcurrencySettings(_Frozen):
     """Process workers; ``auto`` = usable CPUs (affinity and cgroup CPU quota)."""
     default_io_workers: int | Literal["auto"] = "auto"
     """Thread-lane threads; ``auto`` = ``min(32, usable CPUs + 4)`` as CPython's default."""
-    max_total_workers: int | None = Field(default=None, ge=1)
+    max_total_workers: WorkerCap | None = None
     """Optional cap on lane threads plus worker processes together."""
     start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
     """How worker processes start; forkserver is safe in a threaded asyncio process."""
-    idle_timeout: PositiveSeconds = 60.0
+    idle_timeout: Duration = 60.0
     """Seconds a worker process may sit idle before it is retired."""
-    queue_limit: int = Field(default=1000, ge=0)
+    queue_limit: Count = 1000
     """Calls the process lane keeps queued at CRITICAL before refusing new ones."""
-    max_tasks_per_worker: int | None = Field(default=None, ge=1)
+    max_tasks_per_worker: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
     """Retire a worker process after this many calls (None = never)."""
-    worker_max_rss_bytes: int | None = Field(default=None, gt=0)
+    worker_max_rss_bytes: Bytes | None = None
     """Retire a worker process between calls once its RSS exceeds this."""
     backend: Literal["local", "dask"] = "local"
     """Where the process lane runs: local worker processes or a Dask cluster."""
@@ -155,25 +168,25 @@ class AdmissionSettings(_Frozen):
     .. versionadded:: 0.2
     """
 
-    initial_limit: int = Field(default=20, ge=1)
+    initial_limit: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 20
     """Calls admitted at once before any latency is measured."""
-    min_limit: int = Field(default=1, ge=1)
+    min_limit: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1
     """The floor; CRITICAL memory pressure drops the limit here."""
-    max_limit: int = Field(default=1000, ge=1)
+    max_limit: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1000
     """The ceiling."""
-    queue_limit: int = Field(default=8, ge=0)
+    queue_limit: Count = 8
     """Callers that may wait for a slot; beyond it they are refused at once."""
-    queue_timeout: PositiveSeconds | Literal["auto"] | None = "auto"
+    queue_timeout: Timeout | Literal["auto"] | None = "auto"
     """Seconds a caller may wait; ``auto`` = the minimum latency times ``tolerance``."""
     tolerance: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
     """How much slower than the minimum latency calls may get before the limit shrinks."""
     smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
     """Weight of each window's target in the limit (lower = steadier, slower)."""
-    window_samples: int = Field(default=10, ge=1)
+    window_samples: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 10
     """Completed calls per update of the limit."""
-    long_window: int = Field(default=20, ge=1)
+    long_window: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 20
     """Windows averaged by the long latency estimate."""
-    probe_interval: PositiveSeconds | None = 10.0
+    probe_interval: Timeout | None = 10.0
     """Seconds between minimum-latency probes (limit pinned at min_limit for one window)."""
     cpu_saturation_percent: Percent | None = 95.0
     """Process CPU (percent of the usable CPUs) that tightens the limit (None = off)."""
@@ -188,15 +201,24 @@ class AdmissionSettings(_Frozen):
     def _ordered(self) -> AdmissionSettings:
         if self.max_limit < self.min_limit:
             raise _RelationError(
-                "admission.max_limit",
-                self.max_limit,
-                f"must not be below min_limit ({self.min_limit})",
+                [
+                    (
+                        "admission.max_limit",
+                        self.max_limit,
+                        f"must not be below min_limit ({self.min_limit})",
+                    )
+                ]
             )
         if not self.min_limit <= self.initial_limit <= self.max_limit:
             raise _RelationError(
-                "admission.initial_limit",
-                self.initial_limit,
-                f"must lie between min_limit ({self.min_limit}) and max_limit ({self.max_limit})",
+                [
+                    (
+                        "admission.initial_limit",
+                        self.initial_limit,
+                        "must lie between min_limit "
+                        f"({self.min_limit}) and max_limit ({self.max_limit})",
+                    )
+                ]
             )
         return self
 
@@ -214,9 +236,10 @@ class SupervisorSettings(BaseSettings):
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         case_sensitive=False,
+        allow_inf_nan=False,
     )
 
-    monitoring_interval: PositiveSeconds = 30.0
+    monitoring_interval: Interval = 30.0
     """Seconds between samples."""
     monitoring_enabled: bool = True
     """Sample in the background; when false, only ``update_metrics()`` samples."""
@@ -230,13 +253,13 @@ class SupervisorSettings(BaseSettings):
     """Percent of the effective memory limit that enters CRITICAL (aggressive cleanup)."""
     warning_threshold_cpu: Percent = 80.0
     """System CPU percent that logs a warning and emits an event (no cleanup)."""
-    hysteresis: Annotated[float, Field(ge=0, le=50)] = 5.0
+    hysteresis: Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)] = 5.0
     """Percentage points below a threshold the usage must fall to leave its level."""
-    cleanup_cooldown: Annotated[float, Field(ge=0)] = 30.0
+    cleanup_cooldown: Cooldown = 30.0
     """While a level holds, its cleanup repeats at most once per this many seconds."""
-    cleanup_handler_timeout: PositiveSeconds = 10.0
+    cleanup_handler_timeout: Timeout = 10.0
     """Seconds each cleanup handler may run before it is cancelled and reported as timeout."""
-    provider_timeout: PositiveSeconds = 1.0
+    provider_timeout: Timeout = 1.0
     """Seconds a metrics provider may take before it is skipped for that sample."""
     psi_warning_some_avg10: Percent | None = None
     """Optional: memory PSI ``some avg10`` that enters WARNING (None = off)."""
@@ -246,10 +269,10 @@ class SupervisorSettings(BaseSettings):
     """Optional: percent of a GPU's memory that enters WARNING (None = off)."""
     aggressive_threshold_gpu_memory: Percent | None = None
     """Optional: percent of a GPU's memory that enters CRITICAL (None = off)."""
-    session_ttl: PositiveSeconds = 1800.0
+    session_ttl: Duration = 1800.0
     """Seconds a session may stay idle before it expires (checked after every sample,
     whatever the pressure; normal cleanup evicts at the same age)."""
-    session_ttl_aggressive: PositiveSeconds = 300.0
+    session_ttl_aggressive: Duration = 300.0
     """Shorter idle cut used by aggressive cleanup."""
     stream_buffer: int = Field(default=16, ge=1, le=1_000_000)
     """Default buffer of a subscription (snapshots kept for a slow reader)."""
@@ -260,31 +283,43 @@ class SupervisorSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_relations(self) -> SupervisorSettings:
+        problems: list[tuple[str, object, str]] = []
         if self.warning_threshold_memory >= self.aggressive_threshold_memory:
-            raise _RelationError(
-                "warning_threshold_memory",
-                self.warning_threshold_memory,
-                f"must be below aggressive_threshold_memory ({self.aggressive_threshold_memory:g})",
+            problems.append(
+                (
+                    "warning_threshold_memory",
+                    self.warning_threshold_memory,
+                    "must be below aggressive_threshold_memory "
+                    f"({self.aggressive_threshold_memory:g})",
+                )
             )
         if self.hysteresis >= self.warning_threshold_memory:
-            raise _RelationError(
-                "hysteresis",
-                self.hysteresis,
-                f"must be below warning_threshold_memory ({self.warning_threshold_memory:g})",
+            problems.append(
+                (
+                    "hysteresis",
+                    self.hysteresis,
+                    f"must be below warning_threshold_memory ({self.warning_threshold_memory:g})",
+                )
             )
         gpu_w, gpu_a = self.warning_threshold_gpu_memory, self.aggressive_threshold_gpu_memory
         if gpu_w is not None and gpu_a is not None and gpu_w >= gpu_a:
-            raise _RelationError(
-                "warning_threshold_gpu_memory",
-                gpu_w,
-                f"must be below aggressive_threshold_gpu_memory ({gpu_a:g})",
+            problems.append(
+                (
+                    "warning_threshold_gpu_memory",
+                    gpu_w,
+                    f"must be below aggressive_threshold_gpu_memory ({gpu_a:g})",
+                )
             )
         if self.session_ttl_aggressive > self.session_ttl:
-            raise _RelationError(
-                "session_ttl_aggressive",
-                self.session_ttl_aggressive,
-                f"must not exceed session_ttl ({self.session_ttl:g})",
+            problems.append(
+                (
+                    "session_ttl_aggressive",
+                    self.session_ttl_aggressive,
+                    f"must not exceed session_ttl ({self.session_ttl:g})",
+                )
             )
+        if problems:
+            raise _RelationError(problems)
         return self
 
     @classmethod
@@ -302,13 +337,11 @@ class SupervisorSettings(BaseSettings):
 
 
 class _RelationError(ValueError):
-    """A cross-field check that knows which key is at fault."""
+    """Failed cross-field checks, each knowing which key is at fault."""
 
-    def __init__(self, key: str, value: object, reason: str) -> None:
-        super().__init__(reason)
-        self.key = key
-        self.value = value
-        self.reason = reason
+    def __init__(self, problems: list[tuple[str, object, str]]) -> None:
+        super().__init__("; ".join(reason for _, _, reason in problems))
+        self.problems = problems
 
 
 _LOADING: contextvars.ContextVar[tuple[dict[str, Any], dict[str, str]] | None] = (
@@ -369,35 +402,38 @@ def _field_paths(model: type[BaseModel], prefix: str = "") -> dict[str, type[Bas
     return paths
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+def _translate(
+    exc: ValidationError, *, source: str | None = None, env: Mapping[str, str] | None = None
+) -> ConfigError:
+    """
+    Turn every pydantic error into one ConfigError naming each key, value and reason.
 
-
-def _check_env_keys(environ: Mapping[str, str]) -> None:
-    """Reject ``RESOURCE_SUPERVISOR_*`` variables that name no setting."""
-    paths = _field_paths(SupervisorSettings)
-    for var in environ:
-        if not var.upper().startswith(ENV_PREFIX):
+    *env* maps the dotted keys set by the environment to their variable names, so a
+    value that came from there says so.
+    """
+    problems: list[tuple[str, object, str]] = []
+    for error in exc.errors(include_url=False):
+        ctx_error = error.get("ctx", {}).get("error")
+        if isinstance(ctx_error, _RelationError):
+            problems.extend((f"{_SECTION}.{k}", v, r) for k, v, r in ctx_error.problems)
             continue
-        dotted = var[len(ENV_PREFIX) :].lower().replace("__", ".")
-        if dotted not in paths:
-            names = [p.replace(".", "__").upper() for p in paths]
-            hint = _suggest(var[len(ENV_PREFIX) :].upper(), names)
-            raise ConfigError(
-                f"{_SECTION}.{dotted} (environment {var})",
-                environ[var],
-                f"unknown setting{hint}",
-            )
+        key, reason = _locate(error)
+        if env is not None and key in env:
+            reason += f" (from environment variable {env[key]})"
+        problems.append((f"{_SECTION}.{key}", error.get("input"), reason))
+    seen: set[str] = set()
+    unique = []
+    for problem in problems:  # a union reports one error per branch: keep the first
+        if problem[0] not in seen:
+            seen.add(problem[0])
+            unique.append(problem)
+    (key, value, reason), *more = unique
+    return ConfigError(key, value, reason, source, tuple(more))
 
 
-def _translate(exc: ValidationError) -> ConfigError:
-    """Turn the first pydantic error into a ConfigError naming key, value and reason."""
-    error = exc.errors(include_url=False)[0]
+def _locate(error: Any) -> tuple[str, str]:
+    """The dotted key of one pydantic error (branch tags dropped) and its reason."""
     loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
-    ctx_error = error.get("ctx", {}).get("error")
-    if isinstance(ctx_error, _RelationError):
-        return ConfigError(f"{_SECTION}.{ctx_error.key}", ctx_error.value, ctx_error.reason)
     # drop the union/literal branch tags pydantic appends (e.g. "int", "literal['auto']")
     known = _field_paths(SupervisorSettings)
     parts: list[str] = []
@@ -406,15 +442,11 @@ def _translate(exc: ValidationError) -> ConfigError:
         if candidate in known or error["type"] == "extra_forbidden":
             parts.append(part)
     key = ".".join(parts) or "<root>"
-    value = error.get("input")
     if error["type"] == "extra_forbidden":
         parent = ".".join(parts[:-1])
         siblings = [p[len(parent) + 1 :] if parent else p for p in known if _is_child(p, parent)]
-        reason = "unknown setting" + _suggest(parts[-1], siblings)
-    else:
-        reason = str(error["msg"])
-        reason = reason.removeprefix("Value error, ")
-    return ConfigError(f"{_SECTION}.{key}", value, reason)
+        return key, "unknown setting" + suggest(parts[-1], siblings)
+    return key, str(error["msg"]).removeprefix("Value error, ")
 
 
 def _is_child(path: str, parent: str) -> bool:
@@ -423,40 +455,15 @@ def _is_child(path: str, parent: str) -> bool:
     return path.startswith(parent + ".") and "." not in path[len(parent) + 1 :]
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(_SECTION, where, "config file not found") from None
-    except OSError as exc:
-        raise ConfigError(_SECTION, where, f"cannot read config file: {exc}") from exc
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(_SECTION, where, f"not valid YAML: {exc}") from exc
-    if document is None:
-        return {}
-    if not isinstance(document, dict):
-        raise ConfigError(
-            "<document>", type(document).__name__, "the YAML document must be a mapping"
-        )
-    section = document.get(_SECTION, {})
-    if section is None:
-        return {}
-    if not isinstance(section, dict):
-        raise ConfigError(_SECTION, section, "must be a mapping of settings")
-    _check_nested_mappings(section)
-    return section
-
-
-def _check_nested_mappings(section: Mapping[str, Any]) -> None:
+def _check_nested_mappings(section: Mapping[str, Any], where: str) -> None:
     for key, nested in (("concurrency", ConcurrencySettings), ("concurrency.dask", DaskSettings)):
         node: Any = section
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None and not isinstance(node, dict):
-            raise ConfigError(f"{_SECTION}.{key}", node, f"must be a mapping ({nested.__name__})")
+            raise ConfigError(
+                f"{_SECTION}.{key}", node, f"must be a mapping ({nested.__name__})", where
+            )
 
 
 def load_settings(
@@ -469,6 +476,11 @@ def load_settings(
     Read settings from the ``resource_management:`` section of a YAML file, then
     apply ``RESOURCE_SUPERVISOR_*`` environment overrides (``__`` for nesting, e.g.
     ``RESOURCE_SUPERVISOR_CONCURRENCY__DEFAULT_CPU_WORKERS=4``).
+
+    Environment variables with the prefix that name no setting are ignored (a
+    platform sets some: Kubernetes injects ``RESOURCE_SUPERVISOR_PORT`` and more for
+    a Service named ``resource-supervisor``); one that looks like a misspelt setting
+    gets a :class:`ConfigWarning` with a did-you-mean.
 
     Args:
         path: A YAML file; ``None`` means defaults plus environment only.
@@ -483,8 +495,13 @@ def load_settings(
 
     Raises:
         ConfigError: If the file is missing (unless *missing_ok*) or unreadable, is
-            not YAML or not a mapping, or a key is unknown or has an invalid value. The error names
-            the dotted key, the value and the reason.
+            not UTF-8, not YAML, nested too deeply or not a mapping, or keys are
+            unknown or have invalid values. The error names the file and every
+            invalid key at once, each with its value and the reason.
+
+    .. versionchanged:: 0.2 Unknown environment variables are ignored (with a
+       :class:`ConfigWarning` for near misses) instead of refused; an empty file or
+       a file without the section warns; every invalid key is reported at once.
     """
     if path is not None and missing_ok and not Path(path).exists():
         logging.getLogger("resource_supervisor").warning(
@@ -493,14 +510,25 @@ def load_settings(
             Path.cwd(),
         )
         path = None
-    data = _read_yaml(Path(path)) if path is not None else {}
-    env = dict(os.environ if environ is None else environ)
-    _check_env_keys(env)
+    where = str(path) if path is not None else None
+    data = read_section(Path(path)) if path is not None else {}
+    if where is not None:
+        _check_nested_mappings(data, where)
+    env = setting_variables(
+        os.environ if environ is None else environ, ENV_PREFIX, _field_paths(SupervisorSettings)
+    )
+    from_env = {var[len(ENV_PREFIX) :].lower().replace("__", "."): var for var in env}
     token = _LOADING.set((data, env))
     try:
         return SupervisorSettings()
     except ValidationError as exc:
-        raise _translate(exc) from None
+        raise _translate(exc, source=where, env=from_env) from None
+    except RecursionError:
+        # only a JSON value in the environment can still be this deep (the file's
+        # depth is checked on reading)
+        raise ConfigError(
+            _SECTION, "<environment>", "a JSON value in the environment is nested too deeply"
+        ) from None
     except SettingsError as exc:
         # a nested setting given as a malformed JSON string in the environment
         match = re.search(r'field "([^"]+)"', str(exc))
@@ -526,7 +554,7 @@ def build_settings(**values: Any) -> SupervisorSettings:
         A frozen :class:`SupervisorSettings`.
 
     Raises:
-        ConfigError: If a key is unknown or a value invalid.
+        ConfigError: If keys are unknown or values invalid (all of them at once).
     """
     try:
         return SupervisorSettings(**values)

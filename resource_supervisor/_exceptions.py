@@ -18,6 +18,9 @@ ResourceSupervisorError
       +-- UnpicklableError (also TypeError) the callable or an argument cannot be pickled
 ```
 
+Warnings, apart from the tree: ``ConfigWarning`` (a ``UserWarning``), for settings
+input that is ignored rather than refused (see :mod:`._config_input`).
+
 Every class passes all its constructor arguments to ``super().__init__`` so that it
 survives :mod:`pickle` across the process pool.
 """
@@ -29,6 +32,7 @@ __all__ = (
     "CallTimeoutError",
     "ClusterConnectionLostError",
     "ConfigError",
+    "ConfigWarning",
     "ExecutorError",
     "NoSupervisorError",
     "OverloadedError",
@@ -47,17 +51,52 @@ class ResourceSupervisorError(Exception):
 
 class ConfigError(ResourceSupervisorError, ValueError):
     """
-    Raised when settings are invalid: names the dotted key path, the value and why.
+    Raised when settings are invalid: names the dotted key path, the value and why,
+    and the file they came from. When several keys are invalid, all of them are
+    reported at once: the first in :attr:`key`, :attr:`value`, :attr:`reason`, every
+    one in :attr:`problems`.
+
+    .. versionchanged:: 0.2 ``source`` and ``more``.
     """
 
-    def __init__(self, key: str, value: object, reason: str) -> None:
-        super().__init__(key, value, reason)
+    def __init__(
+        self,
+        key: str,
+        value: object,
+        reason: str,
+        source: str | None = None,
+        more: tuple[tuple[str, object, str], ...] = (),
+    ) -> None:
+        super().__init__(key, value, reason, source, more)
         self.key = key
         self.value = value
         self.reason = reason
+        self.source = source
+        """The config file (or ``None`` when the values did not come from one)."""
+        self.more = tuple(more)
+        """The other invalid keys, as ``(key, value, reason)``."""
+
+    @property
+    def problems(self) -> tuple[tuple[str, object, str], ...]:
+        """Every invalid key as ``(key, value, reason)``, this error's own first."""
+        return ((self.key, self.value, self.reason), *self.more)
 
     def __str__(self) -> str:
-        return f"{self.key}: invalid value {self.value!r}: {self.reason}"
+        lines = [f"{key}: invalid value {v!r}: {reason}" for key, v, reason in self.problems]
+        first = lines[0] + (f" (in {self.source})" if self.source else "")
+        if len(lines) == 1:
+            return first
+        return f"{first}; {len(lines) - 1} more:\n" + "\n".join(f"  {line}" for line in lines[1:])
+
+
+class ConfigWarning(UserWarning):
+    """
+    Issued when settings input is ignored rather than refused: an empty config
+    file, a file without a ``resource_management:`` section, or an environment
+    variable with the settings prefix that names no setting but looks meant to.
+
+    .. versionadded:: 0.2
+    """
 
 
 class NoSupervisorError(ResourceSupervisorError, RuntimeError):
