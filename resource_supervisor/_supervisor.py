@@ -177,6 +177,7 @@ class Supervisor:
         self._last_cleanup_at: float | None = None
         self._cpu_streak = False
         self._sample_failures = 0
+        self._streams_refused = 0
         self._cleanup_runs = 0
         self._lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
@@ -529,6 +530,10 @@ class Supervisor:
         """
         return self._events.subscribe(buffer=buffer)
 
+    def _count_refused_stream(self) -> None:
+        """Count an event stream an integration refused over its cap (next snapshot)."""
+        self._streams_refused += 1
+
     # -- sampling --------------------------------------------------------------
     async def _sample_loop(self) -> None:
         interval = self._settings.monitoring_interval
@@ -604,6 +609,7 @@ class Supervisor:
             sessions_evicted_total=sessions.evicted_total,
             stream_subscribers=snapshots.subscribers,
             stream_dropped_total=snapshots.dropped + self._events.statistics().dropped,
+            stream_refused_total=self._streams_refused,
             cleanup_runs_total=cleanup.runs,
             cleanup_handler_failures_total=cleanup.handler_failures,
             cleanup_handler_timeouts_total=cleanup.handler_timeouts,

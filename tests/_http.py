@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,10 +141,13 @@ def uvicorn_subprocess(
         *args,
     ]
     child_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # stderr goes to a file, not a pipe: a server logging more than a pipe holds
+    # must not block on it while the test waits for the server.
     with (
         sock,
+        tempfile.TemporaryFile() as log,
         subprocess.Popen(
-            command, pass_fds=(sock.fileno(),), stderr=subprocess.PIPE, env=child_env, cwd=ROOT
+            command, pass_fds=(sock.fileno(),), stderr=log, env=child_env, cwd=ROOT
         ) as process,
     ):
         served = Served(port, process)
@@ -161,11 +165,12 @@ def uvicorn_subprocess(
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
             try:
-                _, err = process.communicate(timeout=20)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:  # pragma: no cover - a hung server
                 process.kill()
-                _, err = process.communicate()
-            served.stderr = err.decode(errors="replace")
+                process.wait()
+            log.seek(0)
+            served.stderr = log.read().decode(errors="replace")
 
 
 def raw_request(port: int, method: str, target: str, *, timeout: float = 10) -> tuple[int, bytes]:

@@ -19,11 +19,8 @@ for ``?limit=N`` events.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-from typing import TYPE_CHECKING, Final, TypeVar
-
-import anyio
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 try:
     from fastapi import APIRouter, HTTPException, Request
@@ -40,6 +37,8 @@ from .._snapshot import PressureLevel
 from .._supervisor import Supervisor
 from ._admission_middleware import AdmissionMiddleware as AdmissionMiddleware
 from ._paths import app_path, exempt_prefix, is_exempt
+from ._sse import DEFAULT_MAX_STREAMS, SnapshotStream, StreamHub
+from ._sse import snapshot_to_json as snapshot_to_json
 
 if TYPE_CHECKING:
     import os
@@ -47,15 +46,16 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
     from contextlib import AbstractAsyncContextManager
 
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from .._config import SupervisorSettings
-    from .._snapshot import MetricsSnapshot, MetricValue
+    from .._snapshot import MetricsSnapshot
 
     Lifespan = Callable[[object], AbstractAsyncContextManager[Mapping[str, object] | None]]
 
 __all__ = (
     "DEFAULT_EXEMPT_PATHS",
+    "DEFAULT_MAX_STREAMS",
     "AdmissionMiddleware",
     "LoadSheddingMiddleware",
     "create_router",
@@ -216,28 +216,6 @@ def exempt_from_shedding(endpoint: F) -> F:
     return endpoint
 
 
-def snapshot_to_json(snapshot: Mapping[str, MetricValue]) -> dict[str, MetricValue]:
-    """
-    Convert a snapshot to JSON-safe values. Pure.
-
-    Args:
-        snapshot: A snapshot (or any mapping of key to value).
-
-    Returns:
-        The same keys; the level as its int, NaN and infinities as ``None``-free
-        strings are avoided by dropping them.
-    """
-    out: dict[str, MetricValue] = {}
-    for key, value in snapshot.items():
-        if isinstance(value, PressureLevel):
-            out[key] = int(value)
-        elif isinstance(value, float) and not math.isfinite(value):
-            continue
-        else:
-            out[key] = value
-    return out
-
-
 def _health(snapshot: MetricsSnapshot) -> dict[str, object]:
     level = snapshot.pressure_level
     return {
@@ -255,95 +233,15 @@ def _health(snapshot: MetricsSnapshot) -> dict[str, object]:
     }
 
 
-def _sse_event(snapshot: MetricsSnapshot, event_id: int) -> bytes:
-    data = json.dumps(snapshot_to_json(snapshot), separators=(",", ":"))
-    return f"id: {event_id}\nevent: snapshot\ndata: {data}\n\n".encode()
-
-
-class _SnapshotStream(Response):
-    """
-    A response streaming snapshots as Server-Sent Events.
-
-    One subscription per client; it is closed as soon as the client disconnects
-    (a task listens for ``http.disconnect``), when *limit* events were sent, or when
-    the supervisor exits. A comment line every *heartbeat* seconds keeps proxies
-    from timing the connection out.
-    """
-
-    media_type: str | None = "text/event-stream"
-
-    def __init__(
-        self, supervisor: Supervisor, *, limit: int | None, buffer: int, heartbeat: float
-    ) -> None:
-        super().__init__(
-            status_code=200, headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
-        )
-        # An endless body has no length: drop the "content-length: 0" of the empty body.
-        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self._sup = supervisor
-        self._limit = limit
-        self._buffer = buffer
-        self._heartbeat = heartbeat
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async with anyio.create_task_group() as tg:
-
-            async def watch_disconnect() -> None:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(watch_disconnect)
-            with contextlib.suppress(OSError):  # the client went away mid-write
-                await self._send_events(send)
-            tg.cancel_scope.cancel()
-        with contextlib.suppress(OSError):
-            with anyio.CancelScope(shield=True):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if self.background is not None:
-            await self.background()
-
-    async def _send_events(self, send: Send) -> None:
-        sent = 0
-        async with self._sup.subscribe(buffer=self._buffer) as stream:
-            # The current snapshot first, so a client sees data at once.
-            snapshot: MetricsSnapshot | None = self._sup.metrics
-            while True:
-                if snapshot is not None:
-                    sent += 1
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": _sse_event(snapshot, sent),
-                            "more_body": True,
-                        }
-                    )
-                    if self._limit is not None and sent >= self._limit:
-                        return
-                snapshot = None
-                with anyio.move_on_after(self._heartbeat):
-                    try:
-                        snapshot = await stream.receive()
-                    except anyio.EndOfStream:
-                        return  # the supervisor exited
-                if snapshot is None:
-                    message: Message = {
-                        "type": "http.response.body",
-                        "body": b": keep-alive\n\n",
-                        "more_body": True,
-                    }
-                    await send(message)
-
-
 def create_router(
     prefix: str = "",
     *,
     metrics: bool | None = None,
     stream_buffer: int = 16,
     heartbeat: float = 15.0,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+    stream_refused_status: Literal[503, 429] = 503,
+    stream_retry_after: float = 5.0,
     tags: list[str] | None = None,
 ) -> APIRouter:
     """
@@ -355,6 +253,10 @@ def create_router(
       always 200 (``status`` is ``ok``, ``degraded`` or ``overloaded``).
     * ``GET {prefix}/metrics/stream[?limit=N]``: Server-Sent Events, one
       ``snapshot`` event (JSON data) per sample, starting with the current one.
+      Each snapshot is encoded once for all clients. At most *max_streams*
+      clients at once (per router, so per worker process); one more is answered
+      *stream_refused_status* with ``Retry-After`` and counted in the snapshot's
+      ``stream_refused_total``.
 
     Args:
         prefix: Path prefix, e.g. ``"/ops"``.
@@ -363,6 +265,9 @@ def create_router(
         stream_buffer: Snapshots buffered per SSE client; a slow client loses the
             oldest ones.
         heartbeat: Seconds between keep-alive comments on a quiet stream.
+        max_streams: Concurrent ``/metrics/stream`` clients served.
+        stream_refused_status: The status of a refused stream: 503 (default) or 429.
+        stream_retry_after: ``Retry-After`` seconds of a refused stream.
         tags: OpenAPI tags of the routes.
 
     Returns:
@@ -370,7 +275,17 @@ def create_router(
 
     Raises:
         ImportError: If *metrics* is true and the ``[prometheus]`` extra is missing.
+        ValueError: If *max_streams* or *stream_buffer* is below 1, *heartbeat* or
+            *stream_retry_after* is not positive, or *stream_refused_status* is
+            neither 503 nor 429.
     """
+    hub = StreamHub(
+        max_streams=max_streams,
+        refused_status=stream_refused_status,
+        retry_after=stream_retry_after,
+        buffer=stream_buffer,
+        heartbeat=heartbeat,
+    )
     if metrics is None or metrics:
         try:
             from prometheus_client import CollectorRegistry, generate_latest
@@ -435,12 +350,13 @@ def create_router(
 
         Cancellation:
             The subscription is closed when the client disconnects or the
-            request is cancelled.
+            request is cancelled; a server cancelling the request at shutdown
+            gets a cleanly ended body, not an error.
         """
         if limit is not None and limit < 1:
             raise HTTPException(status_code=422, detail="limit must be at least 1")
         sup = get_supervisor(request)
-        return _SnapshotStream(sup, limit=limit, buffer=stream_buffer, heartbeat=heartbeat)
+        return SnapshotStream(hub, sup, limit=limit)
 
     router.add_api_route(
         "/metrics/stream",
