@@ -2,23 +2,30 @@
 The executor broker's facade, ``sup.executors``: one object over both lanes.
 
 Covers: :class:`Executors` (``run_in_thread``, ``run_in_process``,
-``map_in_processes``, ``set_pressure``, ``metrics``, ``aclose``) and
-:func:`split_worker_budget`, the pure rule that applies ``max_total_workers``.
-Does not cover: how the lanes work (:mod:`._threads`; :mod:`._processes` for the
-local process lane; :mod:`._dask` for the distributed one, behind the
-:class:`~._backend.ProcessBackend` seam), or resolving ``"auto"`` worker counts
-(the supervisor does that and passes ints).
+``map_in_processes``, the standard-library executors ``thread_executor``,
+``process_executor`` and ``set_default_executor``, ``set_pressure``, ``metrics``,
+``aclose``) and :func:`split_worker_budget`, the pure rule that applies
+``max_total_workers``. Does not cover: how the lanes work (:mod:`._threads`;
+:mod:`._processes` for the local process lane; :mod:`._dask` for the distributed
+one, behind the :class:`~._backend.ProcessBackend` seam), how the
+``concurrent.futures`` executors bridge threads to the loop
+(:mod:`._std_executors`), or resolving ``"auto"`` worker counts (the supervisor
+does that and passes ints).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import threading
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar, TypeVarTuple
 
 import anyio
 
 from .._exceptions import SupervisorClosedError
 from .._snapshot import PressureLevel
+from ._std_executors import LaneProcessExecutor, LaneThreadExecutor
 from ._threads import ThreadLane
 
 if TYPE_CHECKING:
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
     from .._config import ConcurrencySettings
     from .._snapshot import MetricValue
     from ._backend import ProcessBackend
+    from ._std_executors import _Bridge
 
     class _Backend(ProcessBackend, Protocol):
         """A process backend that is also an async context manager."""
@@ -133,6 +141,16 @@ class Executors:
         self._level = PressureLevel.NORMAL
         self._state = "new"  # new -> open -> closed
         self._stack = contextlib.AsyncExitStack()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        # Standard executors not yet shut down (made from any thread, hence the lock).
+        self._std_lock = threading.Lock()
+        self._std: set[_Bridge] = set()
+        # (loop, its previous default executor, ours) while ours is the default.
+        self._default: (
+            tuple[asyncio.AbstractEventLoop, concurrent.futures.Executor | None, LaneThreadExecutor]
+            | None
+        ) = None
 
     @property
     def cpu_workers(self) -> int:
@@ -158,6 +176,8 @@ class Executors:
         """
         if self._state != "new":
             raise RuntimeError("Executors can be entered only once")
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._threads)
             try:
@@ -203,7 +223,10 @@ class Executors:
         ``SupervisorClosedError("executors")``. Calls queued in a lane fail with
         :class:`SupervisorClosedError`; running thread calls are waited for (up to
         the thread lane's close timeout); the process lane stops and reaps its
-        workers, failing calls it can no longer finish.
+        workers, failing calls it can no longer finish. The standard executors are
+        shut down (``submit`` raises :exc:`RuntimeError`), their calls not yet run
+        fail with :class:`SupervisorClosedError`, and the loop's previous default
+        executor is restored.
 
         Cancellation:
             Shielded: cancelling ``aclose`` does not stop it from closing both lanes;
@@ -213,12 +236,21 @@ class Executors:
             return
         self._state = "closed"
         backend = self._backend
+        self._restore_default_executor()
+        with self._std_lock:
+            bridges, self._std = list(self._std), set()
+        tasks = [task for bridge in bridges for task in bridge._abort()]
         with anyio.CancelScope(shield=True):
             try:
                 await self._threads.aclose()
             finally:
                 if backend is not None:
                     await backend.aclose()
+            if tasks:
+                # Closed lanes fail what the executors' tasks still hand them; bound
+                # the wait for calls that outlived the thread lane's close timeout.
+                with anyio.move_on_after(self._CLOSE_TIMEOUT):
+                    await asyncio.wait(tasks)
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -336,6 +368,140 @@ class Executors:
         return self._backend.map(
             func, items, ordered=ordered, chunksize=chunksize, max_in_flight=max_in_flight
         )
+
+    # -- standard-library executors ------------------------------------------------
+    _CLOSE_TIMEOUT = 10.0  # seconds aclose() waits for the standard executors' tasks
+
+    def _forget(self, bridge: _Bridge) -> None:
+        with self._std_lock:
+            self._std.discard(bridge)
+
+    def _keep(self, bridge: _Bridge) -> None:
+        with self._std_lock:
+            kept = self._state == "open"
+            if kept:
+                self._std.add(bridge)
+        if not kept:  # closed meanwhile, from another thread
+            bridge._abort()
+            raise SupervisorClosedError("executors")
+
+    def thread_executor(self, *, max_workers: int | None = None) -> LaneThreadExecutor:
+        """
+        Return a new :class:`concurrent.futures.ThreadPoolExecutor` backed by the thread lane.
+
+        For libraries that take an executor (``loop.run_in_executor``, helpers in data
+        libraries). It starts no thread of its own: calls run in the lane, under its
+        capacity and in its metrics. Usable from any thread; in the event loop's
+        thread, ``submit`` works and a blocking wait raises instead of hanging (see
+        :class:`LaneThreadExecutor`). Shut it down, or leave it to the supervisor's
+        exit.
+
+        Args:
+            max_workers: Most of this executor's calls in the lane at once;
+                ``None`` = the lane's capacity.
+
+        Returns:
+            The executor.
+
+        Raises:
+            SupervisorClosedError: If the executors are not open.
+            ValueError: If *max_workers* is below 1.
+        """
+        self._check_open()
+        assert self._loop is not None
+        lane = self._threads
+        executor = LaneThreadExecutor(
+            loop=self._loop,
+            loop_thread=self._loop_thread,
+            max_workers=self._io_workers if max_workers is None else max_workers,
+            run=lane.run,
+            on_shutdown=self._forget,
+        )
+        self._keep(executor)
+        return executor
+
+    def process_executor(self, *, max_workers: int | None = None) -> LaneProcessExecutor:
+        """
+        Return a new :class:`concurrent.futures.Executor` backed by the process lane.
+
+        Each call is a ``run_in_process`` call, with its crash isolation
+        (:class:`WorkerCrashedError` fails only that future) and admission
+        (:class:`OverloadedError` at CRITICAL); ``map(..., chunksize=N)`` sends N
+        items per call. Usable from any thread, like :meth:`thread_executor`.
+
+        Args:
+            max_workers: Most of this executor's calls in the lane at once;
+                ``None`` = the lane's worker count.
+
+        Returns:
+            The executor.
+
+        Raises:
+            SupervisorClosedError: If the executors are not open.
+            ValueError: If *max_workers* is below 1.
+        """
+        self._check_open()
+        assert self._loop is not None
+        backend = self._backend
+        assert backend is not None
+
+        async def run(call: Callable[[], object]) -> object:
+            return await backend.run(call, (), timeout=None)
+
+        executor = LaneProcessExecutor(
+            loop=self._loop,
+            loop_thread=self._loop_thread,
+            max_workers=self._cpu_workers if max_workers is None else max_workers,
+            run=run,
+            on_shutdown=self._forget,
+        )
+        self._keep(executor)
+        return executor
+
+    def set_default_executor(self, *, max_workers: int | None = None) -> LaneThreadExecutor:
+        """
+        Make a :meth:`thread_executor` the running loop's default executor.
+
+        Afterwards ``loop.run_in_executor(None, ...)`` and ``asyncio.to_thread``
+        run in the thread lane. The loop's previous default executor is restored
+        when the executors close (at the supervisor's exit); when it had none, a
+        fresh ``ThreadPoolExecutor`` (which starts no thread until used) takes the
+        place, as asyncio would create one. Calling it again while installed
+        returns the installed executor.
+
+        Args:
+            max_workers: As for :meth:`thread_executor`.
+
+        Returns:
+            The installed executor.
+
+        Raises:
+            SupervisorClosedError: If the executors are not open.
+            RuntimeError: If not called in the supervisor's event loop.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            raise RuntimeError("set_default_executor() must be called in the supervisor's loop")
+        if self._default is not None:
+            return self._default[2]
+        executor = self.thread_executor(max_workers=max_workers)
+        # asyncio has no public getter for the default executor: read it to restore it.
+        previous = getattr(loop, "_default_executor", None)
+        loop.set_default_executor(executor)
+        self._default = (loop, previous, executor)
+        return executor
+
+    def _restore_default_executor(self) -> None:
+        installed, self._default = self._default, None
+        if installed is None:
+            return
+        loop, previous, ours = installed
+        if getattr(loop, "_default_executor", ours) is not ours:
+            return  # someone installed another one since: leave theirs
+        if not isinstance(previous, concurrent.futures.ThreadPoolExecutor):
+            previous = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+        loop.set_default_executor(previous)
 
     # -- pressure and metrics -------------------------------------------------------
     def set_pressure(self, level: PressureLevel) -> None:
