@@ -401,6 +401,11 @@ class Supervisor:
         return snapshot
 
     @property
+    def running(self) -> bool:
+        """True between entry and exit (exporters stop reporting once it is False)."""
+        return self._state == "running"
+
+    @property
     def level(self) -> PressureLevel:
         """The current pressure level."""
         return self._level
