@@ -122,3 +122,11 @@ def die_mid_result() -> None:
         if not writer.closed:
             os.write(writer.fileno(), struct.pack("!i", 1 << 20) + b"\x80\x05partial")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def spin(seconds: float) -> int:
+    """Keep the CPU busy in Python for *seconds*, then return the worker's pid."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+    return os.getpid()

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .._exceptions import UnpicklableError
+from ._spill import spill_prefix
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -226,7 +227,7 @@ def pickle_call_spilled(
         raise _diagnose(func, args, exc) from exc
     if not buffers:
         return header, None
-    fd, path = tempfile.mkstemp(prefix="resource-supervisor-call-")
+    fd, path = tempfile.mkstemp(prefix=spill_prefix())  # swept if the service dies
     try:
         sizes = []
         for buffer in buffers:

@@ -85,6 +85,7 @@ from . import _worker
 from ._dispatch import batch_size, sort_unfinished
 from ._headroom import MemoryHeadroom, startable_workers
 from ._lane_stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
+from ._lifeline import Lifeline
 from ._mapping import map_chunked
 from ._pickling import (
     OFFLOAD_BYTES,
@@ -98,6 +99,7 @@ from ._recycling import calls_left, recycle_due, rss_bytes
 from ._sizing import admits, target_workers
 from ._slot_launcher import SlotLauncher, kill_worker, stop_reading
 from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
+from ._spill import sweep_spills
 from ._stopping import Stop, stop_call
 
 if TYPE_CHECKING:
@@ -185,10 +187,12 @@ class ProcessLane:
         self._call_seconds: float | None = None  # moving mean of worker-side call time
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lifeline = Lifeline()  # workers exit when the service dies
         self._launcher = SlotLauncher(
             settings.start_method,
             ("__main__", _worker.__name__, __name__),
             threads=max(2, max_workers),
+            lifeline=self._lifeline,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
@@ -378,6 +382,7 @@ class ProcessLane:
                 await self._launcher.shutdown(slot, self._loop)
             self._slots.clear()
             await self._launcher.aclose()
+            self._lifeline.close()
             self._headroom.close()
 
     # -- submission --------------------------------------------------------------------
@@ -441,7 +446,13 @@ class ProcessLane:
             self._loop = asyncio.get_running_loop()
             self._wakeup = asyncio.Event()
             self._spawn(self._maintain(), maintainer=True)
+            self._spawn(self._sweep_spills())
         return self._loop
+
+    async def _sweep_spills(self) -> None:
+        """Remove spill files a dead service left behind (in a thread: a directory scan)."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(sweep_spills)
 
     def _spawn(self, coro: Coroutine[object, object, None], *, maintainer: bool = False) -> None:
         assert self._loop is not None

@@ -31,6 +31,7 @@ from ._worker import STOP_FRAME
 if TYPE_CHECKING:
     import asyncio
 
+    from ._lifeline import Lifeline
     from ._slots import OpenedSlot, Slot
 
 __all__ = ("SlotLauncher", "kill_worker", "stop_reading")
@@ -77,7 +78,14 @@ def _stop_serving(loop: asyncio.AbstractEventLoop | None, slot: Slot) -> None:
 class SlotLauncher:
     """Start and stop one lane's worker slots; nothing starts before :meth:`open`."""
 
-    def __init__(self, start_method: str, preload: tuple[str, ...], *, threads: int) -> None:
+    def __init__(
+        self,
+        start_method: str,
+        preload: tuple[str, ...],
+        *,
+        threads: int,
+        lifeline: Lifeline | None = None,
+    ) -> None:
         """
         Create the launcher; no process or thread starts here.
 
@@ -85,11 +93,13 @@ class SlotLauncher:
             start_method: ``multiprocessing`` start method of the workers.
             preload: Modules the lane's forkserver imports once (``"forkserver"``).
             threads: Most slots started or stopped at the same time.
+            lifeline: Handed to every worker (see :mod:`._lifeline`), or ``None``.
         """
         self._start_method = start_method
         self._preload = preload
         self._context: multiprocessing.context.BaseContext | None = None
         self._limiter = anyio.CapacityLimiter(threads)
+        self._lifeline = lifeline
 
     def _mp_context(self) -> multiprocessing.context.BaseContext:
         if self._context is None:
@@ -116,7 +126,7 @@ class SlotLauncher:
         """
         with anyio.CancelScope(shield=True):
             opened = await anyio.to_thread.run_sync(
-                open_slot, self._mp_context(), limiter=self._limiter
+                open_slot, self._mp_context(), self._lifeline, limiter=self._limiter
             )
         return opened
 

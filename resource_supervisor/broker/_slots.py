@@ -23,8 +23,10 @@ from __future__ import annotations
 import collections
 import enum
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from . import _worker
@@ -34,8 +36,9 @@ if TYPE_CHECKING:
     import multiprocessing.context
     import multiprocessing.process
     from concurrent.futures import Future
-    from multiprocessing.connection import Connection
     from multiprocessing.synchronize import Lock
+
+    from ._lifeline import Lifeline
 
 __all__ = (
     "Call",
@@ -175,12 +178,16 @@ class OpenedSlot:
     lock: Lock
 
 
-def open_slot(ctx: multiprocessing.context.BaseContext) -> OpenedSlot:
+def open_slot(
+    ctx: multiprocessing.context.BaseContext, lifeline: Lifeline | None = None
+) -> OpenedSlot:
     """
     Create a slot's executor and worker and wait until it answers (blocking).
 
     Args:
         ctx: The lane's ``multiprocessing`` context.
+        lifeline: The lane's lifeline (:mod:`._lifeline`): the worker gets its read
+            end and exits when the service dies. ``None``: the worker is not tied.
 
     Returns:
         The executor, its worker and the channel shared with it.
@@ -194,11 +201,27 @@ def open_slot(ctx: multiprocessing.context.BaseContext) -> OpenedSlot:
     progress = cast("_SharedInt", ctx.RawValue("q", -1))
     skip = cast("_SharedFlags", ctx.RawArray("b", _worker.MAX_BATCH))
     lock = ctx.Lock()
+    tie: Connection | None = None
+    inherited = -1  # a forked worker closes its copy of the write end first
+    if lifeline is not None:
+        tie = Connection(os.dup(lifeline.open()), writable=False)
+        if ctx.get_start_method() == "fork":
+            inherited = lifeline.write_fd
     executor = ProcessPoolExecutor(
         max_workers=1,
         mp_context=ctx,
         initializer=_worker.init_worker,
-        initargs=(progress, skip, lock, writer, calls_reader),
+        initargs=(
+            progress,
+            skip,
+            lock,
+            writer,
+            calls_reader,
+            tie,
+            inherited,
+            os.getpid(),
+            tempfile.gettempdir(),
+        ),
     )
     try:
         pid = executor.submit(_worker.ready).result(timeout=START_TIMEOUT)
@@ -210,6 +233,8 @@ def open_slot(ctx: multiprocessing.context.BaseContext) -> OpenedSlot:
     finally:
         writer.close()
         calls_reader.close()
+        if tie is not None:
+            tie.close()
     _close_result_queue_writer(executor)
     processes = getattr(executor, "_processes", None) or {}
     return OpenedSlot(executor, processes.get(pid), pid, reader, calls, progress, skip, lock)

@@ -142,7 +142,15 @@ _CHANNEL: Final = _Channel()
 
 
 def init_worker(
-    progress: object, skip: object, lock: Lock, pipe: Connection, calls: Connection
+    progress: object,
+    skip: object,
+    lock: Lock,
+    pipe: Connection,
+    calls: Connection,
+    lifeline: Connection | None = None,
+    inherited_write_fd: int = -1,
+    owner: int = 0,
+    spill_dir: str | None = None,
 ) -> None:
     """
     Executor initializer: keep the slot's channel for :func:`serve` (worker side).
@@ -153,7 +161,14 @@ def init_worker(
         lock: Guards ``skip`` and ``progress`` together.
         pipe: Write end of the slot's result pipe.
         calls: Read end of the slot's call pipe.
+        lifeline: Read end of the lane's lifeline (:mod:`._lifeline`), or ``None``.
+        inherited_write_fd: The lifeline's write end as inherited by a worker
+            started with ``fork`` (closed here), else -1.
+        owner: The service's pid.
+        spill_dir: Where the service writes spill files (:mod:`._spill`).
     """
+    if inherited_write_fd >= 0:
+        os.close(inherited_write_fd)  # else this worker would keep its own lifeline alive
     _CHANNEL.progress = progress  # type: ignore[assignment]
     _CHANNEL.skip = skip  # type: ignore[assignment]
     _CHANNEL.lock = lock
@@ -161,6 +176,11 @@ def init_worker(
     pipe.close()
     _CHANNEL.calls_fd = os.dup(calls.fileno())
     calls.close()
+    if lifeline is not None:
+        from ._lifeline import watch_lifeline
+
+        watch_lifeline(os.dup(lifeline.fileno()), owner, spill_dir)
+        lifeline.close()
 
 
 def ready() -> int:
