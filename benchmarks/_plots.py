@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-    from ._harness import Comparison, SuiteResult, TargetCheck, Timeline
+    from ._harness import Comparison, Curve, SuiteResult, TargetCheck, Timeline
 
 __all__ = ("DPI", "plot_suite", "plot_summary", "plot_timeline", "wrap")
 
@@ -85,10 +85,12 @@ def _panel_height(comparison: Comparison) -> float:
 def plot_suite(result: SuiteResult, path: Path) -> None:
     """Draw the suite's comparisons and curves into one PNG at *path*."""
     plt = _pyplot()
-    panels: list[Comparison | None] = [*result.comparisons]
-    if result.curves:
-        panels.append(None)
-    heights = [_panel_height(p) if p is not None else 3.2 for p in panels]
+    # one panel per comparison, then one per y axis the curves use
+    by_axis: dict[str, list[Curve]] = {}
+    for curve in result.curves:
+        by_axis.setdefault(curve.y_label, []).append(curve)
+    panels: list[Comparison | list[Curve]] = [*result.comparisons, *by_axis.values()]
+    heights = [_panel_height(p) if not isinstance(p, list) else 3.2 for p in panels]
     fig, axes = plt.subplots(
         len(panels),
         1,
@@ -97,10 +99,10 @@ def plot_suite(result: SuiteResult, path: Path) -> None:
         gridspec_kw={"height_ratios": heights},
     )
     for ax, panel in zip((row[0] for row in axes), panels, strict=True):
-        if panel is not None:
+        if not isinstance(panel, list):
             _bars(ax, panel)
             continue
-        for curve in result.curves:
+        for curve in panel:
             ax.plot(curve.x, curve.y, marker="o", label=wrap(curve.name, 50))
             ax.set_xlabel(curve.x_label)
             ax.set_ylabel(curve.y_label)

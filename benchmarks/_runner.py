@@ -37,6 +37,7 @@ SUITES = (
     "survival",
     "adaptive",
     "loadtest",
+    "admission",
     "dask_backend",
     "gpu",
 )

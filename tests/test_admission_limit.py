@@ -121,8 +121,8 @@ def test_converges_near_the_cores_on_a_cpu_bound_service(
 )
 def test_backs_off_after_a_latency_step(steady: float, step: float, smoothing: float) -> None:
     """
-    When latency jumps well past the tolerance, every window cuts the limit by at
-    least smoothing x (1 - gradient) until it reaches the floor.
+    When latency jumps well past the tolerance, every window cuts the limit by the
+    gradient at once (cuts are not smoothed) until it reaches the floor.
     """
     params = LimitParams(
         max_limit=100, initial_limit=100, tolerance=1.5, smoothing=smoothing, probe_interval=None
@@ -134,22 +134,41 @@ def test_backs_off_after_a_latency_step(steady: float, step: float, smoothing: f
         before = state.limit
         state = next_limit(state, slow, state.admit, float(i), params)
         if before > params.min_limit:
-            expected = max(params.min_limit, before * (1 - smoothing * (1 - gradient)))
+            expected = max(params.min_limit, before * gradient)
             assert state.limit == pytest.approx(expected)
             assert state.limit < before
     assert state.limit == params.min_limit
 
 
 def test_headroom_only_when_the_limit_is_in_use() -> None:
-    """An app-limited window (peak below half the limit) with good latency keeps the limit."""
+    """Good latency grows the limit only when the window used at least half of it."""
     params = NO_PROBE
-    state = next_limit(initial_state(params, 0.0), 0.01, 20, 0.0, params)
+    state = next_limit(initial_state(params, 0.0), 0.01, 1, 0.0, params)  # the first probe
+    assert state.limit == params.initial_limit
+    state = next_limit(state, 0.01, 20, 0.5, params)
     grown = state.limit
     assert grown > params.initial_limit
-    idle = next_limit(state, 0.01, math.floor(grown / 2) - 1, 1.0, params)
-    assert idle.limit == grown
     used = next_limit(state, 0.01, math.ceil(grown / 2), 1.0, params)
     assert used.limit > grown
+    idle = next_limit(state, 0.01, math.floor(grown / 2) - 1, 1.0, params)
+    assert idle.limit < grown
+
+
+@given(peak=st.integers(0, 40), windows=st.integers(1, 200))
+def test_an_idle_limit_decays_towards_twice_the_demand(peak: int, windows: int) -> None:
+    """
+    App-limited windows never grow the limit; it decays towards twice their peak
+    (never below it, nor below the floor), so a burst meets a recently validated limit.
+    """
+    params = LimitParams(initial_limit=100, max_limit=100, probe_interval=None)
+    state = next_limit(initial_state(params, 0.0), 0.01, 1, 0.0, params)
+    for i in range(windows):
+        before = state.limit
+        state = next_limit(state, 0.01, peak, float(i + 1), params)
+        assert state.limit <= before
+        assert state.limit >= max(params.min_limit, 2 * peak) or state.limit == before
+    if windows >= 100:
+        assert state.limit == pytest.approx(max(params.min_limit, 2 * peak), abs=0.5)
 
 
 def test_probe_pins_the_floor_for_one_window_then_rebaselines() -> None:
@@ -160,10 +179,14 @@ def test_probe_pins_the_floor_for_one_window_then_rebaselines() -> None:
     """
     params = LimitParams(probe_interval=5.0, initial_limit=20)
     state = initial_state(params, 0.0)
-    state = next_limit(state, 0.010, 20, 1.0, params)
+    assert state.probing  # the first window measures the minimum
+    assert state.limit == params.min_limit
+    state = next_limit(state, 0.010, 1, 0.1, params)
     assert state.minimum == pytest.approx(0.010)
     assert not state.probing
-    state = next_limit(state, 0.010, 20, 5.0, params)
+    assert state.limit == params.initial_limit
+    assert state.probe_at == pytest.approx(5.1)
+    state = next_limit(state, 0.010, 20, 5.1, params)
     assert state.probing
     assert state.limit == params.min_limit
     resume = state.resume_limit
@@ -174,6 +197,7 @@ def test_probe_pins_the_floor_for_one_window_then_rebaselines() -> None:
     assert state.limit == resume
     assert state.minimum == pytest.approx(0.020)
     assert state.probe_at == pytest.approx(10.5)
+    assert math.isnan(state.resume_limit)  # nothing to resume once the probe ended
     # compared with the new minimum, 0.025 s is within tolerance: no cut
     after = next_limit(state, 0.025, state.admit, 6.0, params)
     assert after.limit >= state.limit
@@ -198,7 +222,7 @@ def test_reference_is_the_long_latency_before_a_minimum() -> None:
 def test_tightened_drops_to_the_floor_and_reaches_a_probe_resume() -> None:
     """Factor 0 is the floor; during a probe the limit to restore is tightened instead."""
     params = LimitParams(initial_limit=40, probe_interval=1.0)
-    state = initial_state(params, 0.0)
+    state = LimitState(limit=40.0, probe_at=1.0)
     assert tightened(state, 0.0, params).limit == params.min_limit
     assert tightened(state, 0.5, params).limit == 20
     probing = next_limit(state, 0.01, 40, 2.0, params)

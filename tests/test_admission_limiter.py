@@ -12,6 +12,7 @@ import pytest
 from resource_supervisor import (
     AdmissionLimiter,
     AdmissionRejectedError,
+    AdmissionSettings,
     OverloadedError,
     PressureLevel,
     Supervisor,
@@ -31,13 +32,29 @@ if TYPE_CHECKING:
 
 
 def limiter(limit: int = 2, *, queue: int = 2, clock: ManualClock | None = None, **kw: object):  # type: ignore[no-untyped-def]
-    params = LimitParams(initial_limit=limit, max_limit=100, probe_interval=None)
+    # min_limit = limit: the first window (a probe at min_limit) admits as many
+    params = LimitParams(min_limit=limit, initial_limit=limit, max_limit=100, probe_interval=None)
     return AdmissionLimiter(
         params,
         queue_limit=queue,
         clock=clock if clock is not None else ManualClock(),
         **kw,  # type: ignore[arg-type]
     )
+
+
+async def past_first_probe(limit: int, **kw: object) -> AdmissionLimiter:
+    """A limiter with floor 1 at *limit*, its first window (the probe) done."""
+    clock = ManualClock()
+    lim = AdmissionLimiter(
+        LimitParams(initial_limit=limit, probe_interval=None),
+        window_samples=1,
+        clock=clock,
+        **kw,  # type: ignore[arg-type]
+    )
+    async with lim.slot():
+        clock.advance(0.01)
+    assert lim.limit == limit
+    return lim
 
 
 async def hold(lim: AdmissionLimiter, release: anyio.Event, started: list[int], i: int) -> None:
@@ -96,7 +113,7 @@ async def test_queue_timeout_refuses_a_caller_that_waited_too_long() -> None:
 
 
 async def test_auto_queue_timeout_follows_the_measured_minimum() -> None:
-    """'auto' waits without bound until a minimum is measured, then tolerance x minimum."""
+    """'auto' waits without bound until a minimum is measured, then that minimum."""
     clock = ManualClock()
     lim = AdmissionLimiter(
         LimitParams(initial_limit=1, probe_interval=None, tolerance=1.5),
@@ -108,7 +125,7 @@ async def test_auto_queue_timeout_follows_the_measured_minimum() -> None:
     async with lim.slot():
         clock.advance(0.2)
     assert lim.statistics().latency_min_seconds == pytest.approx(0.2)
-    assert lim._max_wait() == pytest.approx(0.3)
+    assert lim._max_wait() == pytest.approx(0.2)
     unbounded = AdmissionLimiter(queue_timeout=None)
     assert unbounded._max_wait() == math.inf
 
@@ -209,16 +226,17 @@ async def test_limit_follows_latency() -> None:
             await anyio.wait_all_tasks_blocked()
             gate.set()
 
+    assert lim.statistics().probing  # the first window measures the minimum
     await window(0.01)
-    grown = lim.statistics()
-    assert grown.limit >= 4
+    assert not lim.statistics().probing
+    await window(0.01)
     assert lim._state.limit > 4
     for _ in range(10):
         await window(0.01)
     assert lim.limit > 4
     high = lim._state.limit
     await window(0.2)  # 0.05 s per call, five times the minimum
-    assert lim._state.limit < high
+    assert lim._state.limit == pytest.approx(max(4, high / 2))  # cut at once, by half
     stats = lim.statistics()
     assert stats.latency_min_seconds == pytest.approx(0.01 * 2.5, rel=0.5)
     assert stats.latency_short_seconds > stats.latency_min_seconds
@@ -229,7 +247,12 @@ async def test_limit_follows_latency() -> None:
 async def test_pressure_adjustments_floor_hold_and_release() -> None:
     """CRITICAL drops to the floor and keeps it there; a clear sample lets it grow again."""
     clock = ManualClock()
-    lim = limiter(20, clock=clock, window_samples=1)
+    lim = AdmissionLimiter(
+        LimitParams(initial_limit=20, probe_interval=None), window_samples=1, clock=clock
+    )
+    async with lim.slot():  # the first window: a probe at the floor
+        clock.advance(0.01)
+    assert lim.limit == 20
     lim.observe(make_snapshot(pressure_level=PressureLevel.CRITICAL), usable_cpus=2)
     assert lim.limit == 1
     assert lim.statistics().pressure_reasons == ("memory",)
@@ -263,7 +286,7 @@ async def test_throttling_read_from_cpu_stat_tightens(tmp_path: Path) -> None:
     stat = "nr_periods 100\nnr_throttled 0\nthrottled_usec 0\n"
     proc, cgroup_root = _lay_out(tmp_path, "v2", stat)
     reader = CpuStatReader(proc_root=proc, cgroup_root=cgroup_root, pid=4242)
-    lim = limiter(10, cpu_stat=reader)
+    lim = await past_first_probe(10, cpu_stat=reader)
     lim.open()
     try:
         lim.observe(make_snapshot(), usable_cpus=1)
@@ -354,13 +377,18 @@ async def test_supervisor_admission_in_snapshot_and_prometheus() -> None:
     from resource_supervisor.integrations.prometheus import register
 
     source = ScriptedSource()
-    settings = SupervisorSettings(monitoring_enabled=False)
+    settings = SupervisorSettings(
+        monitoring_enabled=False, admission=AdmissionSettings(window_samples=1)
+    )
     async with Supervisor(settings, source=source) as sup:
-        assert sup.admission.limit == settings.admission.initial_limit
+        assert sup.admission.limit == settings.admission.min_limit  # probing first
         async with sup.admission.slot():
             snap = await sup.update_metrics()
             assert snap["admission_in_flight"] == 1
+        assert sup.admission.limit == settings.admission.initial_limit
+        snap = await sup.update_metrics()
         assert snap["admission_limit"] == settings.admission.initial_limit
+        assert snap["admission_latency_min_seconds"] > 0
         for key in (
             "admission_queued",
             "admission_rejected_total",

@@ -11,9 +11,10 @@ The rule is Netflix's Gradient2 with two refinements taken from Envoy's adaptive
 concurrency filter::
 
     gradient  = clamp(tolerance * reference / short, 0.5, 1.0)
-    target    = limit * gradient                      if gradient < 1
-              = limit + sqrt(limit)                   if gradient == 1 (and in use)
-    limit'    = (1 - smoothing) * limit + smoothing * target, within [min, max]
+    limit'    = limit * gradient                                     if gradient < 1
+              = (1 - smoothing) * limit + smoothing * (limit + sqrt(limit))
+                                                       if gradient == 1 (and in use)
+    within [min_limit, max_limit]
 
 * ``short`` is the mean latency of the last window of samples.
 * ``long`` is an exponentially weighted average of the windows (Gradient2's long
@@ -21,15 +22,23 @@ concurrency filter::
   no longer sees the queue; so the *reference* is the **minimum** window latency
   seen since the last probe, and ``long`` is only the reference until the first
   probe ends.
-* Every ``probe_interval`` seconds the limit is pinned at ``min_limit`` for one
-  window (Envoy's periodic min-RTT re-measure): the latency measured with (almost)
-  no queue becomes the new minimum, so a service that got slower for good is
-  re-baselined rather than throttled for ever. The limit then resumes where it was.
+* The first window, and then one every ``probe_interval`` seconds, runs with the
+  limit pinned at ``min_limit`` (Envoy's min-RTT measurement, at start and
+  periodically): the latency measured with (almost) no queue becomes the new
+  minimum, so a service that starts under overload still learns its real speed,
+  and one that got slower for good is re-baselined rather than throttled for ever.
+  The limit then resumes where it was.
+* Cuts apply at once, growth is smoothed: back off within one window when the
+  latency jumps, creep back up over several.
 * The queue allowance ``sqrt(limit)`` (Envoy's headroom) is only added while the
   latency is within tolerance, and only when the window used at least half of the
-  limit: an idle service does not inflate its limit (Gradient2's app-limited rule).
-  Added unconditionally, as in Gradient2, it keeps a one-core service at about
-  ``1.5 + sqrt(limit)`` in flight, three times the latency it needs.
+  limit (Gradient2's app-limited rule). Added unconditionally, as in Gradient2, it
+  keeps a one-core service at about ``1.5 + sqrt(limit)`` in flight, three times
+  the latency it needs.
+* A window that used less than half of the limit lets the limit decay (smoothed)
+  towards twice that window's peak: a service idle for a while meets a sudden
+  burst with a limit near what it last carried, instead of needing several
+  windows of queueing to cut a stale high limit down.
 """
 
 from __future__ import annotations
@@ -62,7 +71,8 @@ class LimitParams:
         initial_limit: Where the limit starts.
         tolerance: How much slower than the reference latency a window may be
             before the limit shrinks (1.5 = 50 % slower).
-        smoothing: Weight of the new target in each update (0 < s <= 1).
+        smoothing: Weight of the grown target in each growing update (0 < s <= 1);
+            cuts are not smoothed.
         long_window: Windows averaged by the long latency (its EWMA horizon).
         probe_interval: Seconds between minimum-latency probes; ``None`` never
             probes (the minimum then only falls).
@@ -141,11 +151,14 @@ def initial_state(params: LimitParams, now: float) -> LimitState:
         now: The caller's clock.
 
     Returns:
-        A state at ``initial_limit`` whose first probe is due one interval from *now*.
+        A state whose first window is a probe at ``min_limit``, resuming at
+        ``initial_limit``; the next probe is due one interval after it ends.
     """
     interval = params.probe_interval
     return LimitState(
-        limit=float(params.initial_limit),
+        limit=float(params.min_limit),
+        probing=True,
+        resume_limit=float(params.initial_limit),
         probe_at=math.inf if interval is None else now + interval,
     )
 
@@ -199,12 +212,16 @@ def next_limit(
     gradient = max(MIN_GRADIENT, min(1.0, params.tolerance * reference / short))
     limit = state.limit
     if gradient < 1.0:
-        target = limit * gradient
+        limit = _clamp(limit * gradient, params)
     elif peak_in_flight * 2 >= limit:
         target = limit + math.sqrt(limit)
+        limit = _clamp((1 - params.smoothing) * limit + params.smoothing * target, params)
     else:
-        target = limit  # app-limited: the limit is not what holds the service back
-    limit = _clamp((1 - params.smoothing) * limit + params.smoothing * target, params)
+        # App-limited: nothing validated this limit lately. Let it decay towards
+        # twice the demand seen, so that a sudden burst meets a limit near what
+        # the service was last shown to carry, not one left high from long ago.
+        target = 2.0 * peak_in_flight
+        limit = _clamp((1 - params.smoothing) * limit + params.smoothing * target, params)
     if now >= state.probe_at and limit > params.min_limit:
         # Pin the limit at the floor for one window to re-measure the minimum.
         return LimitState(

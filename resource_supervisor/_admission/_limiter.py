@@ -136,7 +136,8 @@ class AdmissionLimiter:
         params: The limit algorithm's tuning.
         queue_limit: Callers that may wait for a slot (0 = never wait).
         queue_timeout: Seconds a caller may wait; ``"auto"`` = the reference
-            latency times the tolerance (no bound until one is measured);
+            (minimum) latency, one unqueued service time, so that an admitted call
+            takes at most about twice that (no bound until one is measured);
             ``None`` = no bound.
         window_samples: Completed calls per update of the limit.
         pressure: Thresholds of the pressure rule.
@@ -276,7 +277,7 @@ class AdmissionLimiter:
             return math.inf
         if timeout == "auto":
             reference = self._state.reference
-            return math.inf if math.isnan(reference) else reference * self._params.tolerance
+            return math.inf if math.isnan(reference) else reference
         assert isinstance(timeout, float | int)
         return float(timeout)
 

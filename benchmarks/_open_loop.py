@@ -1,0 +1,178 @@
+"""
+An open-loop HTTP load generator on raw asyncio sockets (loopback only).
+
+Covers: :func:`open_loop` (requests sent at a fixed arrival rate whatever the
+server does, each with a client timeout, over a pool of keep-alive connections)
+and :func:`closed_loop` (a few clients back to back, to find the capacity).
+Latency is measured from each request's *scheduled* send time, so a generator
+that falls behind cannot hide the server's queue (no coordinated omission).
+Does not cover: the servers (:mod:`benchmarks._admission_app`) or the report
+(:mod:`benchmarks.admission`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+__all__ = ("PhaseResult", "closed_loop", "open_loop")
+
+
+@dataclasses.dataclass(slots=True)
+class PhaseResult:
+    """What one load phase measured."""
+
+    seconds: float
+    sent: int = 0
+    ok_latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    rejected: int = 0
+    """503 and 429 answers."""
+    timeouts: int = 0
+    errors: int = 0
+    outstanding: list[int] = dataclasses.field(default_factory=list)
+    """Requests in flight seen at each send."""
+
+    @property
+    def goodput(self) -> float:
+        """Successful answers per second of the phase."""
+        return len(self.ok_latencies_ms) / self.seconds
+
+
+class _Pool:
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._idle:
+            return self._idle.pop()
+        return await asyncio.open_connection("127.0.0.1", self._port)
+
+    def put(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        self._idle.append(conn)
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def _request(
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str
+) -> tuple[int, bool]:
+    reader, writer = conn
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = 0
+    keep = True
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value.strip())
+        elif name == "connection" and value.strip().lower() == "close":
+            keep = False
+    if length:
+        await reader.readexactly(length)
+    return status, keep
+
+
+async def open_loop(
+    port: int, rate: float, seconds: float, *, client_timeout: float, path: str = "/work"
+) -> PhaseResult:
+    """
+    Send ``rate`` requests per second for *seconds*, each bounded by *client_timeout*.
+
+    Returns:
+        The phase's counts and the latencies (ms) of the 200 answers.
+    """
+    result = PhaseResult(seconds)
+    pool = _Pool(port)
+    in_flight = 0
+
+    async def one(scheduled: float) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        conn = None
+        try:
+            async with asyncio.timeout(client_timeout):
+                conn = await pool.get()
+                status, keep = await _request(conn, path)
+        except TimeoutError:
+            result.timeouts += 1
+            if conn is not None:
+                conn[1].close()
+            return
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            result.errors += 1
+            if conn is not None:
+                conn[1].close()
+            return
+        finally:
+            in_flight -= 1
+        if keep:
+            pool.put(conn)
+        else:
+            conn[1].close()
+        if status == 200:
+            result.ok_latencies_ms.append((time.perf_counter() - scheduled) * 1e3)
+        elif status in (429, 503):
+            result.rejected += 1
+        else:
+            result.errors += 1
+
+    interval = 1.0 / rate
+    total = int(rate * seconds)
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+    try:
+        for i in range(total):
+            scheduled = start + i * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result.outstanding.append(in_flight)
+            task = asyncio.create_task(one(scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            result.sent += 1
+        if tasks:
+            await asyncio.wait(set(tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        pool.close()
+    return result
+
+
+async def closed_loop(
+    port: int, clients: int, seconds: float, *, path: str = "/work"
+) -> PhaseResult:
+    """
+    Run *clients* back-to-back clients for *seconds*.
+
+    Returns:
+        The counts and latencies; ``goodput`` is the throughput they reached.
+    """
+    result = PhaseResult(seconds)
+    end = time.perf_counter() + seconds
+
+    async def client() -> None:
+        conn = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < end:
+                sent = time.perf_counter()
+                status, _ = await _request(conn, path)
+                result.sent += 1
+                if status == 200:
+                    result.ok_latencies_ms.append((time.perf_counter() - sent) * 1e3)
+                else:
+                    result.errors += 1
+        finally:
+            conn[1].close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return result
