@@ -23,6 +23,7 @@ Coalescing, by the request arriving while a pass runs::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 
 import anyio
+
+from ._participants import absorb, describe, must_propagate, run_in_daemon_thread
 
 if TYPE_CHECKING:
     from ._snapshot import MetricsSnapshot, PressureLevel
@@ -89,8 +92,11 @@ class Cleanup(Protocol):
         ...
 
 
-CleanupHandler: TypeAlias = Cleanup | Callable[[CleanupRequest], Awaitable[None]]
-"""A :class:`Cleanup` object, or an async callable taking a :class:`CleanupRequest`."""
+CleanupHandler: TypeAlias = (
+    Cleanup | Callable[[CleanupRequest], Awaitable[None]] | Callable[[CleanupRequest], None]
+)
+"""A :class:`Cleanup` object, or a callable taking a :class:`CleanupRequest`: async
+(awaited on the event loop) or sync (called in a worker thread, never on the loop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +176,18 @@ class CleanupStatistics:
     last_report: CleanupReport | None
 
 
-@dataclass(frozen=True, slots=True)
 class _Registration:
-    name: str
-    call: Callable[[CleanupRequest], object]
-    timeout: float
+    """One registered handler; ``thread_busy`` is set while a sync call runs in its thread."""
+
+    __slots__ = ("call", "is_async", "name", "thread_busy", "timeout")
+
+    def __init__(self, name: str, call: Callable[[CleanupRequest], object], timeout: float) -> None:
+        self.name = name
+        self.call = call
+        self.timeout = timeout
+        dunder = getattr(call, "__call__", None)  # noqa: B004 - async __call__ objects
+        self.is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(dunder)
+        self.thread_busy = False
 
 
 class _Pass:
@@ -204,6 +217,13 @@ def _check_timeout(timeout: float, what: str) -> None:
 class CleanupDispatcher:
     """
     Run registered cleanup handlers concurrently, each under its own timeout.
+
+    Each handler runs in its own task and cancel scope, and whatever it raises
+    (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, a ``CancelledError``
+    or a cancellation of its own task included) is its ``"error"`` outcome: every
+    registered handler appears in every report with its true status, and
+    :attr:`CleanupReport.ok` reflects them all (see :mod:`._participants` for the
+    one exception, a real Ctrl-C under Python's default SIGINT handler).
 
     One handler's error or hang never affects the others: an error is logged (logger
     ``resource_supervisor.cleanup``, with its traceback) and recorded in the report;
@@ -241,9 +261,17 @@ class CleanupDispatcher:
         """
         Add *handler* to every later pass.
 
+        A sync handler (a plain function, or an object whose ``cleanup`` or
+        ``__call__`` is not ``async``) is accepted and called in a worker thread
+        (a daemon thread of its own), so it never blocks the event loop; at its
+        timeout the thread is abandoned, and until that call returns the handler
+        is reported as an error on later passes instead of being started again.
+        If a sync callable returns an awaitable (a ``lambda`` around a coroutine
+        function), that is awaited on the loop.
+
         Args:
             handler: An object with ``async def cleanup(request)``, or an async
-                callable taking a :class:`CleanupRequest`.
+                callable taking a :class:`CleanupRequest`; or their sync forms.
             name: The name in reports; defaults to the function's or the class's
                 qualified name.
             timeout: Seconds this handler may run; defaults to ``handler_timeout``.
@@ -386,18 +414,19 @@ class CleanupDispatcher:
         outcomes: list[HandlerOutcome | None],
         index: int,
     ) -> None:
+        # Each handler runs in its own task and scope: whatever it raises, a
+        # CancelledError or a cancellation of its own task included, is its outcome
+        # and never reaches its siblings (see _participants); only the timeout of
+        # this scope or a real cancellation of the pass propagates out of the try.
         start = time.perf_counter()
-        error: Exception | None = None
+        error: BaseException | None = None
         with anyio.move_on_after(registration.timeout) as scope:
             try:
-                result = registration.call(request)
-                if not inspect.isawaitable(result):
-                    raise TypeError(  # noqa: TRY301 - recorded like any handler error
-                        f"cleanup handler returned {type(result).__name__}, not an awaitable; "
-                        "it must be async"
-                    )
-                await result
-            except Exception as exc:
+                await self._call(registration, request)
+            except BaseException as exc:
+                if must_propagate(exc, in_thread=not registration.is_async):
+                    raise
+                absorb(exc)
                 error = exc
                 logger.warning(
                     "cleanup handler %r failed (%s)",
@@ -417,9 +446,7 @@ class CleanupDispatcher:
             )
         elif error is not None:
             self._handler_failures += 1
-            outcome = HandlerOutcome(
-                registration.name, "error", duration, f"{type(error).__name__}: {error}"
-            )
+            outcome = HandlerOutcome(registration.name, "error", duration, describe(error))
         else:
             outcome = HandlerOutcome(registration.name, "ok", duration)
         outcomes[index] = outcome
@@ -433,3 +460,33 @@ class CleanupDispatcher:
             coalesced=self._coalesced,
             last_report=self._last_report,
         )
+
+    @staticmethod
+    async def _call(registration: _Registration, request: CleanupRequest) -> None:
+        if registration.is_async:
+            result = registration.call(request)
+        else:
+            # A sync handler runs in a worker thread, never on the loop. One still
+            # running from an earlier pass (abandoned at its timeout) is not started
+            # again, so hung threads cannot pile up.
+            if registration.thread_busy:
+                raise _StillRunningError
+            registration.thread_busy = True
+            call = functools.partial(_call_in_thread, registration, request)
+            result = await run_in_daemon_thread(call)
+        if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
+            await result
+
+
+def _call_in_thread(registration: _Registration, request: CleanupRequest) -> object:
+    try:
+        return registration.call(request)
+    finally:
+        registration.thread_busy = False
+
+
+class _StillRunningError(RuntimeError):
+    """A sync handler's call from an earlier pass has not returned yet."""
+
+    def __str__(self) -> str:
+        return "still running since an earlier pass (its thread was abandoned at its timeout)"

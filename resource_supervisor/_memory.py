@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
+from ._participants import absorb, must_propagate
 from ._snapshot import PressureLevel
 
 if TYPE_CHECKING:
@@ -289,9 +290,13 @@ class MemoryAdvisor:
                 result = entry.clear(request)
                 if result is not None:
                     await result
-            except Exception:
+            except BaseException as exc:
+                # a cache's KeyboardInterrupt or own CancelledError is its failure
+                if must_propagate(exc):
+                    raise
+                absorb(exc)
                 self._cache_failures += 1
-                logger.warning("clearing cache %r failed", entry.name, exc_info=True)
+                logger.warning("clearing cache %r failed", entry.name, exc_info=exc)
             else:
                 self._caches_cleared += 1
         # A real yield, not just a cancellation check: the other handlers of this

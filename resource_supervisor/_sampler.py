@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 import anyio
-import anyio.to_thread
 import psutil
 
+from ._participants import absorb, describe, must_propagate, run_in_daemon_thread
 from ._sources._cgroup import CgroupMemoryReader, MemoryFigures, effective_memory
 from ._sources._kept_open import KeptOpen
 from ._sources._proc import CpuTimes, HostMemory, ProcReader
@@ -303,13 +303,10 @@ class Sampler(KeptOpen):
         data = self._read_core()
         providers = list(self._providers.values())
         if providers:
-            sync_count = sum(1 for provider in providers if not provider.is_async)
-            # The sampler's own limiter, never anyio's default one.
-            limiter = anyio.CapacityLimiter(max(1, sync_count))
             results: dict[str, dict[str, float | int]] = {}
             async with anyio.create_task_group() as tg:
                 for provider in providers:
-                    tg.start_soon(self._run_provider, provider, limiter, results)
+                    tg.start_soon(self._run_provider, provider, results)
             for provider in providers:
                 result = results.get(provider.name)
                 if result is not None:
@@ -430,9 +427,7 @@ class Sampler(KeptOpen):
                 data["psi_memory_full_avg10"] = psi.full_avg10
         return data
 
-    async def _call_provider(
-        self, provider: _Provider, limiter: anyio.CapacityLimiter
-    ) -> ProviderResult:
+    async def _call_provider(self, provider: _Provider) -> ProviderResult:
         with anyio.fail_after(self._provider_timeout):
             if provider.is_async:
                 result = provider.func()
@@ -442,9 +437,9 @@ class Sampler(KeptOpen):
                 call = _ThreadCall(provider)
                 provider.thread_busy = True
                 try:
-                    result = await anyio.to_thread.run_sync(
-                        call, abandon_on_cancel=True, limiter=limiter
-                    )
+                    # a daemon thread: one that never returns is abandoned at the
+                    # timeout and must not keep the interpreter alive at exit
+                    result = await run_in_daemon_thread(call)
                 except BaseException:
                     # A call abandoned while running clears the flag when its thread
                     # returns; one cancelled before it started never will.
@@ -456,18 +451,21 @@ class Sampler(KeptOpen):
         return result
 
     async def _run_provider(
-        self,
-        provider: _Provider,
-        limiter: anyio.CapacityLimiter,
-        results: dict[str, dict[str, float | int]],
+        self, provider: _Provider, results: dict[str, dict[str, float | int]]
     ) -> None:
         try:
-            raw = await self._call_provider(provider, limiter)
+            raw = await self._call_provider(provider)
             metrics = _namespace(provider.name, raw)
         except TimeoutError:
             self._provider_failed(provider, f"timed out after {self._provider_timeout} s", None)
-        except Exception as exc:  # noqa: BLE001  # logged once per failure streak below
-            self._provider_failed(provider, f"{type(exc).__name__}: {exc}", exc)
+        except BaseException as exc:
+            # Whatever a provider raises (KeyboardInterrupt, SystemExit, its own
+            # CancelledError) is its failure, never the sampler's; only a real
+            # cancellation of this sample propagates (see _participants).
+            if must_propagate(exc, in_thread=not provider.is_async):
+                raise
+            absorb(exc)
+            self._provider_failed(provider, describe(exc), exc)
         else:
             results[provider.name] = metrics
             if provider.failed_samples:

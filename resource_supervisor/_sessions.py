@@ -33,6 +33,7 @@ import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._exceptions import SupervisorClosedError
+from ._participants import absorb, must_propagate
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -54,12 +55,15 @@ class SessionStatistics:
         in_use: Open sessions inside at least one :meth:`SessionRegistry.session` block.
         opened_total: Sessions opened since the registry was made.
         evicted_total: Sessions closed by :meth:`SessionRegistry.cleanup` for idling.
+        close_failures: ``on_close`` callbacks that raised (anything) or outlived
+            ``close_timeout``.
     """
 
     active: int
     in_use: int
     opened_total: int
     evicted_total: int
+    close_failures: int = 0
 
 
 class _Session:
@@ -125,6 +129,7 @@ class SessionRegistry:
         self._in_use = 0  # sessions with in_use > 0
         self._opened_total = 0
         self._evicted_total = 0
+        self._close_failures = 0
         self._closed = False
 
     @property
@@ -306,6 +311,7 @@ class SessionRegistry:
             in_use=self._in_use,
             opened_total=self._opened_total,
             evicted_total=self._evicted_total,
+            close_failures=self._close_failures,
         )
 
     async def aclose(self) -> None:
@@ -342,9 +348,16 @@ class SessionRegistry:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout) as scope:
             try:
                 await on_close(session_id)
-            except Exception:
-                logger.warning("on_close of session %r failed", session_id, exc_info=True)
+            except BaseException as exc:
+                # Anything a callback raises (KeyboardInterrupt, SystemExit, its own
+                # CancelledError) is its failure; only our timeout propagates.
+                if must_propagate(exc):
+                    raise
+                absorb(exc)
+                self._close_failures += 1
+                logger.warning("on_close of session %r failed", session_id, exc_info=exc)
         if scope.cancelled_caught:
+            self._close_failures += 1
             logger.warning(
                 "on_close of session %r did not finish within %g s",
                 session_id,

@@ -32,6 +32,7 @@ from ._events import CleanupCompleted, CpuWarning, LevelChanged, SupervisorEvent
 from ._exceptions import NoSupervisorError, SupervisorClosedError
 from ._gpu import TorchGpuReclaimer, gpu_readings
 from ._memory import MemoryAdvisor
+from ._participants import absorb, must_propagate
 from ._policy import Reading, Thresholds, cleanup_due, grade
 from ._sampler import Sampler
 from ._sessions import SessionRegistry
@@ -556,10 +557,14 @@ class Supervisor:
                 await self.update_metrics()
             except SupervisorClosedError:
                 return
-            except Exception:
-                # A failing part never stops the loop; the next sample tries again.
+            except BaseException as exc:
+                # A failing part (a custom source may raise anything) never stops the
+                # loop; the next sample tries again. Real cancellation propagates.
+                if must_propagate(exc):
+                    raise
+                absorb(exc)
                 self._sample_failures += 1
-                logger.exception("sampling failed; will retry in %.3g s", interval)
+                logger.exception("sampling failed; will retry in %.3g s", interval, exc_info=exc)
 
     async def update_metrics(self) -> MetricsSnapshot:
         """
@@ -612,6 +617,7 @@ class Supervisor:
         data.update(
             active_sessions_rag=self._sessions.active,
             sessions_evicted_total=sessions.evicted_total,
+            session_close_failures_total=sessions.close_failures,
             stream_subscribers=snapshots.subscribers,
             stream_dropped_total=snapshots.dropped + self._events.statistics().dropped,
             stream_refused_total=self._streams_refused,

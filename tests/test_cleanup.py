@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import threading
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -156,20 +159,56 @@ async def test_handler_raising_timeout_error_is_an_error_not_a_timeout() -> None
     assert dispatcher.statistics().handler_timeouts == 0
 
 
-async def test_sync_callable_is_recorded_as_error() -> None:
-    """A callable that returns no awaitable is recorded as a TypeError, not run twice."""
-    calls: list[CleanupRequest] = []
+async def test_sync_handler_runs_in_a_worker_thread_off_the_loop() -> None:
+    """A sync handler is accepted and called in a worker thread, so it never blocks the loop."""
+    threads: list[int] = []
+    ticks: list[float] = []
 
-    def not_async(request: CleanupRequest) -> None:
-        calls.append(request)
+    def blocking(request: CleanupRequest) -> None:
+        threads.append(threading.get_ident())
+        time.sleep(0.3)  # blocks its thread, not the loop
+
+    class SyncCleanup:
+        def cleanup(self, request: CleanupRequest) -> None:
+            threads.append(threading.get_ident())
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(anyio.current_time())
+            await anyio.sleep(0.01)
 
     dispatcher = make_dispatcher()
-    dispatcher.register(not_async)  # type: ignore[arg-type]
-    report = await dispatcher.run(NORMAL)
-    assert calls == [NORMAL]
-    assert report.outcomes[0].status == "error"
-    assert report.outcomes[0].error is not None
-    assert report.outcomes[0].error.startswith("TypeError:")
+    dispatcher.register(blocking)
+    dispatcher.register(SyncCleanup(), name="object")  # type: ignore[arg-type]
+    dispatcher.register(lambda request: anyio.lowlevel.checkpoint(), name="lambda")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        report = await dispatcher.run(NORMAL)
+        tg.cancel_scope.cancel()
+    assert [o.status for o in report.outcomes] == ["ok", "ok", "ok"], report.outcomes
+    assert len(threads) == 2
+    assert threading.get_ident() not in threads
+    assert len(ticks) >= 5  # the loop kept ticking while the handler slept
+
+
+async def test_hung_sync_handler_times_out_and_is_not_started_twice() -> None:
+    """A sync handler past its timeout is abandoned; later passes report it, not re-run it."""
+    release = threading.Event()
+    calls: list[int] = []
+
+    def hangs(request: CleanupRequest) -> None:
+        calls.append(1)
+        release.wait(10)
+
+    dispatcher = make_dispatcher()
+    dispatcher.register(hangs, timeout=0.1)
+    first = await dispatcher.run(NORMAL)
+    second = await dispatcher.run(NORMAL)
+    release.set()
+    assert first.outcomes[0].status == "timeout"
+    assert second.outcomes[0].status == "error"
+    assert "still running since an earlier pass" in (second.outcomes[0].error or "")
+    assert calls == [1]
 
 
 async def test_register_accepts_cleanup_objects_and_callables() -> None:
@@ -463,3 +502,95 @@ def test_cleanup_request_defaults() -> None:
 
 
 _: Callable[[CleanupRequest], Awaitable[None]] = GatedHandler().cleanup  # type check only
+
+
+# -- isolation: whatever a handler raises stays its own outcome -------------------------
+
+
+def _raiser(exc_type: type[BaseException]) -> Callable[[CleanupRequest], Awaitable[None]]:
+    async def handler(request: CleanupRequest) -> None:
+        await anyio.lowlevel.checkpoint()
+        raise exc_type("from the handler")
+
+    return handler
+
+
+async def _cancels_own_task(request: CleanupRequest) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    await anyio.sleep(5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _raiser(KeyboardInterrupt),
+        _raiser(SystemExit),
+        _raiser(GeneratorExit),
+        _raiser(asyncio.CancelledError),
+        _cancels_own_task,
+    ],
+    ids=["KeyboardInterrupt", "SystemExit", "GeneratorExit", "CancelledError", "self-cancel"],
+)
+async def test_any_raise_of_a_handler_leaves_its_siblings_and_the_report_whole(
+    bad: Callable[[CleanupRequest], Awaitable[None]],
+) -> None:
+    """
+    A handler raising a BaseException, its own CancelledError, or cancelling its own
+    task is recorded as an error and counted; its siblings (a slow one included) run
+    to completion, every handler is in the report, ok is False, and the caller is
+    not cancelled.
+    """
+    done: list[str] = []
+
+    async def slow(request: CleanupRequest) -> None:
+        await anyio.sleep(0.05)
+        done.append("slow")
+
+    async def quick(request: CleanupRequest) -> None:
+        done.append("quick")
+
+    dispatcher = make_dispatcher()
+    dispatcher.register(slow, name="slow")
+    dispatcher.register(bad, name="bad")
+    dispatcher.register(quick, name="quick")
+    for _ in range(2):  # every pass, not just the first
+        with anyio.fail_after(5):
+            report = await dispatcher.run(NORMAL)
+        assert [(o.name, o.status) for o in report.outcomes] == [
+            ("slow", "ok"),
+            ("bad", "error"),
+            ("quick", "ok"),
+        ]
+        assert report.ok is False
+        await anyio.lowlevel.checkpoint()  # the caller's task carries no leftover cancellation
+    assert done == ["quick", "slow", "quick", "slow"]
+    assert dispatcher.statistics().handler_failures == 2
+
+
+async def test_sync_handler_raising_keyboard_interrupt_in_its_thread_is_recorded() -> None:
+    """A KeyboardInterrupt raised in a sync handler's thread is its error, never a Ctrl-C."""
+
+    def interrupts(request: CleanupRequest) -> None:
+        raise KeyboardInterrupt
+
+    dispatcher = make_dispatcher()
+    dispatcher.register(interrupts)
+    report = await dispatcher.run(NORMAL)
+    assert report.outcomes[0].status == "error"
+    assert report.outcomes[0].error == "KeyboardInterrupt"
+
+
+async def test_cancelling_the_pass_still_cancels_its_handlers() -> None:
+    """A real cancellation of the pass is not absorbed: handlers are cancelled, no report."""
+    handler = GatedHandler()
+    dispatcher = make_dispatcher()
+    dispatcher.register(handler)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.run, NORMAL)
+        await handler.entered.wait()
+        tg.cancel_scope.cancel()
+    assert handler.cancelled == 1
+    assert dispatcher.statistics().runs == 0
+    assert dispatcher.statistics().handler_failures == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import psutil
 import pytest
 
@@ -563,3 +565,73 @@ def test_register_validates_names(sampler: Sampler) -> None:
         sampler.register_provider("x", 42)  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="nope"):
         sampler.unregister_provider("nope")
+
+
+# -- providers raising anything ---------------------------------------------------------
+
+_BASE_EXCEPTIONS = [KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError]
+
+
+@pytest.mark.parametrize("exc_type", _BASE_EXCEPTIONS, ids=lambda t: t.__name__)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_provider_raising_any_base_exception_is_counted_and_isolated(
+    sampler: Sampler, exc_type: type[BaseException], kind: str
+) -> None:
+    """
+    A provider raising KeyboardInterrupt, SystemExit, GeneratorExit or CancelledError
+    (sync in its thread, or async) is left out and counted on every sample; the other
+    providers still report and the sampling task is not cancelled.
+    """
+
+    def sync_bad() -> dict[str, float]:
+        raise exc_type("bad")
+
+    async def async_bad() -> dict[str, float]:
+        await anyio.lowlevel.checkpoint()
+        raise exc_type("bad")
+
+    async def good() -> dict[str, float]:
+        await anyio.sleep(0.01)
+        return {"value": 1.0}
+
+    sampler.register_provider("bad", sync_bad if kind == "sync" else async_bad)
+    sampler.register_provider("good", good)
+    for expected in (1, 2):
+        with anyio.fail_after(5):
+            data = await sampler.sample()
+        assert data["good_value"] == 1.0
+        assert data["provider_failures_total"] == expected
+        await anyio.lowlevel.checkpoint()  # no cancellation left pending on this task
+
+
+async def test_provider_cancelling_its_own_task_is_counted(sampler: Sampler) -> None:
+    """A provider that cancels its own task is a counted failure, not a cancelled sample."""
+
+    async def self_cancelling() -> dict[str, float]:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await anyio.sleep(5)
+        return {}
+
+    sampler.register_provider("selfish", self_cancelling)
+    with anyio.fail_after(5):
+        data = await sampler.sample()
+    assert data["provider_failures_total"] == 1
+
+
+async def test_cancelling_a_sample_is_not_counted_as_provider_failure(sampler: Sampler) -> None:
+    """A real cancellation of the sample still propagates, and is no provider failure."""
+    started = anyio.Event()
+
+    async def slow() -> dict[str, float]:
+        started.set()
+        await anyio.sleep(5)
+        return {}
+
+    sampler.register_provider("slow", slow)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sampler.sample)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert sampler.statistics().provider_failures == 0

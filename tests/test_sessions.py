@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -477,3 +478,39 @@ async def _replay(ops: list[tuple[str, object]]) -> None:
         await remaining.__aexit__(None, None, None)
     await registry.aclose()
     assert registry.statistics().in_use == 0
+
+
+# -- on_close callbacks raising anything ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc_type",
+    [KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError, ValueError],
+    ids=lambda t: t.__name__,
+)
+async def test_on_close_raising_anything_is_counted_and_the_others_run(
+    exc_type: type[BaseException],
+) -> None:
+    """
+    An on_close raising any BaseException (its own CancelledError included) is logged
+    and counted in close_failures; the other sessions' callbacks still run, and the
+    caller is neither interrupted nor cancelled.
+    """
+    closed: list[str] = []
+
+    async def bad(session_id: str) -> None:
+        raise exc_type("from on_close")
+
+    async def good(session_id: str) -> None:
+        await anyio.sleep(0.01)
+        closed.append(session_id)
+
+    registry = make_registry(ManualClock())
+    registry.open("bad", on_close=bad)
+    registry.open("good-1", on_close=good)
+    registry.open("good-2", on_close=good)
+    with anyio.fail_after(5):
+        await registry.aclose()
+    await anyio.lowlevel.checkpoint()  # no cancellation left pending
+    assert sorted(closed) == ["good-1", "good-2"]
+    assert registry.statistics().close_failures == 1

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -26,6 +31,8 @@ from resource_supervisor.testing import ManualClock, ScriptedSource
 from ._leaks import live_children
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from resource_supervisor import SupervisorEvent, SupervisorSettings
 
 
@@ -453,3 +460,56 @@ async def test_active_sessions_count_at_once_without_a_new_sample() -> None:
         await sup.sessions.close("brand-new")
         assert sup.metrics.active_sessions_rag == 1
         assert sup.metrics is sup.metrics  # rebuilt only when the count moves
+
+
+# -- participants cannot take the service down -------------------------------------------
+
+
+def _read_counters(proc: subprocess.Popen[str], want: Callable[[list[int]], bool]) -> list[int]:
+    """Read the rogue service's lines until *want* holds for its counters (10 s guard)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"the service died: rc={proc.wait()}, stderr={proc.stderr.read()[-2000:]}"  # type: ignore[union-attr]
+        fields = line.split()
+        if fields and fields[0] == "alive":
+            counters = [int(x) for x in fields[1:]]
+            if want(counters):
+                return counters
+    raise AssertionError("counters never reached the expected values")
+
+
+def test_participants_raising_base_exceptions_never_stop_the_service() -> None:
+    """
+    In a real service process, providers (sync and async) raising KeyboardInterrupt,
+    SystemExit, GeneratorExit and CancelledError, a cleanup handler and a cache
+    raising KeyboardInterrupt and a session on_close raising SystemExit are each
+    counted on every sample while the service keeps running; a real SIGINT then
+    still stops it.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests._rogue_service"],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # 8 providers fail per sample: keep reading until several samples went by
+        # and every other participant failed at least twice (cleanup repeats)
+        first = _read_counters(proc, lambda c: c[0] >= 8 and c[1] >= 1)
+        later = _read_counters(proc, lambda c: c[0] >= first[0] + 40 and c[1] >= first[1] + 2)
+        assert later[2] >= 1  # the session's on_close, once (the session is gone)
+        assert later[3] >= 2  # the cache, on every cleanup
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
