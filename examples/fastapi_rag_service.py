@@ -367,7 +367,7 @@ def create_app(settings: SupervisorSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="RAG service",
-        lifespan=supervised_lifespan(settings, inner=rag_lifespan),  # type: ignore[arg-type]
+        lifespan=supervised_lifespan(settings, inner=rag_lifespan),
     )
     app.add_middleware(LoadSheddingMiddleware)
     app.include_router(create_router())

@@ -179,6 +179,7 @@ class Supervisor:
         self._cpu_streak = False
         self._sample_failures = 0
         self._streams_refused = 0
+        self._exit_callbacks: list[Callable[[], None]] = []
         self._cleanup_runs = 0
         self._lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
@@ -338,6 +339,7 @@ class Supervisor:
         """
         if self._state != "running":
             self._state = "closed"
+            self._run_exit_callbacks()
             return
         self._state = "closed"
         stack, self._stack = self._stack, None
@@ -345,10 +347,25 @@ class Supervisor:
             with contextlib.suppress(ValueError):  # reset from another context
                 _CURRENT.reset(self._token)
             self._token = None
-        if stack is not None:
-            # Not wrapped in a shielded scope: task groups in the stack must exit in
-            # the host task's own scope order. Each part shields its own shutdown.
-            await stack.aclose()
+        try:
+            if stack is not None:
+                # Not wrapped in a shielded scope: task groups in the stack must exit
+                # in the host task's own scope order. Each part shields its own shutdown.
+                await stack.aclose()
+        finally:
+            self._run_exit_callbacks()
+
+    def _call_at_exit(self, callback: Callable[[], None]) -> None:
+        """Run sync *callback* once when this supervisor exits (integrations' undo)."""
+        self._exit_callbacks.append(callback)
+
+    def _run_exit_callbacks(self) -> None:
+        callbacks, self._exit_callbacks = self._exit_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("an exit callback of the supervisor failed")
 
     @classmethod
     def current(cls) -> Supervisor:

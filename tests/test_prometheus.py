@@ -267,3 +267,89 @@ def test_exposition_of_a_plain_snapshot_parses() -> None:
     snapshot = MetricsSnapshot(dict(make_snapshot()))
     families = list(text_string_to_metric_families(_exposition(snapshot)))
     assert families
+
+
+def _family_names(registry: CollectorRegistry) -> list[str]:
+    return [f.name for f in registry.collect() if f.name.startswith(PREFIX)]
+
+
+async def test_register_twice_exports_each_family_once() -> None:
+    """register(sup) is idempotent per registry: a second call (or a second
+    collector of the same supervisor) adds nothing, so no family is doubled."""
+    from resource_supervisor._supervisor import Supervisor
+
+    async with Supervisor(build_settings(monitoring_enabled=False)) as sup:
+        registry = CollectorRegistry()
+        first = register(sup, registry)
+        once = _family_names(registry)
+        second = register(sup, registry)
+        registry.register(SupervisorCollector(sup))
+        assert second == first
+        assert first != object()
+        assert _family_names(registry) == once
+        assert len(once) == len(set(once))
+        # Another supervisor's collector is a different collector.
+        async with Supervisor(build_settings(monitoring_enabled=False)) as other:
+            register(other, registry)
+            assert len(_family_names(registry)) == 2 * len(once)
+
+
+async def test_registration_ends_with_the_supervisor() -> None:
+    """Once the supervisor exits, its collector is unregistered and exports no stale
+    values; registering an exited supervisor is an error; a new one registers."""
+    from resource_supervisor._exceptions import SupervisorClosedError
+    from resource_supervisor._supervisor import Supervisor
+
+    registry = CollectorRegistry()
+    early = Supervisor(build_settings(monitoring_enabled=False))
+    collector = register(early, registry)  # before entry: exports nothing yet
+    assert _family_names(registry) == []
+    async with early:
+        assert _family_names(registry)
+    assert _family_names(registry) == []
+    assert list(collector.collect()) == []
+    with pytest.raises(SupervisorClosedError):
+        register(early, registry)
+    # The registry no longer holds it: unregistering it again fails as for any stranger.
+    with pytest.raises(KeyError):
+        registry.unregister(collector)
+
+    async with Supervisor(build_settings(monitoring_enabled=False)) as sup:
+        register(sup, registry)
+        register(sup, registry)
+        assert _family_names(registry)
+    assert _family_names(registry) == []
+
+
+async def test_manually_registered_collector_of_an_exited_supervisor_is_silent() -> None:
+    """A collector registered by hand (not through register) exports nothing once its
+    supervisor exited, rather than its last snapshot."""
+    from resource_supervisor._supervisor import Supervisor
+
+    registry = CollectorRegistry()
+    async with Supervisor(build_settings(monitoring_enabled=False)) as sup:
+        registry.register(SupervisorCollector(sup))
+        assert _family_names(registry)
+    assert _family_names(registry) == []
+
+
+async def test_a_failing_exit_callback_does_not_stop_the_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An integration's exit callback that raises is logged; the others still run and
+    the supervisor still closes."""
+    from resource_supervisor._supervisor import Supervisor
+
+    registry = CollectorRegistry()
+    sup = Supervisor(build_settings(monitoring_enabled=False))
+    async with sup:
+
+        def broken() -> None:
+            raise RuntimeError("boom")
+
+        sup._call_at_exit(broken)
+        register(sup, registry)
+    assert _family_names(registry) == []
+    assert "exit callback" in caplog.text
+    with pytest.raises(Exception, match="not running"):
+        sup.executors  # noqa: B018

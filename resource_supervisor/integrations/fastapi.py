@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Final, Literal, TypeVar, overload
 
 try:
     from fastapi import APIRouter, HTTPException, Request
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
     from .._config import SupervisorSettings
     from .._snapshot import MetricsSnapshot
 
-    Lifespan = Callable[[object], AbstractAsyncContextManager[Mapping[str, object] | None]]
-
 __all__ = (
     "DEFAULT_EXEMPT_PATHS",
     "DEFAULT_MAX_STREAMS",
@@ -66,6 +64,7 @@ __all__ = (
 )
 
 F = TypeVar("F", bound="Callable[..., object]")
+AppT = TypeVar("AppT")
 
 _EXEMPT_ATTR: Final = "__resource_supervisor_exempt__"
 _STATE_KEY: Final = "supervisor"
@@ -83,13 +82,33 @@ DEFAULT_EXEMPT_PATHS: Final = (
 # -- lifespan ----------------------------------------------------------------------
 
 
+@overload
 def supervised_lifespan(
     settings: SupervisorSettings | None = None,
     *,
     config_path: str | os.PathLike[str] | None = None,
-    inner: Lifespan | None = None,
+    inner: None = None,
+    supervisor_factory: Callable[[SupervisorSettings], Supervisor] = ...,
+) -> Callable[[object], AbstractAsyncContextManager[dict[str, object]]]: ...
+
+
+@overload
+def supervised_lifespan(
+    settings: SupervisorSettings | None = None,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    inner: Callable[[AppT], AbstractAsyncContextManager[Mapping[str, object] | None]],
+    supervisor_factory: Callable[[SupervisorSettings], Supervisor] = ...,
+) -> Callable[[AppT], AbstractAsyncContextManager[dict[str, object]]]: ...
+
+
+def supervised_lifespan(
+    settings: SupervisorSettings | None = None,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    inner: Callable[[AppT], AbstractAsyncContextManager[Mapping[str, object] | None]] | None = None,
     supervisor_factory: Callable[[SupervisorSettings], Supervisor] = Supervisor,
-) -> Callable[[object], AbstractAsyncContextManager[dict[str, object]]]:
+) -> Callable[[AppT], AbstractAsyncContextManager[dict[str, object]]]:
     """
     Build a lifespan that runs a :class:`Supervisor` while the app runs.
 
@@ -104,8 +123,11 @@ def supervised_lifespan(
             :func:`load_settings` from *config_path* and the environment when the
             app starts.
         config_path: YAML file read when *settings* is ``None``.
-        inner: The app's own lifespan (``app -> async context manager``); the
-            mapping it yields, if any, is merged into the lifespan state.
+        inner: The app's own lifespan (``app -> async context manager``), typed
+            as FastAPI and Starlette lifespans are: stateless (yielding ``None``)
+            or yielding a mapping (a ``TypedDict`` too), which is merged into the
+            lifespan state. Its app type is the result's, so a lifespan for
+            ``FastAPI`` makes a lifespan for ``FastAPI``.
         supervisor_factory: Builds the supervisor from the settings (tests pass
             one that adds a scripted source).
 
@@ -119,7 +141,7 @@ def supervised_lifespan(
         raise TypeError("give settings or config_path, not both")
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: object) -> AsyncIterator[dict[str, object]]:
+    async def lifespan(app: AppT) -> AsyncIterator[dict[str, object]]:
         resolved = settings if settings is not None else load_settings(config_path)
         async with supervisor_factory(resolved) as sup:
             state = getattr(app, "state", None)

@@ -24,6 +24,7 @@ Naming rules, applied to every numeric key of a snapshot:
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
@@ -249,8 +250,11 @@ class SupervisorCollector(Collector):
 
     ``collect()`` formats :attr:`Supervisor.metrics` and never samples, so a scrape
     costs a few microseconds per metric and cannot block the event loop; the
-    numbers are as fresh as ``monitoring_interval``. Before the supervisor is
-    entered it exports nothing; after it exits, its last snapshot.
+    numbers are as fresh as ``monitoring_interval``. It exports nothing before the
+    supervisor is entered and nothing after it exits (no stale values).
+
+    Two collectors of the same supervisor are equal (and hash alike), so a registry
+    holds at most one of them: registering one twice never doubles a family.
 
     Args:
         supervisor: The supervisor to export.
@@ -259,6 +263,14 @@ class SupervisorCollector(Collector):
     def __init__(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SupervisorCollector):
+            return NotImplemented
+        return other._supervisor is self._supervisor
+
+    def __hash__(self) -> int:
+        return hash((SupervisorCollector, id(self._supervisor)))
+
     def collect(self) -> Iterator[Metric]:
         """
         Yield the families of the latest snapshot.
@@ -266,11 +278,14 @@ class SupervisorCollector(Collector):
         Returns:
             An iterator of metric families (empty before the first snapshot).
         """
-        try:
-            snapshot = self._supervisor.metrics
-        except SupervisorClosedError:
+        sup = self._supervisor
+        if not sup.running:
             return iter(())
-        return iter(snapshot_families(snapshot, self._supervisor.provider_names))
+        try:
+            snapshot = sup.metrics
+        except SupervisorClosedError:  # entering: no first snapshot yet
+            return iter(())
+        return iter(snapshot_families(snapshot, sup.provider_names))
 
     def describe(self) -> Iterator[Metric]:
         """
@@ -282,11 +297,25 @@ class SupervisorCollector(Collector):
         return iter(())
 
 
+def _has_snapshot(supervisor: Supervisor) -> bool:
+    try:
+        supervisor.metrics  # noqa: B018  # raises before the first snapshot
+    except SupervisorClosedError:
+        return False
+    return True
+
+
 def register(
     supervisor: Supervisor, registry: CollectorRegistry | None = None
 ) -> SupervisorCollector:
     """
-    Register a :class:`SupervisorCollector` for *supervisor*.
+    Register a :class:`SupervisorCollector` for *supervisor*, until it exits.
+
+    Idempotent: registering the same supervisor in the same registry again adds
+    nothing. The registration ends when the supervisor exits (the collector is
+    unregistered then), so an exited supervisor exports no stale values and a
+    new supervisor can be registered in its place. Registering before entry is
+    fine: the collector exports nothing until the first snapshot.
 
     Args:
         supervisor: The supervisor to export.
@@ -294,8 +323,22 @@ def register(
             default ``REGISTRY``.
 
     Returns:
-        The collector; pass it to ``registry.unregister`` to remove it.
+        The collector; ``registry.unregister(collector)`` removes it earlier.
+
+    Raises:
+        SupervisorClosedError: If *supervisor* has already exited.
     """
+    target = registry if registry is not None else REGISTRY
+    if not supervisor.running and _has_snapshot(supervisor):  # not before entry: exited
+        raise SupervisorClosedError("supervisor (exited; register a running one)")
     collector = SupervisorCollector(supervisor)
-    (registry if registry is not None else REGISTRY).register(collector)
+    # An equal collector already there is kept: the registry maps collectors by
+    # equality, and describe() names nothing, so nothing is doubled or refused.
+    target.register(collector)
+
+    def unregister() -> None:
+        with contextlib.suppress(KeyError):  # removed already (by hand, or twice)
+            target.unregister(collector)
+
+    supervisor._call_at_exit(unregister)
     return collector
