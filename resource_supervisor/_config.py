@@ -151,6 +151,13 @@ class ConcurrencySettings(_Frozen):
     """Retire a worker process after this many calls (None = never)."""
     worker_max_rss_bytes: Bytes | None = None
     """Retire a worker process between calls once its RSS exceeds this."""
+    default_thread_limiter_tokens: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
+    """Size of anyio's default thread limiter (FastAPI ``def`` endpoints, sync
+    dependencies, ``run_in_threadpool``) while the supervisor runs; ``None`` = leave it
+    (anyio's default is 40)."""
+    govern_default_thread_limiter: bool = False
+    """Shrink that limiter under pressure (half at WARNING, a quarter at CRITICAL, at
+    least 1) and restore it when pressure clears."""
     backend: Literal["local", "dask"] = "local"
     """Where the process lane runs: local worker processes or a Dask cluster."""
     dask: DaskSettings = DaskSettings()

@@ -42,6 +42,7 @@ from ._sources._cpus import usable_cpu_count
 from ._sources._gpu import GpuSource
 from ._sources._notify import MemoryNotifier
 from ._streams import Broadcaster, Subscription
+from ._thread_limiter import DefaultThreadLimiter
 from .broker._executors import Executors
 
 if TYPE_CHECKING:
@@ -169,6 +170,10 @@ class Supervisor:
         )
         self._memory = MemoryAdvisor(lambda: self.metrics)
         self._executors: Executors | None = None
+        self._thread_limiter = DefaultThreadLimiter(
+            tokens=s.concurrency.default_thread_limiter_tokens,
+            govern=s.concurrency.govern_default_thread_limiter,
+        )
         self._admission = limiter_from_settings(s.admission, cpu_stat=CpuStatReader(), clock=clock)
         self._usable_cpus = 1
         self._provider_names: list[str] = []
@@ -238,6 +243,8 @@ class Supervisor:
         io_workers = resolve_io_workers(s.concurrency.default_io_workers, cpus)
         self._executors = Executors(s.concurrency, cpu_workers=cpu_workers, io_workers=io_workers)
         await stack.enter_async_context(self._executors)
+        self._thread_limiter.apply()
+        stack.callback(self._thread_limiter.restore)
 
         self._cleanup.register(self._memory.reclaim, name="memory")
         self._cleanup.register(self._sessions.cleanup, name="sessions")
@@ -628,6 +635,7 @@ class Supervisor:
         data.setdefault("gpu_count", 0)
         if self._executors is not None:
             data.update(self._executors.metrics())
+        data.update(self._thread_limiter.metrics())
         cleanup = self._cleanup.statistics()
         snapshots = self._snapshots.statistics()
         sessions = self._sessions.statistics()
@@ -686,6 +694,7 @@ class Supervisor:
         self._metrics = snapshot
         if self._executors is not None:
             self._executors.set_pressure(graded.level)
+        self._thread_limiter.set_pressure(graded.level)
 
         if graded.level != previous:
             trigger = graded.trigger
