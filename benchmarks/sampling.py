@@ -2,15 +2,31 @@
 Cost of one snapshot on the event loop: ``Sampler.sample()`` vs the psutil calls a
 naive supervisor would make (virtual_memory, cpu_percent, memory_info, num_threads,
 num_fds; and the same with memory_full_info).
+
+Samples back to back run with warm caches; a service samples after an idle
+interval, when CPU caches and the kernel's per-file state are cold. The second part
+measures that case: one ``Sampler.sample()`` and one ``Supervisor.update_metrics()``
+(sample, snapshot build, grading, publishing) after at least 100 ms of idle loop,
+median and p99, and which read costs what after idle (the ``os.pread`` alone beside
+the read with its parsing: the syscall share is all a worker thread could take off
+the loop, since the parsing holds the GIL either way).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from typing import TYPE_CHECKING
 
+import anyio
 import psutil
 
-from ._harness import SuiteContext, Target, sequential_case
+from ._harness import Case, SuiteContext, Target, percentile, sequential_case
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+IDLE_SECONDS = 0.1
 
 
 def _cost(fn: object, n: int) -> float:
@@ -79,3 +95,108 @@ async def run(ctx: SuiteContext) -> None:
     ctx.table("single psutil calls (min of 3)", ["call", "us/call"], rows)
     rss = proc.memory_info().rss / 2**20
     ctx.note(f"The sampler returns {keys} metrics per sample. This process's RSS: {rss:.0f} MiB.")
+    await _after_idle(ctx)
+
+
+async def _idle_samples(call: Callable[[], Awaitable[object]], count: int) -> list[float]:
+    """Microseconds of *call* after IDLE_SECONDS of idle loop each time."""
+    values = []
+    for _ in range(count):
+        await anyio.sleep(IDLE_SECONDS)
+        start = time.perf_counter()
+        await call()
+        values.append((time.perf_counter() - start) * 1e6)
+    return values
+
+
+async def _after_idle(ctx: SuiteContext) -> None:
+    """The on-loop cost of one sample after an idle interval."""
+    from resource_supervisor import Supervisor, SupervisorSettings
+    from resource_supervisor._sampler import Sampler
+
+    count = ctx.scale(40, 15)
+    every: dict[str, list[float]] = {}
+    settings = SupervisorSettings(monitoring_enabled=False)
+    with Sampler() as sampler:
+        async with Supervisor(settings) as sup:
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "Sampler.sample() after 100 ms idle": sampler.sample,
+                "Supervisor.update_metrics() after 100 ms idle": sup.update_metrics,
+            }
+
+            def case(name: str) -> Case:
+                async def measure() -> float:
+                    values = await _idle_samples(calls[name], count)
+                    every.setdefault(name, []).extend(values)
+                    return statistics.median(values)
+
+                return Case(name, measure)
+
+            full = "Supervisor.update_metrics() after 100 ms idle"
+            await ctx.compare(
+                f"one sample on the loop after {IDLE_SECONDS * 1000:.0f} ms idle "
+                f"({count} samples per round)",
+                [case(name) for name in calls],
+                unit="us/sample (median)",
+                baseline="Sampler.sample() after 100 ms idle",
+                targets=[Target("sample after idle <= 100 us on the loop", full, max_value=100.0)],
+                rounds=ctx.scale(5, 3),
+            )
+        ctx.table(
+            "one sample after 100 ms idle, every sample",
+            ["case", "samples", "median us", "p99 us"],
+            [
+                [name, str(len(v)), f"{statistics.median(v):.0f}", f"{percentile(v, 99):.0f}"]
+                for name, v in every.items()
+            ],
+        )
+        await _breakdown(ctx, sampler, count)
+
+
+async def _breakdown(ctx: SuiteContext, sampler: object, count: int) -> None:
+    """Each read after idle: the whole read, and its os.pread alone."""
+    import os
+
+    from resource_supervisor._sampler import Sampler
+
+    assert isinstance(sampler, Sampler)
+    proc, cgroup, psi = sampler._proc, sampler._cgroup, sampler._psi
+    host = sampler._read_host_memory()
+    reads: dict[str, Callable[[], object]] = {
+        "host memory (/proc/meminfo)": sampler._read_host_memory,
+        "memory cgroup (limits, usage, stat)": lambda: sampler._read_memory_figures(host),
+        "CPU times (/proc/stat)": proc.read_cpu_times,
+        "process stat (/proc/self/stat)": proc.read_process_stat,
+        "process RSS (statm)": proc.read_rss_bytes,
+        "open fds (listdir /proc/self/fd)": proc.read_fd_count,
+        "PSI (memory.pressure)": psi.read,
+    }
+    kept: dict[str, int] = getattr(proc, "_fds", {})
+    fds = {
+        name: fd
+        for name, fd in (
+            ("/proc/meminfo", kept.get("meminfo")),
+            ("/proc/stat", kept.get("stat")),
+            ("/proc/self/stat", kept.get("pid_stat")),
+            ("memory.stat", getattr(cgroup, "_stat_fd", None)),
+        )
+        if isinstance(fd, int)
+    }
+    rows = []
+    for name, read in reads.items():
+        values = []
+        for _ in range(count):
+            await anyio.sleep(IDLE_SECONDS)
+            start = time.perf_counter()
+            read()
+            values.append((time.perf_counter() - start) * 1e6)
+        rows.append([name, f"{statistics.median(values):.1f}"])
+    for name, fd in fds.items():
+        values = []
+        for _ in range(count):
+            await anyio.sleep(IDLE_SECONDS)
+            start = time.perf_counter()
+            os.pread(fd, 65536, 0)
+            values.append((time.perf_counter() - start) * 1e6)
+        rows.append([f"os.pread alone: {name}", f"{statistics.median(values):.1f}"])
+    ctx.table("each read after 100 ms idle (median)", ["read", "us"], rows)

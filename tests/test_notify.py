@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from resource_supervisor._sources._arming import (
     PSI_UNPRIVILEGED_WINDOW_US,
     PSI_WINDOW_MAX_US,
     PSI_WINDOW_MIN_US,
+    REARM_TOLERANCE_BYTES,
     PsiTrigger,
     next_sample_at,
     parse_memory_events,
@@ -50,12 +52,17 @@ LEVELS = (75.0, 85.0)
 @given(
     limit=st.integers(1, 2**50),
     percents=st.lists(st.floats(0, 150, allow_nan=False), max_size=4),
+    cache=st.integers(-(2**40), 2**40),
 )
-def test_marks_lie_strictly_inside_the_limit_ascending(limit: int, percents: list[float]) -> None:
+def test_marks_lie_strictly_inside_the_limit_ascending(
+    limit: int, percents: list[float], cache: int
+) -> None:
     """Every mark is a byte count in (0, limit), ascending, without duplicates."""
-    marks = threshold_bytes(limit, percents)
+    marks = threshold_bytes(limit, percents, cache)
     assert list(marks) == sorted(set(marks))
     assert all(0 < mark < limit for mark in marks)
+    levels = {math.ceil(limit * percent / 100.0) for percent in percents}
+    assert {mark - max(0, cache) for mark in marks} <= levels
 
 
 def test_marks_sit_at_the_warning_and_aggressive_levels() -> None:
@@ -64,15 +71,24 @@ def test_marks_sit_at_the_warning_and_aggressive_levels() -> None:
     assert threshold_bytes(limit, LEVELS) == (235929600, 267386880)
     assert threshold_bytes(0, LEVELS) == ()
     assert threshold_bytes(limit, (100.0, 0.0)) == ()
+    # usage includes file cache: the marks sit above the levels by the cache
+    assert threshold_bytes(limit, LEVELS, 2**20) == (235929600 + 2**20, 267386880 + 2**20)
+    assert threshold_bytes(limit, LEVELS, 50 * 2**20) == (235929600 + 50 * 2**20,)
 
 
-def test_rearm_only_when_the_marks_change() -> None:
-    """Nothing armed and nothing wanted: no work; new or changed marks: re-arm."""
+def test_rearm_only_when_the_marks_move_beyond_the_tolerance() -> None:
+    """
+    Nothing armed and nothing wanted: no work; new marks, another count, or a mark
+    moved by more than the tolerance: re-arm; smaller moves keep the marks.
+    """
     assert not thresholds_to_rearm(None, ())
     assert thresholds_to_rearm(None, (1, 2))
     assert not thresholds_to_rearm((1, 2), (1, 2))
-    assert thresholds_to_rearm((1, 2), (1, 3))
+    assert not thresholds_to_rearm((1000, 2000), (1000, 2000 + REARM_TOLERANCE_BYTES))
+    assert thresholds_to_rearm((1000, 2000), (1000, 2001 + REARM_TOLERANCE_BYTES))
+    assert thresholds_to_rearm((1, 2), (1, 3), tolerance=0)
     assert thresholds_to_rearm((1, 2), ())
+    assert thresholds_to_rearm((1, 2), (2,))
 
 
 def test_psi_line_ends_in_nul_and_falls_back_to_two_second_windows() -> None:
@@ -514,3 +530,26 @@ def test_loop_without_add_reader_keeps_polling(tmp_path: Path) -> None:
         metrics = runner.run(main())
     assert "memory_notifications_total" not in metrics
     assert open_fds() <= before
+
+
+async def test_prometheus_exports_the_notification_figures(tmp_path: Path) -> None:
+    """The armed mechanisms and the notification counters reach the Prometheus export."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from resource_supervisor.integrations.prometheus import register
+
+    proc, root, svc = _v2_layout(tmp_path)
+    sampler = Sampler(proc_root=proc, cgroup_root=root, pid=PID)
+    async with Supervisor(SupervisorSettings(), source=sampler) as sup:
+        with anyio.fail_after(5), sup.subscribe(policy="latest") as stream:
+            (svc / "memory.events").write_text(EVENTS.replace("oom 0", "oom 1"))
+            async for snap in stream:
+                if snap["memory_notified_samples_total"] >= 1:
+                    break
+        registry = CollectorRegistry()
+        register(sup, registry=registry)
+        text = generate_latest(registry).decode()
+    assert "resource_supervisor_memory_notifications_total 1.0" in text
+    assert "resource_supervisor_memory_notified_samples_total 1.0" in text
+    assert "resource_supervisor_memory_notify_events_watched 2.0" in text
+    assert "resource_supervisor_memory_notify_thresholds_armed 0.0" in text

@@ -29,12 +29,13 @@ from resource_supervisor._sources._arming import threshold_bytes
 from resource_supervisor._sources._notify import MemoryNotifier
 
 from ._leaks import open_fds
-from .test_container_limit import LIMIT_BYTES, MemoryCgroup, memory_cgroup
+from .test_container_limit import LIMIT_BYTES, memory_cgroup
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from resource_supervisor import CleanupRequest
+    from resource_supervisor.testing import MemoryCgroup
 
 pytestmark = [pytest.mark.cgroup, pytest.mark.timeout(60)]
 
@@ -75,7 +76,7 @@ class Allocator:
 
     def _await_ok(self) -> None:
         assert self.process.stdout is not None
-        assert self.process.stdout.readline() == "ok\n"
+        assert self.process.stdout.readline().startswith("ok ")
 
     def send(self, command: str) -> None:
         """Send one command and wait until it is done (blocking: call from a thread)."""
@@ -138,6 +139,13 @@ async def test_real_v1_thresholds_fire_both_ways_and_rearm(
         assert notifier.marks == threshold_bytes(LIMIT_BYTES, LEVELS)
         assert notifier.metrics()["memory_notify_thresholds_armed"] == 2
         notifier.update("cgroup_v1", LIMIT_BYTES)  # unchanged: kept as they are
+        assert notifier.marks == threshold_bytes(LIMIT_BYTES, LEVELS)
+        # a working set 4 MiB below usage (file cache) lifts the marks by about that
+        usage = memory_cgroup.usage_bytes()
+        notifier.update("cgroup_v1", LIMIT_BYTES, usage - 4 * MiB)
+        lifted = threshold_bytes(LIMIT_BYTES, LEVELS, 4 * MiB)
+        assert all(abs(a - b) <= MiB for a, b in zip(notifier.marks, lifted, strict=True))
+        notifier.update("cgroup_v1", LIMIT_BYTES)
         assert notifier.marks == threshold_bytes(LIMIT_BYTES, LEVELS)
 
         await crossing(f"alloc {240 * MiB}")  # past 75 % (225 MiB)

@@ -30,6 +30,7 @@ __all__ = (
     "PSI_UNPRIVILEGED_WINDOW_US",
     "PSI_WINDOW_MAX_US",
     "PSI_WINDOW_MIN_US",
+    "REARM_TOLERANCE_BYTES",
     "PsiTrigger",
     "next_sample_at",
     "parse_memory_events",
@@ -55,43 +56,64 @@ PSI_UNPRIVILEGED_WINDOW_US: Final = 2_000_000
 PRESSURE_EVENT_KEYS: Final = ("high", "max", "oom", "oom_kill")
 
 
-def threshold_bytes(limit_bytes: int, percents: Iterable[float]) -> tuple[int, ...]:
+#: Marks that moved less than this are kept: the kernel checks v1 thresholds only
+#: every 128 page events per CPU (512 KiB with 4 KiB pages), so finer moves gain
+#: nothing and would re-arm on every sample.
+REARM_TOLERANCE_BYTES: Final = 256 * 1024
+
+
+def threshold_bytes(
+    limit_bytes: int, percents: Iterable[float], cache_bytes: int = 0
+) -> tuple[int, ...]:
     """
     The usage marks to arm for *limit_bytes*: one per percent, rounded up to a byte.
 
-    Marks at or above the limit (usage never exceeds it) and at or below zero are
-    left out; duplicates collapse.
+    The levels are graded on the working set (usage minus inactive file cache), the
+    kernel compares the marks with usage: each mark is the working-set level plus
+    *cache_bytes*, the inactive file cache of the last sample, so that usage crosses
+    it when the working set crosses the level. Marks at or above the limit (usage
+    never exceeds it) and at or below zero are left out; duplicates collapse.
 
     Args:
         limit_bytes: The effective memory limit.
         percents: The levels, in percent of the limit (warning and aggressive).
+        cache_bytes: Usage minus working set at the last sample (negative counts as 0).
 
     Returns:
         The marks in bytes, ascending.
     """
     if limit_bytes <= 0:
         return ()
-    marks = {math.ceil(limit_bytes * percent / 100.0) for percent in percents}
+    offset = max(0, cache_bytes)
+    marks = {math.ceil(limit_bytes * percent / 100.0) + offset for percent in percents}
     return tuple(sorted(mark for mark in marks if 0 < mark < limit_bytes))
 
 
-def thresholds_to_rearm(armed: tuple[int, ...] | None, wanted: tuple[int, ...]) -> bool:
+def thresholds_to_rearm(
+    armed: tuple[int, ...] | None,
+    wanted: tuple[int, ...],
+    tolerance: int = REARM_TOLERANCE_BYTES,
+) -> bool:
     """
     Whether the armed thresholds must be replaced by *wanted*.
 
-    Cases: nothing armed yet (``None``) and something wanted -> arm; the marks differ
-    (the limit or the levels changed) -> re-arm; the same marks -> keep them.
+    Cases: nothing armed yet (``None``) and something wanted -> arm; a different
+    number of marks, or a mark moved by more than *tolerance* (the limit, the levels
+    or the file cache changed) -> re-arm; otherwise keep them.
 
     Args:
         armed: The marks armed now, ``None`` when none ever were.
-        wanted: The marks for the current limit and levels.
+        wanted: The marks for the current limit, levels and cache.
+        tolerance: Bytes a mark may move without re-arming.
 
     Returns:
         ``True`` when the old marks must go and *wanted* be armed.
     """
     if armed is None:
         return bool(wanted)
-    return armed != wanted
+    if len(armed) != len(wanted):
+        return True
+    return any(abs(old - new) > tolerance for old, new in zip(armed, wanted, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,11 @@ No thread waits: every descriptor is watched by the loop's selector. A mechanism
 that is missing or refused is skipped, logged at debug, and polling carries on; the
 snapshot shows what is armed (:meth:`MemoryNotifier.metrics`).
 
-Known gap: v1 marks are on usage, which includes file cache, while the level is
-graded on the working set; with much cache the mark fires early (one extra sample)
-and a working set that rises while usage already sits above the mark raises no new
-crossing. ``memory.pressure_level`` and PSI cover that case, polling the rest.
+The v1 marks are on usage, which includes file cache, while the level is graded on
+the working set: each mark sits above its level by the inactive file cache of the
+last sample, re-armed when that moves by more than 256 KiB. Cache that grows
+between samples makes a mark fire early (an extra sample, which re-arms it above
+the new usage); cache that shrinks makes it fire late, by what was reclaimed.
 
 Does not cover: the rules for marks, trigger lines and rate limits (pure, in
 :mod:`._arming`), sampling (:mod:`.._sampler`) or the loop that samples on a
@@ -339,19 +340,31 @@ class MemoryNotifier:
         self._add_reader(event, ready)
         return event
 
-    def update(self, limit_source: str, limit_bytes: int) -> None:
+    def update(self, limit_source: str, limit_bytes: int, used_bytes: int | None = None) -> None:
         """
         Arm the v1 usage marks for this sample's limit, or re-arm them when the
-        limit changed; disarm them when the limit no longer comes from the v1
-        cgroup. Cheap when nothing changed (a tuple compare).
+        limit or the file cache moved them; disarm them when the limit no longer
+        comes from the v1 cgroup. With *used_bytes* (the working set) the marks sit
+        that far above the levels by which usage exceeds it (one pread of usage);
+        without it, at the levels themselves.
 
         Args:
             limit_source: The sample's ``memory_limit_source``.
             limit_bytes: The sample's ``memory_limit_bytes``.
+            used_bytes: The sample's ``memory_used_bytes``.
         """
         if self._loop is None or self._v1_usage_fd is None or self._marks_refused:
             return
-        wanted = threshold_bytes(limit_bytes, self._levels) if limit_source == "cgroup_v1" else ()
+        if limit_source != "cgroup_v1":
+            wanted: tuple[int, ...] = ()
+        else:
+            cache = 0
+            if used_bytes is not None:
+                try:
+                    cache = int(os.pread(self._v1_usage_fd, 64, 0)) - used_bytes
+                except (OSError, ValueError):
+                    cache = 0
+            wanted = threshold_bytes(limit_bytes, self._levels, cache)
         if not thresholds_to_rearm(self._marks, wanted):
             return
         self._close_marks()
