@@ -14,8 +14,8 @@ the read end held by each worker reads end of file. That works for every start
 method, unlike ``PR_SET_PDEATHSIG``, which fires when the *thread* that forked the
 child exits (the lane starts workers from worker threads). Nothing is ever
 written to the pipe; no other process may hold its write end: it is not
-inheritable, a worker started with ``fork`` closes its inherited copy first, and
-a child forked from the service closes it (:mod:`._fork_guard`).
+inheritable, and a child forked from the service, a worker started with ``fork``
+included, closes its copy at once (:mod:`._fork_guard`).
 
 On end of file the worker removes the spill files of the dead service and exits
 at once with :data:`ORPHAN_EXIT_CODE`, stopping whatever call it was running.

@@ -69,6 +69,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Final, Self, TypeVar, cast
 
@@ -83,6 +84,7 @@ from .._exceptions import (
 from .._snapshot import PressureLevel
 from . import _worker
 from ._dispatch import batch_size, sort_unfinished
+from ._fork_guard import guard_lane
 from ._headroom import MemoryHeadroom, startable_workers
 from ._lane_stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
 from ._lifeline import Lifeline
@@ -200,6 +202,7 @@ class ProcessLane:
         self._wakeup: asyncio.Event | None = None
         self._counts = LaneCounters()
         self._headroom = MemoryHeadroom() if headroom is None else headroom
+        self._forked = False
 
     # -- context manager -----------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -386,6 +389,48 @@ class ProcessLane:
             self._headroom.close()
 
     # -- submission --------------------------------------------------------------------
+    def forget_after_fork(self) -> None:
+        """
+        In a child forked from the service: forget the parent's lane (see :mod:`._fork_guard`).
+
+        Closes the child's copies of the lane's descriptors, drops its slots and
+        queue without touching the parent's workers or futures, and refuses
+        every later call with :class:`RuntimeError`.
+        """
+        self._forked = True
+        self._closed = True
+        self._lifeline.close()
+        self._launcher.forget_after_fork()
+        for slot in self._slots:
+            for fd in (slot.reader_fd, slot.writer_fd):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            slot.reader_fd = slot.writer_fd = -1
+            slot.executor = None
+            slot.serving = None
+        self._slots.clear()
+        self._queue.clear()
+        self._tasks.clear()
+        self._maintainer = None
+        self._loop = None
+        self._headroom.close()
+
+    def _check_caller(self) -> asyncio.AbstractEventLoop:
+        """The caller's loop, refused if the lane belongs to another loop or process."""
+        if self._forked:
+            raise RuntimeError(
+                "this process lane belongs to the process that forked this one; "
+                "a forked child must create its own lane or supervisor"
+            )
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and loop is not self._loop:
+            raise RuntimeError(
+                "the process lane was started on another event loop; call it only "
+                "from the loop it started on (the call was not queued)"
+            )
+        return loop
+
     async def _run_chunk(self, func: Callable[..., object], args: tuple[object, ...]) -> object:
         return await self._submit(func, args, timeout=None, kill_on_cancel=False)
 
@@ -397,6 +442,7 @@ class ProcessLane:
         timeout: float | None,  # noqa: ASYNC109 - see run()
         kill_on_cancel: bool,
     ) -> object:
+        self._check_caller()
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise SupervisorClosedError(_LANE)
@@ -418,6 +464,7 @@ class ProcessLane:
         *,
         kill_on_cancel: bool,
     ) -> object:
+        self._check_caller()  # again: the loop may have been set while pickling
         if self._closed:
             raise SupervisorClosedError(_LANE)
         if not admits(
@@ -444,6 +491,7 @@ class ProcessLane:
     def _ensure_started(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+            guard_lane(self)
             self._wakeup = asyncio.Event()
             self._spawn(self._maintain(), maintainer=True)
             self._spawn(self._sweep_spills())

@@ -160,6 +160,23 @@ class SlotLauncher:
             os.close(slot.reader_fd)
             slot.reader_fd = -1
 
+    def forget_after_fork(self) -> None:
+        """
+        In a child forked from the service: drop the parent's forkserver unstopped.
+
+        The child closes its copy of the forkserver's "alive" pipe, so the parent's
+        :meth:`aclose` (which waits for the forkserver to exit) does not wait for
+        the child (see :mod:`._fork_guard`).
+        """
+        context, self._context = self._context, None
+        server = getattr(context, "server", None)
+        alive = getattr(server, "_forkserver_alive_fd", None)
+        if isinstance(alive, int):
+            with contextlib.suppress(OSError):
+                os.close(alive)
+            server._forkserver_alive_fd = None  # type: ignore[union-attr]
+            server._forkserver_pid = None  # type: ignore[union-attr]
+
     async def aclose(self) -> None:
         """
         Stop the lane's private forkserver, if one was started.

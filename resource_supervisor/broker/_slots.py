@@ -202,11 +202,9 @@ def open_slot(
     skip = cast("_SharedFlags", ctx.RawArray("b", _worker.MAX_BATCH))
     lock = ctx.Lock()
     tie: Connection | None = None
-    inherited = -1  # a forked worker closes its copy of the write end first
-    if lifeline is not None:
+    if lifeline is not None:  # (a worker started with fork closes its copy of the write
+        # end in the lane's at-fork hook, see ._fork_guard)
         tie = Connection(os.dup(lifeline.open()), writable=False)
-        if ctx.get_start_method() == "fork":
-            inherited = lifeline.write_fd
     executor = ProcessPoolExecutor(
         max_workers=1,
         mp_context=ctx,
@@ -218,7 +216,6 @@ def open_slot(
             writer,
             calls_reader,
             tie,
-            inherited,
             os.getpid(),
             tempfile.gettempdir(),
         ),

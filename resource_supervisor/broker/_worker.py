@@ -148,7 +148,6 @@ def init_worker(
     pipe: Connection,
     calls: Connection,
     lifeline: Connection | None = None,
-    inherited_write_fd: int = -1,
     owner: int = 0,
     spill_dir: str | None = None,
 ) -> None:
@@ -162,13 +161,9 @@ def init_worker(
         pipe: Write end of the slot's result pipe.
         calls: Read end of the slot's call pipe.
         lifeline: Read end of the lane's lifeline (:mod:`._lifeline`), or ``None``.
-        inherited_write_fd: The lifeline's write end as inherited by a worker
-            started with ``fork`` (closed here), else -1.
         owner: The service's pid.
         spill_dir: Where the service writes spill files (:mod:`._spill`).
     """
-    if inherited_write_fd >= 0:
-        os.close(inherited_write_fd)  # else this worker would keep its own lifeline alive
     _CHANNEL.progress = progress  # type: ignore[assignment]
     _CHANNEL.skip = skip  # type: ignore[assignment]
     _CHANNEL.lock = lock
