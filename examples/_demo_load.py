@@ -45,6 +45,7 @@ class LoadStats:
     """What the clients saw."""
 
     latencies: list[float] = field(default_factory=list)
+    answered: list[tuple[float, int]] = field(default_factory=list)  # (time.time(), status)
     ok: int = 0
     shed: int = 0
     errors: int = 0
@@ -56,6 +57,7 @@ class LoadStats:
 
     def record(self, status: int | None, seconds: float) -> None:
         """Count one request: 2xx ok, 503 shed, anything else (or none) an error."""
+        self.answered.append((time.time(), status if status is not None else 0))
         if status is not None and 200 <= status < 300:
             self.ok += 1
             self.latencies.append(seconds)

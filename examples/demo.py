@@ -1,88 +1,150 @@
 """
-``make demo``: the RAG service under load, its live metrics, and one forced
-threshold crossing.
+``make demo``: the RAG service under load, its live metrics, one WARNING crossing,
+one CRITICAL episode with load shedding and its recovery, and a plot of the run.
 
-1. Measures memory now and sets the warning threshold a little above it, so that
-   the demo can cross it without exhausting the machine.
-2. Starts ``examples/fastapi_rag_service.py`` with uvicorn on 127.0.0.1 (a free
-   port, in this process).
-3. Drives it with bounded load (``--concurrency`` clients, one request each at a
-   time) for ``--duration`` seconds, while printing one line per snapshot read
-   from ``/metrics/stream`` (Server-Sent Events).
-4. A third of the way in, grows the service's cache ballast (``POST /demo/grow``)
-   until the supervisor reports WARNING; its cleanup handler then frees it.
-5. Stops the server (the supervisor stops its worker processes) and prints a
-   summary: requests, errors, p50/p99 latency, cleanups run, bytes freed, and the
-   highest level reached.
+1. Starts ``examples/fastapi_rag_service.py`` with uvicorn on 127.0.0.1 (a free
+   port, in this process) and drives it with bounded load (``--concurrency``
+   clients, one request each at a time), printing one line per snapshot read from
+   ``/metrics/stream`` (Server-Sent Events).
+2. Memory is measured as a container would see it, without needing one: the
+   service's own memory (the RSS of this process and its worker processes) against
+   a budget of what it uses after warm-up plus ``--headroom-mib``, so other
+   programs on the machine cannot move the demo's levels. The thresholds are the
+   defaults: WARNING at 75 %, CRITICAL at 85 %.
+3. Grows the service's cache ballast (``POST /demo/grow``) until WARNING; the
+   cleanup handler frees it and the level falls back.
+4. A CRITICAL episode: a burst of memory held by the process itself (a batch job
+   the cache cannot free) pushes past 85 %. The aggressive cleanup runs, the load
+   shedding middleware answers ``503`` with ``Retry-After``, and once the burst ends
+   the level returns to NORMAL and requests succeed again.
+5. Stops the server (the supervisor stops its worker processes), prints a summary
+   (requests, 503s, p50/p99 latency, cleanups, bytes freed, the highest level) and
+   writes a PNG plot of the run (``--plot``): memory against the limit, the level,
+   requests per second (answered and shed) and the cleanups.
 
-Run: ``python examples/demo.py [--duration 30] [--concurrency 16] [--interval 0.5]``.
+Run: ``python examples/demo.py [--duration 20] [--concurrency 16] [--interval 0.5]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import mmap
 import socket
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.to_thread
 import httpx
+import psutil
 import uvicorn
 from _demo_load import LoadStats, client_loop, percentile, read_stream
 from fastapi_rag_service import create_app
 
 from resource_supervisor import (
     CleanupCompleted,
+    ConcurrencySettings,
     LevelChanged,
     PressureLevel,
     Supervisor,
     SupervisorSettings,
 )
+from resource_supervisor.testing import ScriptedSource
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+
+    from resource_supervisor import MetricValue
 
 MIB = 2**20
-STARTUP_ALLOWANCE = 96 * MIB  # what the service itself adds when it starts (workers, imports)
+PAGE = mmap.PAGESIZE
+WARNING_PERCENT = 75.0  # the defaults of warning_threshold_memory / aggressive_threshold_memory
+CRITICAL_PERCENT = 85.0
+STEP_TIMEOUT = 15.0  # seconds any phase may wait for the level it expects (a loaded machine)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Thresholds placed just above the memory in use when the demo starts."""
+class BudgetSource:
+    """
+    The built-in sampler, with memory measured as this process tree's RSS against a
+    fixed budget, as a container limit would be (``memory_limit_source: demo_budget``).
 
-    used_bytes: int
-    limit_bytes: int
-    warning: float
-    aggressive: float
-    hysteresis: float
-    chunk_bytes: int
-    max_growth_bytes: int
+    Args:
+        headroom_bytes: The budget is the memory in use when :meth:`fix_budget` is
+            called plus this.
+    """
 
+    def __init__(self, headroom_bytes: int) -> None:
+        self._base = ScriptedSource()  # the built-in sampler, nothing overridden
+        self._me = psutil.Process()
+        self._headroom = headroom_bytes
+        self.budget_bytes: int | None = None
 
-def plan_thresholds(used_bytes: int, limit_bytes: int) -> Plan:
-    """Place warning one step above current use (plus start-up), CRITICAL two steps further."""
-    step = min(256 * MIB, max(64 * MIB, limit_bytes // 50))
+    def used_bytes(self) -> int:
+        """RSS of this process and its descendants (the worker processes)."""
+        total = self._me.memory_info().rss
+        for child in self._me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
 
-    def pct(nbytes: float) -> float:
-        return 100.0 * nbytes / limit_bytes
+    def fix_budget(self) -> int:
+        """Fix the budget at what is in use now plus the headroom; return it."""
+        self.budget_bytes = self.used_bytes() + self._headroom
+        return self.budget_bytes
 
-    warning = pct(used_bytes + STARTUP_ALLOWANCE + step)
-    aggressive = warning + 2 * pct(step)
-    if aggressive > 99.0:  # a nearly full machine: squeeze the bands under 99 %
-        warning, aggressive = min(warning, 97.0), 99.0
-    return Plan(
-        used_bytes=used_bytes,
-        limit_bytes=limit_bytes,
-        warning=round(warning, 3),
-        aggressive=round(aggressive, 3),
-        hysteresis=round(min(pct(step) / 2, warning / 2), 3),
-        chunk_bytes=step // 2,
-        max_growth_bytes=STARTUP_ALLOWANCE + 4 * step,
-    )
+    def _limit(self, used: int) -> int:
+        return self.budget_bytes if self.budget_bytes is not None else used + self._headroom
+
+    def open(self) -> None:
+        """Open the sampler's files."""
+        self._base.open()
+
+    def close(self) -> None:
+        """Close them."""
+        self._base.close()
+
+    def register_provider(
+        self,
+        name: str,
+        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
+    ) -> None:
+        """Add a metrics provider (the RAG service's)."""
+        self._base.register_provider(name, provider)
+
+    def unregister_provider(self, name: str) -> None:
+        """Remove one."""
+        self._base.unregister_provider(name)
+
+    async def sample(self) -> dict[str, MetricValue]:
+        """
+        Sample the machine, then measure memory against the budget.
+
+        Cancellation:
+            As the built-in sampler's.
+        """
+        data = await self._base.sample()
+        used = await anyio.to_thread.run_sync(self.used_bytes)
+        limit = self._limit(used)
+        data.update(
+            memory_used_bytes=used,
+            memory_limit_bytes=limit,
+            memory_percent=100.0 * used / limit,
+            memory_limit_source="demo_budget",
+        )
+        return data
+
+    def read_memory(self) -> tuple[int, int]:
+        """Used and limit bytes, as :meth:`sample` computes them."""
+        used = self.used_bytes()
+        return used, self._limit(used)
 
 
 @dataclass
@@ -93,10 +155,15 @@ class Observed:
     cleanups: int = 0
     automatic_cleanups: int = 0
     bytes_freed: int = 0
-    crossed_at: float | None = None
+    warning_at: float | None = None
+    critical_at: float | None = None
+    recovered_at: float | None = None
     snapshots: int = 0
     grown_bytes: int = 0
-    lines: list[str] = field(default_factory=list)
+    burst_bytes: int = 0
+    # (seconds since start, used bytes, limit bytes, level, cleanup runs)
+    timeline: list[tuple[float, float, float, int, int]] = field(default_factory=list)
+    cleanup_times: list[tuple[float, bool]] = field(default_factory=list)  # (t, aggressive)
 
 
 def snapshot_line(data: dict[str, object], started: float) -> str:
@@ -109,15 +176,15 @@ def snapshot_line(data: dict[str, object], started: float) -> str:
     level = PressureLevel(int(num("pressure_level"))).name
     return (
         f"  {time.time() - started:5.1f}s {level:<8} "
-        f"mem {num('memory_percent'):5.2f}% ({num('memory_used_bytes') / MIB:,.0f} MiB)  "
-        f"rss {num('process_rss_bytes') / MIB:4.0f} MiB  "
+        f"mem {num('memory_percent'):5.1f}% ({num('memory_used_bytes') / MIB:,.0f} of "
+        f"{num('memory_limit_bytes') / MIB:,.0f} MiB)  "
         f"threads {num('thread_lane_busy'):.0f}/{num('thread_lane_capacity'):.0f}  "
         f"procs {num('process_workers_busy') + num('process_in_flight'):.0f}/"
         f"{num('process_workers_live') or num('dask_workers'):.0f} "
         f"q{num('process_queue_depth'):.0f}  "
         f"sessions {num('active_sessions_rag'):.0f}  "
         f"cache {num('rag_cache_items'):.0f} +{num('rag_cache_ballast_bytes') / MIB:.0f} MiB  "
-        f"answers {num('rag_answers_total'):.0f}  cleanups {num('cleanup_runs_total'):.0f}"
+        f"cleanups {num('cleanup_runs_total'):.0f}"
     )
 
 
@@ -139,24 +206,26 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def measure() -> tuple[int, int]:
-    """Memory in use and the effective limit, as the supervisor measures them."""
-    async with Supervisor(SupervisorSettings(monitoring_enabled=False)) as probe:
-        snap = probe.metrics
-        return snap.memory_used_bytes, snap.memory_limit_bytes
-
-
 async def watch_events(sup: Supervisor, seen: Observed, started: float) -> None:
     """Print level changes and cleanup reports until the supervisor exits."""
     async with sup.subscribe_events() as events:
         async for event in events:
+            now = time.time() - started
             if isinstance(event, LevelChanged):
                 seen.max_level = max(seen.max_level, event.level)
-                if event.level >= PressureLevel.WARNING and seen.crossed_at is None:
-                    seen.crossed_at = time.time() - started
+                if event.level >= PressureLevel.WARNING and seen.warning_at is None:
+                    seen.warning_at = now
+                if event.level is PressureLevel.CRITICAL and seen.critical_at is None:
+                    seen.critical_at = now
+                if (
+                    event.level is PressureLevel.NORMAL
+                    and seen.critical_at is not None
+                    and seen.recovered_at is None
+                ):
+                    seen.recovered_at = now
                 print(
                     f"  >> level {event.previous.name} -> {event.level.name} "
-                    f"(memory {event.snapshot.memory_percent:.2f}%)",
+                    f"(memory {event.snapshot.memory_percent:.1f}% of the budget)",
                     flush=True,
                 )
             elif isinstance(event, CleanupCompleted):
@@ -164,6 +233,7 @@ async def watch_events(sup: Supervisor, seen: Observed, started: float) -> None:
                 seen.cleanups += 1
                 seen.automatic_cleanups += event.automatic
                 seen.bytes_freed += report.bytes_freed
+                seen.cleanup_times.append((now, report.request.aggressive))
                 kind = "aggressive" if report.request.aggressive else "normal"
                 print(
                     f"  >> cleanup ({'automatic' if event.automatic else 'manual'}, {kind}): "
@@ -174,46 +244,165 @@ async def watch_events(sup: Supervisor, seen: Observed, started: float) -> None:
                 )
 
 
-async def force_crossing(
-    client: httpx.AsyncClient, sup: Supervisor, plan: Plan, seen: Observed, interval: float
+async def wait_for(check: Callable[[], bool], interval: float, limit: float = STEP_TIMEOUT) -> bool:
+    """Poll *check* every *interval* / 2 seconds for at most *limit* seconds."""
+    with anyio.move_on_after(limit):
+        while not check():  # noqa: ASYNC110  # levels change on the sampler's schedule
+            await anyio.sleep(interval / 2)
+        return True
+    return False
+
+
+def allocate(nbytes: int) -> mmap.mmap:
+    """Allocate and touch *nbytes* (blocking: run it in a thread)."""
+    block = mmap.mmap(-1, nbytes)
+    for offset in range(0, nbytes, PAGE):
+        block[offset] = 1  # touch every page so it is really resident
+    return block
+
+
+async def scenario(
+    client: httpx.AsyncClient,
+    sup: Supervisor,
+    source: BudgetSource,
+    seen: Observed,
+    stats: LoadStats,
+    interval: float,
+    pace: float,
 ) -> None:
-    """Grow the cache ballast until the supervisor reports WARNING (bounded)."""
+    """Warm up, cross WARNING with the cache ballast, then one CRITICAL episode."""
+    await anyio.sleep(pace)  # warm-up: worker processes start, caches fill
+    budget = source.fix_budget()
     print(
-        f"  >> growing the cache ballast by {plan.chunk_bytes // MIB} MiB steps "
-        f"until WARNING ({plan.warning:.2f}%)",
+        f"  >> budget fixed at {budget / MIB:,.0f} MiB (in use now + headroom): WARNING at "
+        f"{WARNING_PERCENT:g}%, CRITICAL at {CRITICAL_PERCENT:g}%",
         flush=True,
     )
-    while sup.level < PressureLevel.WARNING and seen.grown_bytes < plan.max_growth_bytes:
-        response = await client.post("/demo/grow", json={"mib": plan.chunk_bytes // MIB})
+    await anyio.sleep(pace)
+
+    chunk = max(MIB, (budget // 12) // MIB * MIB)
+    print(f"  >> growing the cache ballast by {chunk // MIB} MiB steps until WARNING", flush=True)
+    deadline = anyio.current_time() + STEP_TIMEOUT
+    # seen.warning_at: the WARNING may already be over (its cleanup is quick)
+    while (
+        sup.level < PressureLevel.WARNING
+        and seen.warning_at is None
+        and anyio.current_time() < deadline
+    ):
+        response = await client.post("/demo/grow", json={"mib": chunk // MIB})
         if response.status_code == 200:
-            seen.grown_bytes += plan.chunk_bytes
+            seen.grown_bytes += chunk
         await anyio.sleep(interval / 2)
-    if sup.level < PressureLevel.WARNING:
-        print("  >> no crossing: memory fell elsewhere on the machine meanwhile", flush=True)
+    if not await wait_for(lambda: sup.level is PressureLevel.NORMAL, interval):
+        print("  >> the cleanup did not bring the level back (machine too loaded?)", flush=True)
+    await anyio.sleep(pace)
+
+    used, limit = source.read_memory()
+    burst = max(MIB, int(limit * 0.95) - used)
+    print(
+        f"  >> a batch job takes {burst / MIB:,.0f} MiB the cache cannot free: past CRITICAL",
+        flush=True,
+    )
+    block = await anyio.to_thread.run_sync(allocate, burst)
+    seen.burst_bytes = burst
+    try:
+        await wait_for(lambda: sup.level is PressureLevel.CRITICAL, interval)
+        shed_before = stats.shed
+        # Hold the burst until clients have met the shedding for a while (bounded).
+        await wait_for(lambda: stats.shed - shed_before >= 20, interval, limit=pace * 2)
+        await anyio.sleep(pace / 2)
+    finally:
+        block.close()
+    print("  >> the batch job ends and frees its memory", flush=True)
+    await wait_for(lambda: sup.level is PressureLevel.NORMAL, interval)
+    await anyio.sleep(pace)  # show requests succeeding again
 
 
-async def run(duration: float, concurrency: int, interval: float) -> int:
+def plot(path: Path, seen: Observed, stats: LoadStats, started: float) -> None:
+    """Write the run as a PNG: memory vs limit, level, requests per second, cleanups."""
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [row[0] for row in seen.timeline]
+    fig, (mem, lvl, rps) = plt.subplots(
+        3, 1, sharex=True, figsize=(10, 7.5), height_ratios=(3, 1, 2), layout="constrained"
+    )
+    fig.suptitle(
+        f"resource-supervisor demo: max level {seen.max_level.name}, "
+        f"{stats.ok} answered, {stats.shed} shed (503), {seen.cleanups} cleanups"
+    )
+    used = [row[1] / MIB for row in seen.timeline]
+    limit = [row[2] / MIB for row in seen.timeline]
+    mem.plot(t, used, label="memory used (service + workers)", color="tab:blue")
+    mem.plot(t, limit, label="limit (budget)", color="black", linewidth=1)
+    mem.plot(
+        t,
+        [x * WARNING_PERCENT / 100 for x in limit],
+        "--",
+        color="tab:orange",
+        linewidth=1,
+        label=f"WARNING {WARNING_PERCENT:g}%",
+    )
+    mem.plot(
+        t,
+        [x * CRITICAL_PERCENT / 100 for x in limit],
+        "--",
+        color="tab:red",
+        linewidth=1,
+        label=f"CRITICAL {CRITICAL_PERCENT:g}%",
+    )
+    for when, aggressive in seen.cleanup_times:
+        mem.axvline(when, color="tab:red" if aggressive else "tab:green", alpha=0.5, linewidth=1)
+    mem.plot([], [], color="tab:green", alpha=0.5, label="cleanup (normal)")
+    mem.plot([], [], color="tab:red", alpha=0.5, label="cleanup (aggressive)")
+    mem.set_ylim(0, max(limit, default=1.0) * 1.3)  # room for the legend
+    mem.set_ylabel("MiB")
+    mem.legend(loc="upper left", fontsize="small", ncols=2)
+    lvl.step(t, [row[3] for row in seen.timeline], where="post", color="tab:purple")
+    lvl.set_yticks([0, 1, 2], ["NORMAL", "WARNING", "CRITICAL"])
+    lvl.set_ylim(-0.3, 2.3)
+    lvl.set_ylabel("level")
+    end = max([*t, *(when - started for when, _ in stats.answered)], default=1.0)
+    bins = max(1, math.ceil(end))
+    ok = [0] * bins
+    shed = [0] * bins
+    for when, status in stats.answered:
+        index = min(bins - 1, max(0, int(when - started)))
+        if status == 503:
+            shed[index] += 1
+        elif 200 <= status < 300:
+            ok[index] += 1
+    seconds = [i + 0.5 for i in range(bins)]
+    rps.bar(seconds, ok, width=0.9, color="tab:blue", label="answered (2xx)")
+    rps.bar(seconds, shed, width=0.9, bottom=ok, color="tab:red", label="shed (503)")
+    rps.set_ylim(0, max([a + b for a, b in zip(ok, shed, strict=True)], default=1) * 1.3 + 1)
+    rps.set_ylabel("requests / s")
+    rps.set_xlabel("seconds since start")
+    rps.legend(loc="upper left", fontsize="small")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+async def run(
+    duration: float, concurrency: int, interval: float, headroom: int, plot_path: Path | None
+) -> int:
     """Run the demo; return the exit status."""
-    used, limit = await measure()
-    plan = plan_thresholds(used, limit)
     settings = SupervisorSettings(
         monitoring_interval=interval,
-        warning_threshold_memory=plan.warning,
-        aggressive_threshold_memory=plan.aggressive,
-        hysteresis=plan.hysteresis,
-        cleanup_cooldown=max(1.0, 4 * interval),
+        warning_threshold_memory=WARNING_PERCENT,
+        aggressive_threshold_memory=CRITICAL_PERCENT,
+        cleanup_cooldown=max(1.0, 2 * interval),
         warning_threshold_cpu=100.0,
+        concurrency=ConcurrencySettings(default_cpu_workers=2),
     )
-    print(
-        f"memory now {used / MIB:,.0f} MiB of {limit / MIB:,.0f} MiB "
-        f"({100 * used / limit:.2f}%); demo thresholds: warning {plan.warning:.2f}%, "
-        f"critical {plan.aggressive:.2f}%, hysteresis {plan.hysteresis:.2f} points",
-        flush=True,
-    )
-    app = create_app(settings)
+    source = BudgetSource(headroom)
+    app = create_app(settings, supervisor_factory=lambda s: Supervisor(s, source=source))
     stats = LoadStats()
     seen = Observed()
-    started = time.time()
+    started = time.time()  # reset once the service is up
+    pace = max(1.0, duration / 8)  # the scenario's phases scale with --duration
     with bound_socket() as sock:
         port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -225,6 +414,7 @@ async def run(duration: float, concurrency: int, interval: float) -> int:
             with anyio.fail_after(60):
                 while not server.started:  # noqa: ASYNC110  # uvicorn offers no event
                     await anyio.sleep(0.02)
+            started = time.time()
             sup: Supervisor = app.state.supervisor
             tg.start_soon(watch_events, sup, seen, started)
             print(f"service on http://127.0.0.1:{port}; {concurrency} clients for {duration:g} s")
@@ -235,23 +425,31 @@ async def run(duration: float, concurrency: int, interval: float) -> int:
 
                 def on_snapshot(data: dict[str, object]) -> None:
                     seen.snapshots += 1
-                    seen.max_level = max(
-                        seen.max_level, PressureLevel(int(str(data["pressure_level"])))
+                    level = int(str(data["pressure_level"]))
+                    seen.max_level = max(seen.max_level, PressureLevel(level))
+                    seen.timeline.append(
+                        (
+                            float(str(data["last_metrics_update_ts"])) - started,
+                            float(str(data["memory_used_bytes"])),
+                            float(str(data["memory_limit_bytes"])),
+                            level,
+                            int(str(data.get("cleanup_runs_total", 0))),
+                        )
                     )
                     print(snapshot_line(data, started), flush=True)
 
                 async with anyio.create_task_group() as side:
                     side.start_soon(read_stream, client, on_snapshot)
-                    deadline = anyio.current_time() + duration
-
-                    async def pressure() -> None:
-                        await anyio.sleep(duration / 3)
-                        await force_crossing(client, sup, plan, seen, interval)
-
-                    side.start_soon(pressure)
+                    # Generous upper bound: the load stops when the scenario is over.
+                    deadline = anyio.current_time() + duration + 6 * STEP_TIMEOUT
                     async with anyio.create_task_group() as load:
                         for i in range(concurrency):
                             load.start_soon(client_loop, client, stats, deadline, i)
+                        await scenario(client, sup, source, seen, stats, interval, pace)
+                        rest = duration - (time.time() - started)
+                        if rest > 0:
+                            await anyio.sleep(rest)
+                        load.cancel_scope.cancel()
                     side.cancel_scope.cancel()
             server.should_exit = True
     elapsed = time.time() - started
@@ -259,7 +457,7 @@ async def run(duration: float, concurrency: int, interval: float) -> int:
     print("summary")
     print(
         f"  requests        {stats.requests} (ok {stats.ok}, shed {stats.shed}, "
-        f"errors {stats.errors}), {stats.requests / duration:.0f} req/s"
+        f"errors {stats.errors}), {stats.requests / elapsed:.0f} req/s"
     )
     print(
         f"  latency         p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
@@ -269,26 +467,57 @@ async def run(duration: float, concurrency: int, interval: float) -> int:
         f"  cleanups run    {seen.cleanups} ({seen.automatic_cleanups} automatic), "
         f"bytes freed {seen.bytes_freed:,} ({seen.bytes_freed / MIB:.1f} MiB)"
     )
-    crossed = f"at {seen.crossed_at:.1f} s" if seen.crossed_at is not None else "not reached"
-    print(f"  max level       {seen.max_level.name} (WARNING crossing {crossed})")
+
+    def at(value: float | None) -> str:
+        return f"at {value:.1f} s" if value is not None else "not reached"
+
     print(
-        f"  snapshots       {seen.snapshots} streamed; ballast grown {seen.grown_bytes // MIB} MiB"
+        f"  max level       {seen.max_level.name} (WARNING {at(seen.warning_at)}, "
+        f"CRITICAL {at(seen.critical_at)}, back to NORMAL {at(seen.recovered_at)})"
+    )
+    print(
+        f"  snapshots       {seen.snapshots} streamed; ballast grown "
+        f"{seen.grown_bytes // MIB} MiB, burst {seen.burst_bytes // MIB} MiB"
     )
     print(f"  elapsed         {elapsed:.1f} s")
+    if plot_path is not None:
+        try:
+            plot(plot_path, seen, stats, started)
+        except ImportError:
+            print("  plot            skipped: needs matplotlib (pip install matplotlib)")
+        else:
+            print(f"  plot            {plot_path}")
     return 0 if stats.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run the demo."""
     parser = argparse.ArgumentParser(description="resource-supervisor demo (make demo)")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load (at least)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
+    parser.add_argument(
+        "--headroom-mib", type=int, default=320, help="budget = memory after warm-up + this"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("demo-run.png"),
+        help="PNG of the run (default: %(default)s)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     args = parser.parse_args(argv)
     # The demo prints the supervisor's events itself; keep only errors from its logger.
     logging.basicConfig(level=logging.ERROR, format="  [%(name)s] %(message)s")
     try:
-        return anyio.run(run, args.duration, args.concurrency, args.interval)
+        return anyio.run(
+            run,
+            args.duration,
+            args.concurrency,
+            args.interval,
+            args.headroom_mib * MIB,
+            None if args.no_plot else args.plot,
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -36,12 +36,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-from resource_supervisor import load_settings
+from resource_supervisor import Supervisor, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
-    from resource_supervisor import CleanupRequest, Supervisor, SupervisorSettings
+    from resource_supervisor import CleanupRequest, SupervisorSettings
 
 DIMENSIONS = 64
 HASH_ROUNDS = 300  # CPU work per token: makes "embed" worth a worker process
@@ -338,12 +338,18 @@ else:
     PipelineDep = Annotated[RagPipeline, Depends(pipeline_of)]
 
 
-def create_app(settings: SupervisorSettings | None = None) -> FastAPI:
+def create_app(
+    settings: SupervisorSettings | None = None,
+    *,
+    supervisor_factory: Callable[[SupervisorSettings], Supervisor] = Supervisor,
+) -> FastAPI:
     """
     Build the FastAPI app: supervised lifespan, load shedding, resource routes, RAG.
 
     Args:
         settings: Supervisor settings; ``None`` loads defaults and environment.
+        supervisor_factory: Builds the supervisor from the settings (the demo passes
+            one that measures against its own memory budget).
 
     Returns:
         The app; ``app.state.pipeline`` is the :class:`RagPipeline` once started.
@@ -367,7 +373,9 @@ def create_app(settings: SupervisorSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="RAG service",
-        lifespan=supervised_lifespan(settings, inner=rag_lifespan),
+        lifespan=supervised_lifespan(
+            settings, inner=rag_lifespan, supervisor_factory=supervisor_factory
+        ),
     )
     app.add_middleware(LoadSheddingMiddleware)
     app.include_router(create_router())

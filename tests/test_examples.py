@@ -25,11 +25,17 @@ def run_example(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_demo_runs_short_and_prints_its_summary() -> None:
-    """make demo's job with --duration 5: exits 0, streams snapshots, crosses WARNING,
-    and prints requests, latency, cleanups, bytes freed and the highest level."""
-    result = run_example(str(EXAMPLES / "demo.py"), "--duration", "5", timeout=110)
+@pytest.mark.timeout(150)
+def test_demo_shows_warning_a_critical_episode_with_shedding_and_recovery(
+    tmp_path: Path,
+) -> None:
+    """make demo's job with --duration 5: exits 0, streams snapshots, crosses WARNING, has
+    one CRITICAL episode in which clients get 503s, returns to NORMAL, prints its summary
+    and writes a PNG plot of the run."""
+    png = tmp_path / "run.png"
+    result = run_example(
+        str(EXAMPLES / "demo.py"), "--duration", "5", "--plot", str(png), timeout=140
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     summary = out[out.index("summary") :]
@@ -40,6 +46,15 @@ def test_demo_runs_short_and_prints_its_summary() -> None:
     assert "errors 0" in summary
     assert out.count(" mem ") >= 3  # the live stream printed snapshot lines
     assert "service on http://127.0.0.1:" in out
+    assert "level NORMAL -> WARNING" in out
+    assert "-> CRITICAL" in out
+    assert "level CRITICAL -> NORMAL" in out  # the recovery
+    assert "cleanup (automatic, aggressive)" in out
+    shed = int(summary.split("shed ")[1].split(",")[0])
+    assert shed > 0  # load shedding answered 503s during the episode
+    assert "max level       CRITICAL" in summary
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plot            {png}" in summary
     assert "Traceback" not in result.stderr
 
 
