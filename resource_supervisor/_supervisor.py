@@ -614,9 +614,7 @@ class Supervisor:
             raw = await self._source.sample()
             if self._notifier is not None:
                 self._notifier.update(
-                    str(raw["memory_limit_source"]),
-                    int(raw["memory_limit_bytes"]),
-                    int(raw["memory_used_bytes"]),
+                    str(raw["memory_limit_source"]), int(raw["memory_limit_bytes"])
                 )
                 raw.update(
                     self._notifier.metrics(), memory_notified_samples_total=self._notified_samples

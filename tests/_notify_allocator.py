@@ -6,7 +6,8 @@ Reads one command per stdin line and answers ``ok START END`` on stdout once it 
 done (``time.monotonic()`` when the command began and ended; the clock is the same
 in every process): ``alloc BYTES`` allocates and touches that many bytes (every page
 written, so they are charged to the cgroup) as one block, ``pop N`` drops the last
-*N* blocks, ``free`` drops everything, ``exit`` ends. The first ``ok`` is printed at
+*N* blocks, ``write BYTES PATH`` writes a file of that size (its page cache is
+charged to the cgroup), ``free`` drops everything, ``exit`` ends. The first ``ok`` is printed at
 start, before anything is allocated, so that the caller can move the process into
 the cgroup first. Run it with ``MALLOC_MMAP_THRESHOLD_`` low so
 that freed blocks go back to the kernel at once.
@@ -34,6 +35,10 @@ def main() -> int:
             memoryview(block)[::PAGE_BYTES] = b"\x01" * len(range(0, size, PAGE_BYTES))
             held.append(block)
             del block  # or the last block outlives "free"
+        elif command == "write":
+            length, _, path = argument.partition(" ")
+            with open(path, "wb") as file:
+                file.write(b"\x02" * int(length))
         elif command == "pop":
             del held[len(held) - int(argument) :]
         elif command == "free":

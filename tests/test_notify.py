@@ -553,3 +553,29 @@ async def test_prometheus_exports_the_notification_figures(tmp_path: Path) -> No
     assert "resource_supervisor_memory_notified_samples_total 1.0" in text
     assert "resource_supervisor_memory_notify_events_watched 2.0" in text
     assert "resource_supervisor_memory_notify_thresholds_armed 0.0" in text
+
+
+async def test_a_storm_of_notifications_causes_at_most_one_sample_per_10_ms(
+    tmp_path: Path,
+) -> None:
+    """
+    Hundreds of notifications in a burst cause at most one extra sample per 10 ms
+    of elapsed time (plus the one in flight), never one sample each.
+    """
+    proc, root, svc = _v2_layout(tmp_path)
+    sampler = Sampler(proc_root=proc, cgroup_root=root, pid=PID)
+    async with Supervisor(SupervisorSettings(), source=sampler) as sup:
+        started = anyio.current_time()
+        with anyio.fail_after(5), sup.subscribe(policy="latest") as stream:
+            for count in range(1, 201):
+                (svc / "memory.events").write_text(EVENTS.replace("high 0", f"high {count}"))
+                await anyio.lowlevel.checkpoint()
+            async for snap in stream:
+                if snap["memory_notified_samples_total"] >= 1:
+                    break
+        await anyio.sleep(0.05)  # let the last requested sample run
+        elapsed = anyio.current_time() - started
+        samples = sup.metrics["memory_notified_samples_total"]
+        notifications = sup.metrics["memory_notifications_total"]
+    assert 1 <= samples <= elapsed / 0.01 + 2
+    assert samples <= notifications

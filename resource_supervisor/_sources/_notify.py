@@ -22,8 +22,10 @@ that is missing or refused is skipped, logged at debug, and polling carries on; 
 snapshot shows what is armed (:meth:`MemoryNotifier.metrics`).
 
 The v1 marks are on usage, which includes file cache, while the level is graded on
-the working set: each mark sits above its level by the inactive file cache of the
-last sample, re-armed when that moves by more than 256 KiB. Cache that grows
+the working set: each mark sits above its level by the inactive file cache
+(``total_inactive_file`` of ``memory.stat``, read at each update, never derived
+from a usage read at another moment than the working set, which a fast ramp would
+inflate), re-armed when that moves by more than 256 KiB. Cache that grows
 between samples makes a mark fire early (an extra sample, which re-arms it above
 the new usage); cache that shrinks makes it fire late, by what was reclaimed.
 
@@ -51,7 +53,8 @@ from ._arming import (
     threshold_bytes,
     thresholds_to_rearm,
 )
-from ._cgroup import locate_cgroup, locate_v2_cgroup
+from ._cgroup import locate_cgroup, locate_v2_cgroup, parse_memory_stat
+from ._proc import pread_all
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -149,6 +152,7 @@ class MemoryNotifier:
         self._v1_dir: str | None = None
         self._v1_control_fd: int | None = None
         self._v1_usage_fd: int | None = None
+        self._v1_stat_fd: int | None = None
         self._mark_fds: list[int] = []
         self._marks: tuple[int, ...] | None = None
         self._marks_refused = False
@@ -201,7 +205,7 @@ class MemoryNotifier:
         epoll, self._psi_epoll = self._psi_epoll, None
         if epoll is not None:
             epoll.close()
-        self._v1_dir = self._v1_control_fd = self._v1_usage_fd = None
+        self._v1_dir = self._v1_control_fd = self._v1_usage_fd = self._v1_stat_fd = None
         self._inotify_fd = self._psi_fd = None
         self._psi_armed = None
         self._pressure_level_armed = False
@@ -309,6 +313,14 @@ class MemoryNotifier:
         else:
             self._fds.append(self._v1_usage_fd)
         try:
+            self._v1_stat_fd = os.open(
+                os.path.join(directory, "memory.stat"), os.O_RDONLY | os.O_CLOEXEC
+            )
+        except OSError as exc:
+            logger.debug("cgroup v1 memory.stat unavailable (marks at the bare levels): %s", exc)
+        else:
+            self._fds.append(self._v1_stat_fd)
+        try:
             level_fd = os.open(
                 os.path.join(directory, "memory.pressure_level"), os.O_RDONLY | os.O_CLOEXEC
             )
@@ -340,31 +352,22 @@ class MemoryNotifier:
         self._add_reader(event, ready)
         return event
 
-    def update(self, limit_source: str, limit_bytes: int, used_bytes: int | None = None) -> None:
+    def update(self, limit_source: str, limit_bytes: int) -> None:
         """
         Arm the v1 usage marks for this sample's limit, or re-arm them when the
         limit or the file cache moved them; disarm them when the limit no longer
-        comes from the v1 cgroup. With *used_bytes* (the working set) the marks sit
-        that far above the levels by which usage exceeds it (one pread of usage);
-        without it, at the levels themselves.
+        comes from the v1 cgroup. Reads ``memory.stat`` once (v1 limit only).
 
         Args:
             limit_source: The sample's ``memory_limit_source``.
             limit_bytes: The sample's ``memory_limit_bytes``.
-            used_bytes: The sample's ``memory_used_bytes``.
         """
         if self._loop is None or self._v1_usage_fd is None or self._marks_refused:
             return
         if limit_source != "cgroup_v1":
             wanted: tuple[int, ...] = ()
         else:
-            cache = 0
-            if used_bytes is not None:
-                try:
-                    cache = int(os.pread(self._v1_usage_fd, 64, 0)) - used_bytes
-                except (OSError, ValueError):
-                    cache = 0
-            wanted = threshold_bytes(limit_bytes, self._levels, cache)
+            wanted = threshold_bytes(limit_bytes, self._levels, self._inactive_file_bytes())
         if not thresholds_to_rearm(self._marks, wanted):
             return
         self._close_marks()
@@ -379,6 +382,15 @@ class MemoryNotifier:
             self._mark_fds.append(event)
         if wanted:
             logger.debug("cgroup v1 usage marks armed at %s bytes", wanted)
+
+    def _inactive_file_bytes(self) -> int:
+        if self._v1_stat_fd is None:
+            return 0
+        try:
+            data = pread_all(self._v1_stat_fd, 8192)
+            return parse_memory_stat(data, "total_inactive_file") or 0
+        except (OSError, ValueError):
+            return 0
 
     def _close_marks(self) -> None:
         fds, self._mark_fds = self._mark_fds, []
