@@ -165,6 +165,8 @@ class Track:
     y: tuple[float, ...]
     step: bool = False
     """Draw as a step function (levels, worker counts) rather than a line."""
+    points: bool = False
+    """Draw as separate markers with stems (events with a size, such as bytes freed)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -126,7 +126,16 @@ def plot_timeline(timeline: Timeline, path: Path) -> None:
     flat = [row[0] for row in axes]
     for ax, panel in zip(flat, timeline.panels, strict=True):
         for track in panel.tracks:
-            if track.step:
+            if track.points:
+                ax.stem(
+                    track.t,
+                    track.y,
+                    linefmt=":",
+                    basefmt=" ",
+                    label=track.name,
+                    markerfmt="o" if "aggressive" not in track.name else "D",
+                )
+            elif track.step:
                 ax.step(track.t, track.y, where="post", label=track.name)
             else:
                 ax.plot(track.t, track.y, label=track.name)

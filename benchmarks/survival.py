@@ -179,17 +179,24 @@ def _timeline(name: str, limit_mib: int, workload: LaneWorkload, run: ChildRun) 
         (completed[i] - completed[max(0, i - window)]) / max(t[i] - t[max(0, i - window)], 1e-9)
         for i in range(len(series))
     )
-    events = tuple(
-        (
-            float(line["t"]),
-            f"{'aggressive' if line['aggressive'] else 'normal'} cleanup, "
-            f"{line['freed'] / MiB:.0f} MiB freed",
+    cleanups = [line for line in run.lines if line.get("kind") == "cleanup"]
+
+    def freed(*, aggressive: bool) -> Track:
+        chosen = [line for line in cleanups if bool(line["aggressive"]) is aggressive]
+        return Track(
+            f"{'aggressive' if aggressive else 'normal'} cleanup",
+            tuple(float(line["t"]) for line in chosen),
+            tuple(line["freed"] / MiB for line in chosen),
+            points=True,
         )
-        for line in run.lines
-        if line.get("kind") == "cleanup"
-    )
+
     result = outcome(run, planned_calls=workload.calls)
-    fate = "finished" if result.survived else "killed by the OOM killer"
+    if not result.survived:
+        fate = "the service was OOM-killed"
+    elif result.oom_kills:
+        fate = f"a worker was OOM-killed, {result.lost} calls lost"
+    else:
+        fate = "nothing lost"
     return Timeline(
         title=f"{name} in a {limit_mib} MiB memory cgroup ({fate}): bursty 48 MiB CPU calls, "
         "workers and the service cache growing",
@@ -208,10 +215,13 @@ def _timeline(name: str, limit_mib: int, workload: LaneWorkload, run: ChildRun) 
                 (Track("level", t, levels, step=True),),
                 y_ticks=((0.0, "NORMAL"), (1.0, "WARNING"), (2.0, "CRITICAL")),
             ),
+            Panel(
+                "cleanup passes: memory freed (MiB)",
+                (freed(aggressive=False), freed(aggressive=True)),
+            ),
             Panel("live workers (processes)", (Track("workers", t, workers, step=True),)),
             Panel("completed calls per second (0.5 s window)", (Track("calls/s", t, rate),)),
         ),
-        events=events,
     )
 
 
