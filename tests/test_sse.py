@@ -203,6 +203,54 @@ async def test_a_cancelled_stream_gives_its_slot_back() -> None:
         assert (await client.get("/metrics/stream", params={"limit": 1})).status_code == 200
 
 
+async def test_a_stream_cancelled_by_the_server_ends_cleanly() -> None:
+    """The request task cancelled from outside (as uvicorn does after its graceful
+    timeout) ends the body, returns normally and frees the slot."""
+    app = shedding_app(max_streams=1)
+    async with running(app) as client:
+        stream = HeldStream(app)
+        task = asyncio.ensure_future(stream.run())
+        await anyio.wait_all_tasks_blocked()
+        assert stream.status == 200
+        task.cancel("as a server does at shutdown")
+        with anyio.fail_after(5):
+            await task  # no CancelledError: the response ended on its own terms
+        assert not task.cancelled()
+        assert stream.ended
+        assert stream.chunks[-1] == b""
+        assert (await client.get("/metrics/stream", params={"limit": 1})).status_code == 200
+
+
+async def test_a_quiet_stream_sends_keep_alive_comments() -> None:
+    """Without new snapshots a stream sends a comment line every heartbeat."""
+    app = shedding_app(heartbeat=0.05)
+    async with running(app):
+        stream = HeldStream(app)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream.run)
+            with anyio.fail_after(10):
+                while b": keep-alive\n\n" not in stream.chunks:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            stream.close()
+    assert stream.ended
+
+
+async def test_streams_end_when_the_supervisor_exits() -> None:
+    """Open streams end (their body is closed) when the app's lifespan stops the
+    supervisor."""
+    app = shedding_app()
+    streams = [HeldStream(app) for _ in range(3)]
+    async with anyio.create_task_group() as tg:
+        async with app.router.lifespan_context(app):
+            for stream in streams:
+                tg.start_soon(stream.run)
+            await anyio.wait_all_tasks_blocked()
+            assert all(s.status == 200 and not s.ended for s in streams)
+        with anyio.fail_after(10):
+            while not all(s.ended for s in streams):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+
+
 # -- real uvicorn ------------------------------------------------------------------
 
 

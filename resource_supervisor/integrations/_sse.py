@@ -124,11 +124,6 @@ class StreamHub:
         self._active = 0
         self._encoded: deque[tuple[MetricsSnapshot, bytes]] = deque(maxlen=buffer + 1)
 
-    @property
-    def active(self) -> int:
-        """Streams being served now."""
-        return self._active
-
     def event(self, snapshot: MetricsSnapshot, event_id: int) -> bytes:
         """
         Return the SSE event for *snapshot*, encoding the snapshot only the first time
@@ -249,8 +244,6 @@ class SnapshotStream(Response):
         finally:
             with contextlib.suppress(OSError), anyio.CancelScope(shield=True):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if self.background is not None:
-            await self.background()
 
     async def _send_events(self, send: Send) -> None:
         hub = self._hub
