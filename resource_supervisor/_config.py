@@ -151,6 +151,10 @@ class ConcurrencySettings(_Frozen):
     """Retire a worker process after this many calls (None = never)."""
     worker_max_rss_bytes: Bytes | None = None
     """Retire a worker process between calls once its RSS exceeds this."""
+    worker_oom_score_adj: Annotated[int, Field(ge=-1000, le=1000)] | None = 500
+    """``oom_score_adj`` each worker process sets for itself, so the kernel's OOM killer
+    picks a worker before the service (None = leave the inherited value). Lowering it
+    below the service's own value needs privileges."""
     default_thread_limiter_tokens: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
     """Size of anyio's default thread limiter (FastAPI ``def`` endpoints, sync
     dependencies, ``run_in_threadpool``) while the supervisor runs; ``None`` = leave it

@@ -135,6 +135,11 @@ class WorkerCrashedError(ExecutorError):
     Raised when the worker running a call died before returning (``os._exit``,
     a signal, an out-of-memory kill). Only the call that was running fails; the
     call ran at most once.
+
+    ``reason`` says why, where the lane knows: ``"oom_kill"`` (the kernel's OOM
+    killer ended the worker: the memory cgroup's OOM-kill counter rose) or
+    ``"memory_pressure"`` (the lane killed the largest worker at CRITICAL
+    pressure, before the kernel had to choose); ``None`` otherwise.
     """
 
     def __init__(
@@ -143,12 +148,14 @@ class WorkerCrashedError(ExecutorError):
         exitcode: int | None = None,
         signal: int | None = None,
         detail: str = "",
+        reason: str | None = None,
     ) -> None:
-        super().__init__(function, exitcode, signal, detail)
+        super().__init__(function, exitcode, signal, detail, reason)
         self.function = function
         self.exitcode = exitcode
         self.signal = signal
         self.detail = detail
+        self.reason = reason
 
     def __str__(self) -> str:
         if self.signal is not None:
@@ -157,7 +164,8 @@ class WorkerCrashedError(ExecutorError):
             how = f"exited with code {self.exitcode}"
         else:
             how = "died"
-        extra = f" ({self.detail})" if self.detail else ""
+        notes = [str(note) for note in (self.reason, self.detail) if note]
+        extra = f" ({'; '.join(notes)})" if notes else ""
         return f"worker running {self.function} {how}{extra}"
 
 

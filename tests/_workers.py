@@ -130,3 +130,37 @@ def spin(seconds: float) -> int:
     while time.monotonic() < deadline:
         pass
     return os.getpid()
+
+
+def grow(rate_bytes_per_second: float, limit_bytes: int) -> int:
+    """Allocate and touch memory at *rate* until *limit_bytes* are held; return the total."""
+    step = 10 * 1024 * 1024
+    held: list[bytearray] = []
+    total = 0
+    while total < limit_bytes:
+        chunk = bytearray(step)
+        memoryview(chunk)[::4096] = b"\x01" * len(range(0, step, 4096))
+        held.append(chunk)
+        total += step
+        time.sleep(step / rate_bytes_per_second)
+    return total
+
+
+def allocate_and_wait(n_bytes: int, path: str) -> int:
+    """Hold *n_bytes* of touched memory until *path* exists (as wait_for_file); return n_bytes."""
+    keep = bytearray(n_bytes)
+    memoryview(keep)[::4096] = b"\x01" * len(range(0, n_bytes, 4096))
+    wait_for_file(path)
+    return len(keep)
+
+
+def oom_score_adj() -> int:
+    """Return this worker's oom_score_adj."""
+    return int(Path("/proc/self/oom_score_adj").read_text())
+
+
+def rss_self() -> int:
+    """Return this process's resident memory in bytes."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)

@@ -15,6 +15,7 @@ INSTANCES = [
     ex.WorkerCrashedError("mod.fn", exitcode=3),
     ex.WorkerCrashedError("mod.fn", signal=9),
     ex.WorkerCrashedError("mod.fn"),
+    ex.WorkerCrashedError("mod.fn", signal=9, detail="pid 7", reason="oom_kill"),
     ex.ClusterConnectionLostError("mod.fn", detail="scheduler gone"),
     ex.OverloadedError("process", 10, 10, "CRITICAL"),
     ex.AdmissionRejectedError(4, 4, 8, 8, 2.5, True),

@@ -46,6 +46,12 @@ class ProcessLaneStatistics:
         timeouts_total: Calls that exceeded their ``timeout=``.
         worker_pids: Pids of the started workers.
         workers_starting: Slots whose worker is still starting (not busy).
+        worker_rss_max_bytes: Resident memory of the largest worker, when last
+            measured (each sample).
+        worker_rss_bytes: Resident memory of all workers together, when last measured.
+        oom_kills_total: Workers the kernel's OOM killer ended.
+        memory_kills_total: Workers the lane killed at CRITICAL pressure because they
+            held more memory than the service.
     """
 
     workers_live: int
@@ -60,6 +66,10 @@ class ProcessLaneStatistics:
     timeouts_total: int
     worker_pids: tuple[int, ...]
     workers_starting: int = 0
+    worker_rss_max_bytes: int = 0
+    worker_rss_bytes: int = 0
+    oom_kills_total: int = 0
+    memory_kills_total: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -72,6 +82,8 @@ class LaneCounters:
     recycled: int = 0
     refused: int = 0
     timeouts: int = 0
+    oom_kills: int = 0
+    memory_kills: int = 0
 
 
 def lane_statistics(
@@ -95,6 +107,10 @@ def lane_statistics(
         workers_target=target,
         workers_busy=sum(1 for s in live if s.in_flight),
         workers_starting=sum(1 for s in live if s.state is SlotState.STARTING),
+        worker_rss_max_bytes=max((s.rss_bytes for s in live), default=0),
+        worker_rss_bytes=sum(s.rss_bytes for s in live),
+        oom_kills_total=counters.oom_kills,
+        memory_kills_total=counters.memory_kills,
         queue_depth=queue_depth,
         completed_total=counters.completed,
         failed_total=counters.failed,
@@ -122,6 +138,10 @@ def lane_metrics(stats: ProcessLaneStatistics, *, backend: str) -> dict[str, Met
         "process_workers_target": stats.workers_target,
         "process_workers_busy": stats.workers_busy,
         "process_workers_starting": stats.workers_starting,
+        "process_worker_rss_max_bytes": stats.worker_rss_max_bytes,
+        "process_worker_rss_bytes": stats.worker_rss_bytes,
+        "process_oom_kills_total": stats.oom_kills_total,
+        "process_memory_kills_total": stats.memory_kills_total,
         "process_queue_depth": stats.queue_depth,
         "process_completed_total": stats.completed_total,
         "process_failed_total": stats.failed_total,

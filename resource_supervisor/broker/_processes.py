@@ -103,6 +103,7 @@ from ._slot_launcher import SlotLauncher, kill_worker, stop_reading
 from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
 from ._spill import sweep_spills
 from ._stopping import Stop, stop_call
+from ._worker_memory import OomKillCounter, measure_workers, memory_victim
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -195,6 +196,7 @@ class ProcessLane:
             ("__main__", _worker.__name__, __name__),
             threads=max(2, max_workers),
             lifeline=self._lifeline,
+            oom_score_adj=settings.worker_oom_score_adj,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
@@ -203,6 +205,7 @@ class ProcessLane:
         self._counts = LaneCounters()
         self._headroom = MemoryHeadroom() if headroom is None else headroom
         self._forked = False
+        self._oom = OomKillCounter()
 
     # -- context manager -----------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -324,6 +327,8 @@ class ProcessLane:
             self._calm_since = self._clock()
         self._level = level
         if self._loop is not None and not self._closed:
+            if level >= PressureLevel.CRITICAL:
+                self._relieve_memory()
             self._resize()
             self._wake()
 
@@ -331,10 +336,36 @@ class ProcessLane:
         """
         Return flat ``process_*`` metrics; cheap, never blocks.
 
+        Reads each worker's resident memory (a small ``/proc`` read per worker) and,
+        at CRITICAL, kills the largest worker if it holds more than the service.
+
         Returns:
             Metric name to value (``process_lane_backend`` is ``"local"``).
         """
+        if not self._closed and self._loop is not None:
+            measure_workers(s for s in self._slots if s.state in LIVE_STATES)
+            if self._level >= PressureLevel.CRITICAL:
+                self._relieve_memory()
         return lane_metrics(self.statistics(), backend=self.name)
+
+    def _relieve_memory(self) -> None:
+        """At CRITICAL: kill the largest worker when it holds more memory than the service."""
+        started = [s for s in self._slots if s.state in (SlotState.IDLE, SlotState.BUSY)]
+        victim = memory_victim(
+            [(i, s.rss_bytes) for i, s in enumerate(started) if s.pid], rss_bytes(os.getpid())
+        )
+        if victim is None:
+            return
+        slot = started[victim]
+        self._counts.memory_kills += 1
+        slot.death_reason = "memory_pressure"
+        _logger.warning(
+            "process lane: killing worker %d (%d MiB resident, more than the service) "
+            "at CRITICAL memory pressure",
+            slot.pid,
+            slot.rss_bytes >> 20,
+        )
+        self._kill(slot, "memory_pressure")
 
     def statistics(self) -> ProcessLaneStatistics:
         """
@@ -492,6 +523,7 @@ class ProcessLane:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             guard_lane(self)
+            self._oom.start()
             self._wakeup = asyncio.Event()
             self._spawn(self._maintain(), maintainer=True)
             self._spawn(self._sweep_spills())
@@ -784,15 +816,20 @@ class ProcessLane:
         if not intentional:
             self._counts.crashed += 1
             slot.crashed = True
+            if self._oom.rose():
+                self._counts.oom_kills += 1
+                slot.death_reason = "oom_kill"
         self._requeue(not_started)
         self._spawn(self._reap(slot, running))
         self._dispatch()
         self._resize()
 
-    def _fail_crashed(self, call: Call, exitcode: int | None, detail: str) -> None:
+    def _fail_crashed(
+        self, call: Call, exitcode: int | None, detail: str, reason: str | None = None
+    ) -> None:
         call.slot = None
         code, sig = (None, -exitcode) if exitcode is not None and exitcode < 0 else (exitcode, None)
-        if self._finish(call, WorkerCrashedError(call.function, code, sig, detail)):
+        if self._finish(call, WorkerCrashedError(call.function, code, sig, detail, reason)):
             self._counts.failed += 1
 
     async def _reap(self, slot: Slot, running: Call | None) -> None:
@@ -800,7 +837,10 @@ class ProcessLane:
         if running is not None and not running.future.done():
             process = slot.process
             exitcode = process.exitcode if process is not None else None
-            self._fail_crashed(running, exitcode, f"pid {slot.pid}")
+            detail = f"pid {slot.pid}"
+            if slot.death_reason == "memory_pressure":
+                detail += f", {slot.rss_bytes >> 20} MiB resident, killed at CRITICAL pressure"
+            self._fail_crashed(running, exitcode, detail, slot.death_reason)
         self._forget(slot)
 
     def _forget(self, slot: Slot) -> None:

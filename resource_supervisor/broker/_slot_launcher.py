@@ -85,6 +85,7 @@ class SlotLauncher:
         *,
         threads: int,
         lifeline: Lifeline | None = None,
+        oom_score_adj: int | None = None,
     ) -> None:
         """
         Create the launcher; no process or thread starts here.
@@ -94,12 +95,14 @@ class SlotLauncher:
             preload: Modules the lane's forkserver imports once (``"forkserver"``).
             threads: Most slots started or stopped at the same time.
             lifeline: Handed to every worker (see :mod:`._lifeline`), or ``None``.
+            oom_score_adj: Each worker's ``oom_score_adj`` (``None``: inherited).
         """
         self._start_method = start_method
         self._preload = preload
         self._context: multiprocessing.context.BaseContext | None = None
         self._limiter = anyio.CapacityLimiter(threads)
         self._lifeline = lifeline
+        self._oom_score_adj = oom_score_adj
 
     def _mp_context(self) -> multiprocessing.context.BaseContext:
         if self._context is None:
@@ -126,7 +129,11 @@ class SlotLauncher:
         """
         with anyio.CancelScope(shield=True):
             opened = await anyio.to_thread.run_sync(
-                open_slot, self._mp_context(), self._lifeline, limiter=self._limiter
+                open_slot,
+                self._mp_context(),
+                self._lifeline,
+                self._oom_score_adj,
+                limiter=self._limiter,
             )
         return opened
 

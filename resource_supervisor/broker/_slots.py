@@ -124,6 +124,8 @@ class Slot:
     crashed: bool = False
     rss_bytes: int = 0
     """The worker's resident memory when last measured (0 before)."""
+    death_reason: str | None = None
+    """Why the worker died, where known (``WorkerCrashedError.reason``)."""
 
     def adopt(self, opened: OpenedSlot) -> None:
         """Take over a started executor; the pipes' parent ends become non-blocking fds."""
@@ -179,7 +181,9 @@ class OpenedSlot:
 
 
 def open_slot(
-    ctx: multiprocessing.context.BaseContext, lifeline: Lifeline | None = None
+    ctx: multiprocessing.context.BaseContext,
+    lifeline: Lifeline | None = None,
+    oom_score_adj: int | None = None,
 ) -> OpenedSlot:
     """
     Create a slot's executor and worker and wait until it answers (blocking).
@@ -218,6 +222,7 @@ def open_slot(
             tie,
             os.getpid(),
             tempfile.gettempdir(),
+            oom_score_adj,
         ),
     )
     try:

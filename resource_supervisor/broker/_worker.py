@@ -150,6 +150,7 @@ def init_worker(
     lifeline: Connection | None = None,
     owner: int = 0,
     spill_dir: str | None = None,
+    oom_score_adj: int | None = None,
 ) -> None:
     """
     Executor initializer: keep the slot's channel for :func:`serve` (worker side).
@@ -163,7 +164,16 @@ def init_worker(
         lifeline: Read end of the lane's lifeline (:mod:`._lifeline`), or ``None``.
         owner: The service's pid.
         spill_dir: Where the service writes spill files (:mod:`._spill`).
+        oom_score_adj: Written to ``/proc/self/oom_score_adj`` so the kernel's OOM
+            killer picks this worker first; ``None`` leaves it. A value the kernel
+            refuses (lowering needs privileges) is ignored.
     """
+    if oom_score_adj is not None:
+        try:
+            with open("/proc/self/oom_score_adj", "w", encoding="ascii") as file:
+                file.write(f"{oom_score_adj}\n")
+        except OSError:
+            pass
     _CHANNEL.progress = progress  # type: ignore[assignment]
     _CHANNEL.skip = skip  # type: ignore[assignment]
     _CHANNEL.lock = lock
