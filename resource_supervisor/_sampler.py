@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import anyio
 import psutil
 
 from ._participants import absorb, describe, must_propagate, run_in_daemon_thread
+from ._provider_output import MAX_PROVIDER_METRICS, check_provider_name, validate_output
 from ._sources._cgroup import CgroupMemoryReader, MemoryFigures, effective_memory
 from ._sources._kept_open import KeptOpen
 from ._sources._proc import CpuTimes, HostMemory, ProcReader
@@ -43,34 +43,6 @@ ProviderResult: TypeAlias = Mapping[str, float | int]
 MetricsProvider: TypeAlias = Callable[[], ProviderResult | Awaitable[ProviderResult]]
 """A sync or async callable returning metric name -> number."""
 
-_PROVIDER_NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
-_METRIC_KEY: Final = re.compile(r"[A-Za-z0-9_]+")
-
-#: Keys the sampler or the supervisor sets; provider metrics may not shadow them.
-_RESERVED_KEYS: Final = frozenset(
-    {
-        "system_memory_percent",
-        "system_cpu_percent",
-        "memory_used_bytes",
-        "memory_limit_bytes",
-        "memory_percent",
-        "memory_limit_source",
-        "host_memory_total_bytes",
-        "process_rss_bytes",
-        "process_cpu_percent",
-        "process_threads",
-        "process_fds",
-        "psi_memory_some_avg10",
-        "psi_memory_full_avg10",
-        "cgroup_memory_limit_bytes",
-        "last_metrics_update_ts",
-        "provider_failures_total",
-        "sample_duration_seconds",
-        "pressure_level",
-        "active_sessions_rag",
-    }
-)
-
 # Shortest window over which CPU percentages are computed: /proc counters tick every
 # 10 ms, so a shorter window is mostly quantisation noise.
 _MIN_CPU_WINDOW_SECONDS = 0.1
@@ -83,9 +55,12 @@ class SamplerStatistics:
     samples: int
     """Samples completed."""
     provider_failures: int
-    """Provider calls that raised, timed out or returned something unusable."""
+    """Provider calls that raised, timed out or returned something other than a mapping."""
     sample_seconds_last: float
     """Duration of the last completed sample, providers included."""
+    metrics_dropped: int = 0
+    """Provider metrics left out: not finite numbers, bad names, or beyond the
+    per-provider budget (see :mod:`._provider_output`)."""
 
 
 class _ProviderFailedError(Exception):
@@ -95,7 +70,7 @@ class _ProviderFailedError(Exception):
 class _Provider:
     """One registered provider and its failure streak."""
 
-    __slots__ = ("failed_samples", "func", "is_async", "name", "thread_busy")
+    __slots__ = ("dropping", "failed_samples", "func", "is_async", "name", "thread_busy")
 
     def __init__(self, name: str, func: MetricsProvider) -> None:
         self.name = name
@@ -103,6 +78,7 @@ class _Provider:
         call = getattr(func, "__call__", None)  # noqa: B004  # async __call__ objects
         self.is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
         self.failed_samples = 0
+        self.dropping = False  # its last result had unusable metrics (warned once)
         # Set while a sync call is handed to a worker thread, cleared by that thread
         # when the call returns: a provider still hung from an earlier sample (its
         # thread abandoned) is not started again, so hung threads cannot pile up.
@@ -182,6 +158,7 @@ class Sampler(KeptOpen):
         self._process_cpu_last = 0.0
         self._samples = 0
         self._provider_failures = 0
+        self._metrics_dropped = 0
         self._sample_seconds_last = 0.0
 
     @property
@@ -218,17 +195,22 @@ class Sampler(KeptOpen):
         Add a metrics provider; its keys appear as ``<name>_<key>`` from the next sample.
 
         Args:
-            name: Lower-case identifier (``[a-z][a-z0-9_]*``), unique in this sampler.
+            name: Lower-case identifier (``[a-z][a-z0-9_]*``), unique in this sampler,
+                whose first word is no built-in namespace (``cleanup``, ``memory``,
+                ``process``, ``gpu0``...: see :mod:`._provider_output`).
             provider: A sync or async callable returning a mapping of metric name
-                (letters, digits, ``_``) to int or float. Sync providers run in a
-                worker thread, so a slow one cannot block the event loop.
+                (letters, digits, ``_``) to a finite int or float. Sync providers run
+                in a daemon worker thread, so a slow one cannot block the event loop
+                nor, hung, keep the interpreter alive. Of each result, metrics that
+                are not finite numbers with a valid name, and those beyond the first
+                256, are left out and counted in ``provider_metrics_dropped_total``.
 
         Raises:
-            ValueError: If *name* is malformed or already registered.
+            ValueError: If *name* is malformed, a built-in namespace or already
+                registered.
             TypeError: If *provider* is not callable.
         """
-        if not _PROVIDER_NAME.fullmatch(name):
-            raise ValueError(f"provider name {name!r} must match [a-z][a-z0-9_]*")
+        check_provider_name(name)
         if name in self._providers:
             raise ValueError(f"a provider named {name!r} is already registered")
         if not callable(provider):
@@ -257,6 +239,7 @@ class Sampler(KeptOpen):
             samples=self._samples,
             provider_failures=self._provider_failures,
             sample_seconds_last=self._sample_seconds_last,
+            metrics_dropped=self._metrics_dropped,
         )
 
     def read_memory(self) -> tuple[int, int]:
@@ -312,6 +295,7 @@ class Sampler(KeptOpen):
                 if result is not None:
                     data.update(result)
         data["provider_failures_total"] = self._provider_failures
+        data["provider_metrics_dropped_total"] = self._metrics_dropped
         elapsed = time.perf_counter() - started
         data["sample_duration_seconds"] = elapsed
         self._sample_seconds_last = elapsed
@@ -455,7 +439,7 @@ class Sampler(KeptOpen):
     ) -> None:
         try:
             raw = await self._call_provider(provider)
-            metrics = _namespace(provider.name, raw)
+            metrics, dropped = validate_output(provider.name, raw)
         except TimeoutError:
             self._provider_failed(provider, f"timed out after {self._provider_timeout} s", None)
         except BaseException as exc:
@@ -468,6 +452,7 @@ class Sampler(KeptOpen):
             self._provider_failed(provider, describe(exc), exc)
         else:
             results[provider.name] = metrics
+            self._note_dropped(provider, dropped)
             if provider.failed_samples:
                 logger.info(
                     "metrics provider %r recovered after %d failed samples",
@@ -475,6 +460,19 @@ class Sampler(KeptOpen):
                     provider.failed_samples,
                 )
                 provider.failed_samples = 0
+
+    def _note_dropped(self, provider: _Provider, dropped: int) -> None:
+        """Count the metrics of a result left out; warn when a provider starts dropping."""
+        self._metrics_dropped += dropped
+        if dropped and not provider.dropping:
+            logger.warning(
+                "metrics provider %r returned %d unusable metrics (not finite numbers, "
+                "bad names, or beyond %d per sample); they are left out",
+                provider.name,
+                dropped,
+                MAX_PROVIDER_METRICS,
+            )
+        provider.dropping = dropped > 0
 
     def _provider_failed(self, provider: _Provider, reason: str, exc: BaseException | None) -> None:
         self._provider_failures += 1
@@ -486,20 +484,3 @@ class Sampler(KeptOpen):
                 reason,
                 exc_info=exc,
             )
-
-
-def _namespace(name: str, raw: object) -> dict[str, float | int]:
-    """Validate a provider's result and prefix its keys; raise on anything unusable."""
-    if not isinstance(raw, Mapping):
-        raise _ProviderFailedError(f"returned {type(raw).__name__}, not a mapping")
-    metrics: dict[str, float | int] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not _METRIC_KEY.fullmatch(key):
-            raise _ProviderFailedError(f"metric name {key!r} is not letters, digits and _")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _ProviderFailedError(f"metric {key!r} is {type(value).__name__}, not a number")
-        full = f"{name}_{key}"
-        if full in _RESERVED_KEYS:
-            raise _ProviderFailedError(f"metric {full!r} would shadow a core metric")
-        metrics[full] = value
-    return metrics

@@ -503,13 +503,17 @@ class Supervisor:
 
         A provider that raises or exceeds ``provider_timeout`` is skipped for that
         sample, counted in ``provider_failures_total`` and logged once per streak.
+        Of each result, metrics that are not finite numbers with a valid name, and
+        those beyond 256 per provider, are left out and counted in
+        ``provider_metrics_dropped_total``.
 
         Args:
             name: A lower-case identifier.
             provider: ``() -> Mapping[str, float | int]``, sync (run in a thread) or async.
 
         Raises:
-            ValueError: If the name is invalid or taken.
+            ValueError: If the name is invalid, taken, or a built-in namespace
+                (``cleanup``, ``memory``, ``process``...), whose metrics it could shadow.
         """
         self._source.register_provider(name, provider)
         self._provider_names.append(name)
@@ -642,7 +646,7 @@ class Supervisor:
         data.update(
             active_sessions_rag=self._sessions.active,
             sessions_evicted_total=sessions.evicted_total,
-            session_close_failures_total=sessions.close_failures,
+            sessions_close_failures_total=sessions.close_failures,
             stream_subscribers=snapshots.subscribers,
             stream_dropped_total=snapshots.dropped + self._events.statistics().dropped,
             stream_refused_total=self._streams_refused,

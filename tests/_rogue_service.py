@@ -77,7 +77,7 @@ async def main() -> None:
             counters = (
                 int(snap["provider_failures_total"]),
                 int(snap["cleanup_handler_failures_total"]),
-                int(snap["session_close_failures_total"]),
+                int(snap["sessions_close_failures_total"]),
                 sup.memory.statistics().cache_failures,
             )
             sys.stdout.write(" ".join(["alive", *map(str, counters)]) + "\n")

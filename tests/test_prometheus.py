@@ -353,3 +353,22 @@ async def test_a_failing_exit_callback_does_not_stop_the_exit(
     assert "exit callback" in caplog.text
     with pytest.raises(Exception, match="not running"):
         sup.executors  # noqa: B018
+
+
+def test_a_value_beyond_float_range_never_breaks_the_scrape() -> None:
+    """An int like 10**400 in a snapshot is exported as +Inf/-Inf; the rest still exports."""
+    text = _exposition(make_snapshot(rag_huge=10**400, rag_low=-(10**400), rag_ok=3))
+    values = {(s.name, s.labels.get("metric")): s.value for s in _samples(text)}
+    provider = "resource_supervisor_provider_value"
+    assert values[(provider, "huge")] == float("inf")
+    assert values[(provider, "low")] == float("-inf")
+    assert values[(provider, "ok")] == 3
+
+
+def test_dropped_provider_metrics_are_a_core_counter() -> None:
+    """provider_metrics_dropped_total is exported as a counter of the supervisor itself."""
+    description = describe_key("provider_metrics_dropped_total", ["rag"])
+    assert (description.name, description.kind) == (
+        "resource_supervisor_provider_metrics_dropped",
+        "counter",
+    )

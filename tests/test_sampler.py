@@ -480,26 +480,72 @@ async def test_hanging_sync_provider_times_out_without_piling_up_threads(
     assert calls == 2
 
 
+async def test_a_result_that_is_no_mapping_is_a_provider_failure(sampler: Sampler) -> None:
+    """A provider returning something other than a mapping counts as a failure."""
+    sampler.register_provider("rag", lambda: [("x", 1)])  # type: ignore[arg-type, return-value]
+    data = await sampler.sample()
+    assert data["provider_failures_total"] == 1
+    assert data["provider_metrics_dropped_total"] == 0
+    assert not any(key.startswith("rag_") for key in data)
+
+
 @pytest.mark.parametrize(
-    "result",
+    "bad",
     [
-        [("x", 1)],
         {"x": "1"},
         {"x": True},
         {"x": None},
         {"bad key": 1},
         {1: 1},
-        {"rss_bytes": 1},
+        {"x": float("inf")},
+        {"x": float("nan")},
+        {"x": 10**400},
     ],
-    ids=["not-mapping", "str-value", "bool-value", "none-value", "bad-key", "int-key", "shadow"],
+    ids=["str", "bool", "none", "bad-key", "int-key", "inf", "nan", "10**400"],
 )
-async def test_bad_return_is_skipped_and_counted(sampler: Sampler, result: object) -> None:
-    """Non-mappings, non-numeric values, bad names and core-key shadows count as failures."""
-    sampler.register_provider("process", lambda: result)  # type: ignore[arg-type, return-value]
-    data = await sampler.sample()
-    assert data["provider_failures_total"] == 1
-    assert int(data["process_rss_bytes"]) > PAGE_SIZE  # never shadowed by the provider
-    assert not any(key.startswith("process_x") or key == "process_1" for key in data)
+async def test_unusable_metrics_are_dropped_and_counted_the_rest_kept(
+    sampler: Sampler, bad: dict[object, object]
+) -> None:
+    """
+    A metric that is not a finite number fitting a float, or has a bad name, is left
+    out and counted in provider_metrics_dropped_total; the provider's other metrics
+    are kept and it is no failure.
+    """
+    result = {"good": 2.5, **bad}
+    sampler.register_provider("rag", lambda: result)  # type: ignore[arg-type, return-value]
+    data: dict[str, object] = {}
+    for expected in (1, 2):
+        data = dict(await sampler.sample())
+        assert data["rag_good"] == 2.5
+        assert data["provider_metrics_dropped_total"] == expected
+        assert data["provider_failures_total"] == 0
+        assert sampler.statistics().metrics_dropped == expected
+    assert [key for key in data if key.startswith("rag_")] == ["rag_good"]
+
+
+async def test_a_provider_keeps_at_most_its_key_budget(sampler: Sampler) -> None:
+    """
+    Of a million keys, the first 256 are kept and the rest counted as dropped, without
+    the sample walking them all (liveness guard: it answers within 5 s).
+    """
+    from resource_supervisor._provider_output import MAX_PROVIDER_METRICS
+
+    huge = {f"k{i}": i for i in range(1_000_000)}
+    sampler.register_provider("rag", lambda: huge)
+    with anyio.fail_after(5):
+        data = await sampler.sample()
+    kept = [key for key in data if key.startswith("rag_")]
+    assert len(kept) == MAX_PROVIDER_METRICS
+    assert data["provider_metrics_dropped_total"] == 1_000_000 - MAX_PROVIDER_METRICS
+
+
+@pytest.mark.parametrize(
+    "name", ["cleanup", "memory", "process", "process_extra", "gpu", "gpu0", "admission"]
+)
+def test_provider_names_of_builtin_namespaces_are_refused(sampler: Sampler, name: str) -> None:
+    """A provider named after a built-in namespace is refused at registration."""
+    with pytest.raises(ValueError, match="built-in metrics live under"):
+        sampler.register_provider(name, dict)
 
 
 async def test_failure_logged_once_per_streak(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -513,3 +514,32 @@ def test_participants_raising_base_exceptions_never_stop_the_service() -> None:
         assert proc.stderr is not None
         proc.stdout.close()
         proc.stderr.close()
+
+
+async def test_every_builtin_key_lives_in_a_reserved_namespace() -> None:
+    """
+    Every key of a real snapshot starts with a reserved provider name, so no provider
+    can shadow a built-in metric (a provider `cleanup` with `runs_total` is refused).
+    """
+    from resource_supervisor._provider_output import RESERVED_PROVIDER_NAMES
+
+    async def provider() -> dict[str, float]:
+        return {"runs_total": 1e9}
+
+    async with Supervisor(quiet()) as sup:
+        with pytest.raises(ValueError, match="built-in"):
+            sup.register_metrics_provider("cleanup", provider)
+        sup.register_metrics_provider("rag", provider)
+        snap = await sup.update_metrics()
+        await sup.request_cleanup()
+        snap = await sup.update_metrics()
+    assert snap["cleanup_runs_total"] == 1
+    assert snap["rag_runs_total"] == 1e9
+    builtin = [key for key in snap if not key.startswith("rag_")]
+    strays = [
+        key
+        for key in builtin
+        if key.split("_", 1)[0] not in RESERVED_PROVIDER_NAMES
+        and not re.fullmatch(r"gpu\d+_.*", key)
+    ]
+    assert strays == []

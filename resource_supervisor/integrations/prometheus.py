@@ -25,6 +25,7 @@ Naming rules, applied to every numeric key of a snapshot:
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
@@ -76,6 +77,7 @@ _CORE_PREFIXES: Final = (
     "psi_",
     "last_metrics_",
     "provider_failures_",
+    "provider_metrics_",
     "sample_",
     "pressure_",
     "active_sessions_",
@@ -191,7 +193,10 @@ def describe_key(key: str, providers: Sequence[str] = ()) -> MetricDescription:
 def _numeric(value: MetricValue) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range: export it as +-Inf, never fail
+        return math.inf if value > 0 else -math.inf
 
 
 def snapshot_families(
