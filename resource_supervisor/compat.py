@@ -305,7 +305,10 @@ class ResourceManager:
     The original central manager, as a synchronous facade over a :class:`Supervisor`.
 
     ``ResourceManager()`` returns the one instance: inside a worker thread of a
-    running async supervisor it drives that supervisor; elsewhere it starts (once)
+    running async supervisor it drives that supervisor; on the event loop thread of
+    a running supervisor it raises :exc:`RuntimeError` (blocking there would
+    deadlock that loop, and a second supervisor would double its budgets; use the
+    async API there); elsewhere it starts (once)
     a supervisor on a background event loop, from ``config_path`` or the
     environment (see :func:`load_settings`).
 
@@ -332,6 +335,17 @@ class ResourceManager:
         running = _running_supervisor()
         if running is not None:
             return cls._bind(_Driver(running, None), None)
+        on_loop = _supervisor_on_this_loop()
+        if on_loop is not None:
+            # Blocking on this thread would stop the very loop the supervisor runs on
+            # (a deadlock), and a second supervisor would double every budget.
+            raise RuntimeError(
+                f"ResourceManager() was called on the event loop thread where {on_loop!r} "
+                "runs: the sync facade cannot block this loop, and starting a second "
+                "supervisor would double its budgets. Use the async API here "
+                "(Supervisor.current()), or call the facade from a worker thread "
+                "(await sup.executors.run_in_thread(legacy_function))"
+            )
         with cls._lock:
             if cls._instance is None:
                 chosen = settings if settings is not None else load_settings(config_path)
@@ -410,6 +424,18 @@ class ResourceManager:
 
 def _active_sessions(supervisor: Supervisor) -> int:
     return supervisor.sessions.active
+
+
+def _supervisor_on_this_loop() -> Supervisor | None:
+    """The supervisor running on the event loop of this very thread, if any."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    try:
+        return Supervisor.current()
+    except NoSupervisorError:
+        return None
 
 
 def _running_supervisor() -> Supervisor | None:

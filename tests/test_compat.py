@@ -211,3 +211,22 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+async def test_on_the_running_loops_own_thread_is_a_clear_error() -> None:
+    """
+    ResourceManager() called on the event loop thread of a running supervisor raises
+    a RuntimeError that says what to do, and starts no second supervisor.
+    """
+    import threading
+
+    settings = build_settings(
+        monitoring_enabled=False, concurrency={"default_cpu_workers": 1, "default_io_workers": 2}
+    )
+    async with Supervisor(settings):
+        threads = threading.active_count()
+        with pytest.raises(RuntimeError, match="event loop thread") as info:
+            ResourceManager()
+        assert "run_in_thread" in str(info.value)
+        assert threading.active_count() == threads
+        assert not any(t.name == "resource-supervisor-loop" for t in threading.enumerate())
