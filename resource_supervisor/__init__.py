@@ -17,6 +17,7 @@ from ._cleanup import CleanupRequest as CleanupRequest
 from ._cleanup import HandlerOutcome as HandlerOutcome
 from ._config import AdmissionSettings as AdmissionSettings
 from ._config import ConcurrencySettings as ConcurrencySettings
+from ._config import DaskSecuritySettings as DaskSecuritySettings
 from ._config import DaskSettings as DaskSettings
 from ._config import SupervisorSettings as SupervisorSettings
 from ._config import load_settings as load_settings
@@ -59,6 +60,7 @@ __all__ = (
     "ConfigError",
     "ConfigWarning",
     "CpuWarning",
+    "DaskSecuritySettings",
     "DaskSettings",
     "ExecutorError",
     "HandlerOutcome",

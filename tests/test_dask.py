@@ -39,7 +39,11 @@ DASK = Path(sys.executable).with_name("dask")
 
 
 def _settings(**dask: object) -> ConcurrencySettings:
-    values: dict[str, object] = {"n_workers": 2, "memory_limit_bytes": 600 * MiB}
+    values: dict[str, object] = {
+        "n_workers": 2,
+        "memory_limit_bytes": 600 * MiB,
+        "connect_timeout": 30.0,  # hang guard: a cluster starts slowly on a busy machine
+    }
     values.update(dask)
     return ConcurrencySettings(backend="dask", dask=DaskSettings.model_validate(values))
 

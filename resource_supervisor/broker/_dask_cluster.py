@@ -1,8 +1,9 @@
 """
 Starting, connecting to, probing and closing the Dask cluster behind the Dask lane.
 
-Covers: :func:`open_cluster` (own a ``LocalCluster`` or a ``SubprocessCluster`` on
-127.0.0.1, or connect to an existing scheduler by address or scheduler file),
+Covers: :func:`open_cluster` (own a ``LocalCluster`` or a subprocess cluster
+(:mod:`._dask_subprocess`) on 127.0.0.1, or connect to an existing scheduler by
+address or scheduler file, with ``dask.security`` credentials for ``tls://``),
 :func:`probe_scheduler` (the scheduler's retry setting and queue depth) and
 :func:`close_cluster` (client first, then an owned cluster under a timeout, never
 twice). Does not cover: admission, calls and maps (:mod:`._dask`) or grading the
@@ -15,12 +16,13 @@ Settings the owned scheduler must have, and how they are applied:
   worker dies fails at once (``KilledWorker``) and never runs again.
 * ``distributed.scheduler.worker-saturation`` = 1.0: read once in the scheduler's
   constructor, so it is set with ``dask.config.set`` only around the cluster's
-  creation and nothing stays set afterwards. With the lane's in-flight cap at the
-  thread count it keeps a queued call from sitting behind a running one on a worker
-  that may die. A subprocess scheduler cannot see a scoped setting; there the cap
-  alone keeps calls apart (see DASK_NOTES).
-* No dashboard: the scheduler's HTTP server (health, prometheus) is bound to a
-  random port on 127.0.0.1 instead of ``:8787``.
+  creation and nothing stays set afterwards (a subprocess scheduler gets it in its
+  environment). With the lane's in-flight cap at the thread count it keeps a queued
+  call from sitting behind a running one on a worker that may die.
+* Private (``dask.tls``, the default): TLS with credentials made for this cluster
+  on every comm port, and HTTP servers without routes (:mod:`._dask_security`).
+* No dashboard: the scheduler's HTTP server is bound to a random port on 127.0.0.1
+  instead of ``:8787``.
 
 * The client's batch interval: a ``distributed.Client`` holds each message to the
   scheduler until 10 ms after its previous batch (``BatchedSend(interval="10ms")``
@@ -52,6 +54,8 @@ import anyio
 from .._exceptions import ConfigError
 
 if TYPE_CHECKING:
+    from distributed.security import Security
+
     from .._config import DaskSettings
 
 __all__ = ("ClusterHandle", "SchedulerFacts", "close_cluster", "open_cluster", "probe_scheduler")
@@ -118,9 +122,20 @@ def _scheduler_address(settings: DaskSettings) -> tuple[str, str] | None:
     return None
 
 
-async def _connect(address: str, key: str, wait_seconds: float) -> ClusterHandle:
+async def _connect(
+    address: str, key: str, wait_seconds: float, security: Security | None
+) -> ClusterHandle:
     from distributed import Client
 
+    tls = address.startswith("tls://")
+    if tls and security is None:
+        raise ConfigError(
+            key, address, f"a tls:// scheduler needs {_KEY}.security (ca_file, cert_file)"
+        )
+    if security is not None and not tls:
+        raise ConfigError(
+            key, address, f"{_KEY}.security is set, so the scheduler must be at a tls:// address"
+        )
     try:
         with anyio.fail_after(wait_seconds + 1.0):
             client = await Client(  # type: ignore[no-untyped-call]
@@ -128,10 +143,12 @@ async def _connect(address: str, key: str, wait_seconds: float) -> ClusterHandle
                 asynchronous=True,
                 set_as_default=False,
                 timeout=f"{wait_seconds}s",
+                security=security,
             )
     except (OSError, TimeoutError, ValueError) as exc:
+        hint = " (or it refused this client's certificate)" if tls else ""
         raise ConfigError(
-            key, address, f"no Dask scheduler reachable within {wait_seconds:g} s: {exc}"
+            key, address, f"no Dask scheduler reachable within {wait_seconds:g} s{hint}: {exc}"
         ) from exc
     _tune_client(client)
     return ClusterHandle(client=client, cluster=None, address=address)
@@ -140,25 +157,34 @@ async def _connect(address: str, key: str, wait_seconds: float) -> ClusterHandle
 async def _own(settings: DaskSettings, n_workers: int, memory_limit: int | str) -> ClusterHandle:
     import dask
     from distributed import Client, LocalCluster
-    from distributed.deploy.subprocess import SubprocessCluster
 
+    from ._dask_security import owned_security, private_config, subprocess_environment
+
+    # an RSA key takes tens of milliseconds of CPU: made off the event loop
+    security = await anyio.to_thread.run_sync(owned_security) if settings.tls else None
+    if security is None:
+        _LOG.warning(
+            "the owned Dask cluster listens on plain tcp (dask.tls: false): any local "
+            "process can run code on it as this service"
+        )
     scheduler_kwargs = {
         "dashboard_address": "127.0.0.1:0",  # the HTTP server binds even without a dashboard
         "allowed_failures": settings.retries,
     }
     cluster: object
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+    with dask.config.set(private_config()):
         with anyio.fail_after(settings.connect_timeout):
             if settings.scheduler_in_subprocess:
-                cluster = await SubprocessCluster(
-                    host="127.0.0.1",
-                    dashboard_address=None,  # type: ignore[arg-type]
+                from ._dask_subprocess import subprocess_cluster
+
+                cluster = await subprocess_cluster(
+                    security=security,
+                    environment=subprocess_environment(security),
                     scheduler_kwargs=scheduler_kwargs,
                     n_workers=n_workers,
-                    threads_per_worker=1,
-                    worker_kwargs={"memory_limit": memory_limit},
+                    memory_limit=memory_limit,
                     silence_logs=logging.ERROR,
-                    asynchronous=True,
+                    timeout=settings.connect_timeout,
                 )
             else:
                 cluster = await LocalCluster(  # type: ignore[no-untyped-call]
@@ -170,6 +196,7 @@ async def _own(settings: DaskSettings, n_workers: int, memory_limit: int | str) 
                     dashboard_address=None,
                     scheduler_kwargs=scheduler_kwargs,
                     silence_logs=logging.ERROR,
+                    security=security,
                     asynchronous=True,
                 )
     client = None
@@ -224,8 +251,11 @@ async def open_cluster(
         The handle to close with :func:`close_cluster`.
 
     Raises:
-        ConfigError: If the scheduler file cannot be read or no scheduler answers at
-            the configured address within ``connect_timeout``.
+        ConfigError: If the scheduler file cannot be read, no scheduler answers at
+            the configured address within ``connect_timeout`` (or it refuses the
+            ``dask.security`` credentials), or the address's scheme does not match
+            them (``tls://`` needs credentials, credentials need ``tls://``).
+        ImportError: If ``cryptography`` (of the ``[dask]`` extra) is missing.
         RuntimeError: If the running event loop is not asyncio.
         TimeoutError: If an owned cluster does not start within ``connect_timeout``.
 
@@ -235,7 +265,10 @@ async def open_cluster(
     _require_asyncio()
     target = _scheduler_address(settings)
     if target is not None:
-        return await _connect(*target, settings.connect_timeout)
+        from ._dask_security import connect_security
+
+        security = connect_security(settings.security)
+        return await _connect(*target, settings.connect_timeout, security)
     limit: int | str = "auto" if memory_limit_bytes is None else memory_limit_bytes
     return await _own(settings, n_workers, limit)
 
