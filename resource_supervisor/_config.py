@@ -285,7 +285,7 @@ class AdmissionSettings(_Frozen):
     queue_limit: Count = 8
     """Callers that may wait for a slot; beyond it they are refused at once."""
     queue_timeout: Timeout | Literal["auto"] | None = "auto"
-    """Seconds a caller may wait; ``auto`` = the minimum latency (one service time)."""
+    """Seconds a caller may wait; ``auto`` = the minimum latency times ``tolerance``."""
     tolerance: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
     """How much slower than the minimum latency calls may get before the limit shrinks."""
     smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2

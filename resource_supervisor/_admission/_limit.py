@@ -19,9 +19,8 @@ concurrency filter::
 * ``short`` is the mean latency of the last window of samples.
 * ``long`` is an exponentially weighted average of the windows (Gradient2's long
   RTT). Under sustained overload it drifts up towards ``short`` until the gradient
-  no longer sees the queue; so the *reference* is the **minimum** window latency
-  seen since the last probe, and ``long`` is only the reference until the first
-  probe ends.
+  no longer sees the queue; so the *reference* is the **minimum** latency, measured
+  by the last probe, and ``long`` is only the reference until the first probe ends.
 * The first window, and then one every ``probe_interval`` seconds, runs with the
   limit pinned at ``min_limit`` (Envoy's min-RTT measurement, at start and
   periodically): the latency measured with (almost) no queue becomes the new
@@ -117,7 +116,7 @@ class LimitState:
         limit: The current limit (a float; the limiter admits ``floor(limit)``).
         short: Mean latency of the last window in seconds (NaN before any).
         long: EWMA of the window latencies in seconds (NaN before any).
-        minimum: Smallest window latency since the last probe (NaN before any).
+        minimum: The latency the last probe measured at the floor (NaN before any).
         probing: Whether the current window is a minimum-latency probe.
         resume_limit: The limit to restore when the probe ends.
         probe_at: When the next probe is due (``now`` units of the caller).
@@ -207,8 +206,11 @@ def next_limit(
             probing=False,
             probe_at=now + params.probe_interval if params.probe_interval is not None else math.inf,
         )
-    minimum = short if math.isnan(state.minimum) else min(state.minimum, short)
-    reference = long if math.isnan(state.minimum) else minimum
+    # The minimum is what the last probe measured at the floor (Envoy). Taking the
+    # smallest window since then instead would let one lucky window on a noisy
+    # machine set a reference the service cannot meet, pinning the limit low.
+    minimum = state.minimum
+    reference = long if math.isnan(minimum) else minimum
     gradient = max(MIN_GRADIENT, min(1.0, params.tolerance * reference / short))
     limit = state.limit
     if gradient < 1.0:

@@ -66,8 +66,8 @@ class AdmissionStatistics:
         timed_out_total: Of those, calls that waited past the queue timeout.
         latency_short_seconds: Mean latency of the last window (NaN before any).
         latency_long_seconds: Long-run average latency (NaN before any).
-        latency_min_seconds: The reference: the smallest window latency since the
-            last probe (NaN before any).
+        latency_min_seconds: The reference: the latency the last probe measured
+            at the floor (NaN before any).
         drain_per_second: Completions per second, smoothed (NaN before any).
         probing: Whether the limit is pinned at its floor to re-measure the minimum.
         pressure_reasons: What tightened the limit at the last sample.
@@ -136,9 +136,9 @@ class AdmissionLimiter:
         params: The limit algorithm's tuning.
         queue_limit: Callers that may wait for a slot (0 = never wait).
         queue_timeout: Seconds a caller may wait; ``"auto"`` = the reference
-            (minimum) latency, one unqueued service time, so that an admitted call
-            takes at most about twice that (no bound until one is measured);
-            ``None`` = no bound.
+            (minimum) latency times the tolerance, so that an admitted call takes
+            about ``1 + 2 x tolerance`` unqueued service times at most (no bound
+            until one is measured); ``None`` = no bound.
         window_samples: Completed calls per update of the limit.
         pressure: Thresholds of the pressure rule.
         cpu_stat: Reader of the cgroup's CPU throttling; ``None`` = no throttling input.
@@ -277,7 +277,7 @@ class AdmissionLimiter:
             return math.inf
         if timeout == "auto":
             reference = self._state.reference
-            return math.inf if math.isnan(reference) else reference
+            return math.inf if math.isnan(reference) else reference * self._params.tolerance
         assert isinstance(timeout, float | int)
         return float(timeout)
 
