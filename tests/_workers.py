@@ -164,3 +164,15 @@ def rss_self() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
+
+
+def text_digest(text: str) -> tuple[str, int, int]:
+    """Return the argument's type name, length and CRC-32 of its UTF-8 (surrogates kept)."""
+    import zlib
+
+    return type(text).__name__, len(text), zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+def big_text(n: int) -> str:
+    """Return a str of n characters, some of them outside ASCII."""
+    return ("ab\u00e9\u4e2d" * (n // 4 + 1))[:n]

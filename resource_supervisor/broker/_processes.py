@@ -17,8 +17,8 @@ below :data:`._pickling.OFFLOAD_BYTES` (a few microseconds, cheaper than a threa
 handoff); bigger ones are pickled in a worker thread with their big buffers
 written to a temporary file in pieces, so the loop is not held (see
 :mod:`._pickling`). Either way an unpicklable call fails before it is queued.
-Outcomes up to 4 KiB are decoded on the loop; bigger ones arrive through the
-executor's result channel and are decoded in its manager thread.
+Outcomes up to 4 KiB are decoded on the loop; bigger ones come through a spill
+file and are loaded in the executor's manager thread (:mod:`._big_outcome`).
 
 Design
 ------
@@ -83,6 +83,7 @@ from .._exceptions import (
 )
 from .._snapshot import PressureLevel
 from . import _worker
+from ._big_outcome import BigOutcome, load_outcome
 from ._dispatch import batch_size, sort_unfinished
 from ._fork_guard import guard_lane
 from ._headroom import MemoryHeadroom, startable_workers
@@ -594,11 +595,13 @@ class ProcessLane:
         future.add_done_callback(lambda f: self._serve_done_threadsafe(slot, f))
         return True
 
-    def _serve_done_threadsafe(self, slot: Slot, future: Future[tuple[int, bytes] | None]) -> None:
-        # Runs in the executor's manager thread: decode a big outcome here, off the loop.
+    def _serve_done_threadsafe(
+        self, slot: Slot, future: Future[tuple[int, BigOutcome] | None]
+    ) -> None:
+        # Runs in the executor's manager thread: load a big outcome here, off the loop.
         broken = future.cancelled() or future.exception() is not None
         result = None if broken else future.result()
-        decoded = None if result is None else _worker.decode_frame(*result)
+        decoded = None if result is None else (result[0], *load_outcome(result[1]))
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed
@@ -607,7 +610,7 @@ class ProcessLane:
     def _on_serve_done(
         self,
         slot: Slot,
-        future: Future[tuple[int, bytes] | None],
+        future: Future[tuple[int, BigOutcome] | None],
         broken: bool,  # noqa: FBT001
         decoded: tuple[int, int, float, object] | None,
     ) -> None:

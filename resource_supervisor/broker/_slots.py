@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from multiprocessing.synchronize import Lock
 
+    from ._big_outcome import BigOutcome
     from ._lifeline import Lifeline
 
 __all__ = (
@@ -103,7 +104,7 @@ class Slot:
 
     state: SlotState = SlotState.STARTING
     executor: ProcessPoolExecutor | None = None
-    serving: Future[tuple[int, bytes] | None] | None = None
+    serving: Future[tuple[int, BigOutcome] | None] | None = None
     """The worker's :func:`._worker.serve` submission, while it runs."""
     process: multiprocessing.process.BaseProcess | None = None
     pid: int = 0

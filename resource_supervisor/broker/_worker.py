@@ -33,8 +33,9 @@ Progress protocol, which is what makes batching exactly-once (see
 - a pipe: each outcome is one frame ``!Iq`` (length, sequence number) + pickle. A frame of at most
   :data:`PIPE_FRAME_LIMIT` bytes is written with a single ``write`` to a pipe, which
   the kernel makes atomic (``PIPE_BUF``), so a worker killed mid-write never leaves
-  half a frame. A bigger outcome ends the batch and :func:`serve`, and is returned
-  through the executor's own result channel instead (the calls after it never
+  half a frame. A bigger outcome ends the batch and :func:`serve`: it is written to
+  a spill file (:mod:`._big_outcome`) and only where it lies is returned through
+  the executor's own result channel (the calls after it never
   started; the lane submits :func:`serve` again before its next batch).
 """
 
@@ -48,6 +49,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Final, Protocol
 
+from ._big_outcome import BigOutcome, spill_outcome
 from ._pickling import load_call
 
 if TYPE_CHECKING:
@@ -115,7 +117,7 @@ class RemoteTraceback(Exception):  # noqa: N818 - the name ProcessPoolExecutor u
 class _Channel:
     """The slot channel of this worker process (set once by :func:`init_worker`)."""
 
-    __slots__ = ("buffer", "calls_fd", "fd", "lock", "progress", "skip")
+    __slots__ = ("buffer", "calls_fd", "fd", "lock", "owner", "progress", "skip", "spill_dir")
 
     def __init__(self) -> None:
         self.fd = -1
@@ -124,6 +126,8 @@ class _Channel:
         self.lock: Lock | None = None
         self.progress: _SharedInt | None = None
         self.skip: _SharedFlags | None = None
+        self.owner = 0  # the service's pid, for spill file names
+        self.spill_dir: str | None = None
 
 
 class _SharedInt(Protocol):  # typing shape of a ``multiprocessing`` RawValue("q")
@@ -181,6 +185,8 @@ def init_worker(
     pipe.close()
     _CHANNEL.calls_fd = os.dup(calls.fileno())
     calls.close()
+    _CHANNEL.owner = owner or os.getppid()
+    _CHANNEL.spill_dir = spill_dir
     if lifeline is not None:
         from ._lifeline import watch_lifeline
 
@@ -214,7 +220,7 @@ def encode_batch(calls: list[tuple[int, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def serve() -> tuple[int, bytes] | None:
+def serve() -> tuple[int, BigOutcome] | None:
     """
     Run the batches the lane writes to the slot's call pipe (worker side).
 
@@ -259,7 +265,7 @@ def serve() -> tuple[int, bytes] | None:
             return big
 
 
-def run_batch(calls: list[tuple[int, bytes]]) -> tuple[int, bytes] | None:
+def run_batch(calls: list[tuple[int, bytes]]) -> tuple[int, BigOutcome] | None:
     """
     Run pickled calls in order, writing each outcome to the slot's pipe (worker side).
 
@@ -269,8 +275,9 @@ def run_batch(calls: list[tuple[int, bytes]]) -> tuple[int, bytes] | None:
 
     Returns:
         ``None`` when every outcome went through the pipe; otherwise the sequence
-        number and encoded outcome of the first one too big for an atomic pipe
-        write. The batch stops there: later calls did not start.
+        number of the first one too big for an atomic pipe write, and where it was
+        spilled (:mod:`._big_outcome`). The batch stops there: later calls did not
+        start.
     """
     channel = _CHANNEL
     progress, skip, lock = channel.progress, channel.skip, channel.lock
@@ -283,15 +290,30 @@ def run_batch(calls: list[tuple[int, bytes]]) -> tuple[int, bytes] | None:
             withdrawn = bool(skip[position])
             if not withdrawn:
                 progress.value = seq
-        frame = encode_outcome(SKIPPED, 0.0, None) if withdrawn else _run_one(payload)
-        if len(frame) + FRAME_HEADER.size > PIPE_FRAME_LIMIT:
-            return seq, frame
+        if withdrawn:
+            frame, raw, seconds = encode_outcome(SKIPPED, 0.0, None), None, 0.0
+        else:
+            frame, raw, seconds = _run_one(payload)
+        if raw is not None or len(frame) + FRAME_HEADER.size > PIPE_FRAME_LIMIT:
+            big = spill_outcome(
+                frame if raw is None else raw,
+                raw=raw is not None,
+                seconds=seconds,
+                owner=channel.owner,
+                directory=channel.spill_dir,
+            )
+            return seq, big
         os.write(fd, FRAME_HEADER.pack(len(frame), seq) + frame)
     return None
 
 
-def _run_one(payload: bytes) -> bytes:
-    """Run one call and encode its outcome; every failure is reported, none escapes."""
+def _run_one(payload: bytes) -> tuple[bytes, bytes | None, float]:
+    """
+    Run one call; every failure is reported, none escapes.
+
+    Returns ``(encoded outcome, None, seconds)``, or ``(b"", result, seconds)`` for a
+    ``bytes`` result too big for the pipe, which travels raw (:mod:`._big_outcome`).
+    """
     start = time.perf_counter()
     try:
         func, args = load_call(payload)
@@ -299,8 +321,11 @@ def _run_one(payload: bytes) -> bytes:
     except BaseException as exc:  # noqa: BLE001 - reported to the caller, as ProcessPoolExecutor does
         seconds = time.perf_counter() - start
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return encode_outcome(_ERROR, seconds, (exc, f'\n"""\n{tb}"""'))
-    return encode_outcome(_OK, time.perf_counter() - start, value)
+        return encode_outcome(_ERROR, seconds, (exc, f'\n"""\n{tb}"""')), None, seconds
+    seconds = time.perf_counter() - start
+    if type(value) is bytes and len(value) > PIPE_FRAME_LIMIT:
+        return b"", value, seconds
+    return encode_outcome(_OK, seconds, value), None, seconds
 
 
 def encode_outcome(status: int, seconds: float, value: object) -> bytes:
