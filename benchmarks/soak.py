@@ -16,6 +16,13 @@ Phase 2, lifecycle: ``--cycles`` enter/exit cycles that also use the process lan
 counting threads, file descriptors, asyncio tasks and child processes before and
 after (the test suite runs 20 such cycles).
 
+Phase 3, faults across processes: ``--service-kills`` times a service
+(``tests/_orphan_service.py``) with busy workers and a queued big-argument call is
+SIGKILLed; every process it started must be gone within 3 s and no spill file
+left. ``--worker-ooms`` times a service holding 150 MiB in a real 300 MiB memory
+cgroup (``tests/_oom_service.py``, where cgroups can be created) runs a call
+growing at 200 MiB/s: the worker must die, the service survive and say why.
+
 Prints a summary and writes ``benchmarks/results/soak-<timestamp>.json``. Absolute
 imports only: worker processes import this file as a plain module.
 """
@@ -570,6 +577,113 @@ def run_cycles(count: int) -> dict[str, object]:
     }
 
 
+# -- phase 3: faults across processes ---------------------------------------------------
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(process)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _service_kill(start_method: str) -> dict[str, object]:
+    """SIGKILL one busy service; how long until its processes were gone, what was left."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="rs-soak-kill-") as tmp:
+        env = {**os.environ, "TMPDIR": tmp, "PYTHONPATH": str(_ROOT)}
+        with subprocess.Popen(
+            [sys.executable, "-m", "tests._orphan_service", start_method],
+            cwd=_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as service:
+            assert service.stdout is not None
+            ready = json.loads(service.stdout.readline() or "{}").get("ready", False)
+            started = psutil.Process(service.pid).children(recursive=True)
+            killed_at = time.monotonic()
+            service.kill()
+            service.wait()
+            left = [p for p in started if _alive(p)]
+            while left and time.monotonic() - killed_at < 3.0:
+                time.sleep(0.02)
+                left = [p for p in left if _alive(p)]
+            gone_after = time.monotonic() - killed_at
+            for process in left:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+        spills = [name for name in os.listdir(tmp) if name.startswith("resource-supervisor-call-")]
+    return {
+        "ready": ready,
+        "processes": len(started),
+        "left": len(left),
+        "gone_after_seconds": round(gone_after, 3),
+        "spill_files_left": len(spills),
+    }
+
+
+def _worker_oom() -> dict[str, object]:
+    """One run of the OOM service in a fresh 300 MiB memory cgroup."""
+    import subprocess
+    import sys
+
+    from resource_supervisor.testing import memory_cgroup
+
+    with memory_cgroup(300 * MiB, prefix="rs-soak") as cgroup:
+        env = {**os.environ, "PYTHONPATH": str(_ROOT), "MALLOC_MMAP_THRESHOLD_": str(MiB)}
+        with subprocess.Popen(
+            [sys.executable, "-m", "tests._oom_service"],
+            cwd=_ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        ) as service:
+            cgroup.add(service.pid)
+            stdout, _ = service.communicate(b"go\n", timeout=120)
+    lines = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+    outcome = lines[0] if lines else {}
+    return {
+        "service_exit": service.returncode,
+        "outcome": outcome.get("outcome"),
+        "reason": outcome.get("reason"),
+        "answered_after": bool(lines) and lines[-1].get("done") is True,
+    }
+
+
+def run_process_faults(service_kills: int, worker_ooms: int) -> dict[str, object]:
+    """Phase 3: SIGKILLed services and OOM-growing workers; return the figures."""
+    from resource_supervisor.testing import CgroupUnavailableError
+
+    kills = [_service_kill("forkserver" if i % 2 == 0 else "spawn") for i in range(service_kills)]
+    ooms: list[dict[str, object]] = []
+    skipped = ""
+    try:
+        ooms = [_worker_oom() for _ in range(worker_ooms)]
+    except CgroupUnavailableError as exc:
+        skipped = str(exc)
+    return {
+        "service_kills": kills,
+        "service_kills_failed": sum(
+            1 for k in kills if not k["ready"] or k["left"] or k["spill_files_left"]
+        ),
+        "worker_ooms": ooms,
+        "worker_ooms_failed": sum(
+            1
+            for o in ooms
+            if o["service_exit"] != 0
+            or o["reason"] not in {"oom_kill", "memory_pressure"}
+            or not o["answered_after"]
+        ),
+        "worker_ooms_skipped": skipped,
+    }
+
+
 # -- entry point -------------------------------------------------------------------------
 
 
@@ -603,6 +717,20 @@ def summarize(result: Mapping[str, object]) -> str:
         f"{cycles['ms_per_cycle']} ms each, leaked: {cycles['leaked']}",
         f"library log records (warning and above): {result['library_log_records']}",
     ]
+    faults = result.get("process_faults")
+    if isinstance(faults, dict):
+        kills = faults["service_kills"]
+        slowest = max((k["gone_after_seconds"] for k in kills), default=0.0)
+        lines.append(
+            f"service SIGKILLs: {len(kills)}, failed {faults['service_kills_failed']} "
+            f"(slowest until every process was gone: {slowest} s)"
+        )
+        ooms = faults["worker_ooms"]
+        reasons = collections.Counter(str(o["reason"]) for o in ooms)
+        lines.append(
+            f"worker OOMs in a 300 MiB cgroup: {len(ooms)}, failed {faults['worker_ooms_failed']}"
+            f", reasons {dict(reasons)} {faults['worker_ooms_skipped']}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -612,6 +740,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="mixed-load duration")
     parser.add_argument("--cycles", type=int, default=1000, help="lifecycle cycles")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
+    parser.add_argument("--service-kills", type=int, default=10, help="services SIGKILLed")
+    parser.add_argument("--worker-ooms", type=int, default=4, help="worker OOM runs")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
@@ -620,11 +750,13 @@ def main(argv: list[str] | None = None) -> int:
         load = anyio.run(functools.partial(run_load, args.minutes, seed))
     with LogCounter().installed() as cycle_logs:
         lifecycle = run_cycles(args.cycles)
+    process_faults = run_process_faults(args.service_kills, args.worker_ooms)
     result: dict[str, object] = {
         "timestamp": stamp,
         "cpus": os.cpu_count(),
         "load": load,
         "lifecycle": lifecycle,
+        "process_faults": process_faults,
         "library_log_records": {
             "load": dict(load_logs.counts),
             "lifecycle": dict(cycle_logs.counts),
@@ -643,6 +775,8 @@ def main(argv: list[str] | None = None) -> int:
         or load["hung"]
         or load["unexpected_errors"]
         or lifecycle["leaked"]
+        or process_faults["service_kills_failed"]
+        or process_faults["worker_ooms_failed"]
     )
     return 1 if failed else 0
 

@@ -34,7 +34,7 @@ from tests import _workers
 from tests.test_container_limit import memory_cgroup as memory_cgroup  # the fixture
 
 if TYPE_CHECKING:
-    from tests.test_container_limit import MemoryCgroup  # type: ignore[attr-defined]
+    from resource_supervisor.testing import MemoryCgroup
 
 pytestmark = pytest.mark.timeout(90)
 
