@@ -19,6 +19,7 @@ from ._config import AdmissionSettings as AdmissionSettings
 from ._config import ConcurrencySettings as ConcurrencySettings
 from ._config import DaskSecuritySettings as DaskSecuritySettings
 from ._config import DaskSettings as DaskSettings
+from ._config import MultiprocessSettings as MultiprocessSettings
 from ._config import SupervisorSettings as SupervisorSettings
 from ._config import load_settings as load_settings
 from ._events import CleanupCompleted as CleanupCompleted
@@ -37,6 +38,7 @@ from ._exceptions import ResourceSupervisorError as ResourceSupervisorError
 from ._exceptions import SupervisorClosedError as SupervisorClosedError
 from ._exceptions import UnpicklableError as UnpicklableError
 from ._exceptions import WorkerCrashedError as WorkerCrashedError
+from ._peers import Peer as Peer
 from ._snapshot import MetricsSnapshot as MetricsSnapshot
 from ._snapshot import MetricValue as MetricValue
 from ._snapshot import PressureLevel as PressureLevel
@@ -68,8 +70,10 @@ __all__ = (
     "MetricSource",
     "MetricValue",
     "MetricsSnapshot",
+    "MultiprocessSettings",
     "NoSupervisorError",
     "OverloadedError",
+    "Peer",
     "PressureLevel",
     "ResourceSupervisorError",
     "Supervisor",

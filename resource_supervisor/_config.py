@@ -59,6 +59,7 @@ __all__ = (
     "ConcurrencySettings",
     "DaskSecuritySettings",
     "DaskSettings",
+    "MultiprocessSettings",
     "SupervisorSettings",
     "load_settings",
 )
@@ -269,6 +270,24 @@ class ConcurrencySettings(_Frozen):
     )
 
 
+class MultiprocessSettings(_Frozen):
+    """
+    Container-wide supervision of several server processes (``gunicorn -w N``,
+    ``uvicorn --workers N``) through a shared directory.
+
+    .. versionadded:: 0.2
+    """
+
+    enabled: bool | Literal["auto"] = "auto"
+    """Join the container's shared directory; ``auto`` = when the parent process is a
+    gunicorn master or a ``uvicorn --workers`` supervisor."""
+    directory: str | None = None
+    """The shared directory; ``None`` = ``/dev/shm/resource-supervisor-<uid>-<key>``,
+    keyed by the memory cgroup. Created 0700; refused if it is open to other users."""
+    worker_index: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
+    """This process's worker index in its server, exported as the ``worker`` label."""
+
+
 class AdmissionSettings(_Frozen):
     """
     Adaptive admission control (``sup.admission`` and ``AdmissionMiddleware``).
@@ -388,6 +407,8 @@ class SupervisorSettings(BaseSettings):
     """The executor broker."""
     admission: AdmissionSettings = AdmissionSettings()
     """Adaptive admission control."""
+    multiprocess: MultiprocessSettings = MultiprocessSettings()
+    """Container-wide supervision of several server processes."""
 
     @model_validator(mode="after")
     def _check_relations(self) -> SupervisorSettings:

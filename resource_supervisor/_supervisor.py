@@ -28,6 +28,7 @@ from ._admission._cpu_stat import CpuStatReader
 from ._admission._settings import limiter_from_settings
 from ._cleanup import CleanupDispatcher, CleanupReport, CleanupRequest
 from ._config import SupervisorSettings
+from ._container import Container
 from ._events import CleanupCompleted, CpuWarning, LevelChanged, SupervisorEvent
 from ._exceptions import NoSupervisorError, SupervisorClosedError
 from ._gpu import TorchGpuReclaimer, gpu_readings
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
     from ._admission._limiter import AdmissionLimiter
     from ._cleanup import CleanupHandler
+    from ._peers import Peer
 
 __all__ = ("MetricSource", "Supervisor")
 
@@ -175,6 +177,7 @@ class Supervisor:
             govern=s.concurrency.govern_default_thread_limiter,
         )
         self._admission = limiter_from_settings(s.admission, cpu_stat=CpuStatReader(), clock=clock)
+        self._container = Container(s.multiprocess)
         self._usable_cpus = 1
         self._provider_names: list[str] = []
         self._metrics: MetricsSnapshot | None = None
@@ -227,6 +230,8 @@ class Supervisor:
         s = self._settings
         self._source.open()
         stack.callback(self._source.close)
+        self._container.open()
+        stack.callback(self._container.close)
         stack.push_async_callback(self._snapshots.aclose)
         stack.push_async_callback(self._events.aclose)
         stack.push_async_callback(self._sessions.aclose)
@@ -472,6 +477,14 @@ class Supervisor:
         return self._gpu
 
     # -- registration ----------------------------------------------------------
+    def peers(self) -> list[Peer]:
+        """
+        The live supervised processes of this container with their latest snapshots,
+        this one included (multi-process mode, see ``multiprocess`` settings); empty
+        when the mode is off. Reads the shared directory: cheap, but not free.
+        """
+        return self._container.peers()
+
     def register_cleanup(
         self, handler: CleanupHandler, *, name: str | None = None, timeout: float | None = None
     ) -> Callable[[], None]:
@@ -692,6 +705,7 @@ class Supervisor:
         self._level = graded.level
         data["pressure_level"] = graded.level
         data["pressure_level_name"] = graded.level.name
+        data.update(self._container.observe(data))
         self._admission.observe(data, usable_cpus=self._usable_cpus)
         data.update(self._admission.metrics())
         snapshot = MetricsSnapshot(data)
@@ -729,7 +743,11 @@ class Supervisor:
             last_cleanup_at=self._last_cleanup_at,
             cooldown=s.cleanup_cooldown,
         )
-        if kind is not None and self._task_group is not None:
+        if (
+            kind is not None
+            and self._task_group is not None
+            and self._container.cleans(aggressive=kind == "aggressive")
+        ):
             self._last_cleanup_at = now
             trigger = graded.trigger
             request = CleanupRequest(
@@ -759,6 +777,7 @@ class Supervisor:
 
     def _publish(self, snapshot: MetricsSnapshot) -> None:
         self._snapshots.publish(snapshot)
+        self._container.publish(snapshot)
 
     # -- cleanup ---------------------------------------------------------------
     async def _run_cleanup(self, request: CleanupRequest, *, automatic: bool) -> CleanupReport:

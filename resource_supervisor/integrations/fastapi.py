@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from .._config import load_settings
+from .._container import container_health
 from .._exceptions import NoSupervisorError, SupervisorClosedError
 from .._snapshot import PressureLevel
 from .._supervisor import Supervisor
@@ -356,7 +357,11 @@ def create_router(
             Nothing to undo: it only reads the latest snapshot.
         """
         sup = get_supervisor(request)
-        return JSONResponse(_health(sup.metrics))
+        body = _health(sup.metrics)
+        peers = sup.peers()
+        if peers:
+            body["container"] = container_health(peers)
+        return JSONResponse(body)
 
     router.add_api_route(
         "/health/resources",

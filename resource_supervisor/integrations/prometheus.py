@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.registry import CollectorRegistry
 
+    from .._peers import Peer
     from .._snapshot import MetricValue
     from .._supervisor import Supervisor
 
@@ -59,6 +60,7 @@ __all__ = (
     "MetricDescription",
     "SupervisorCollector",
     "describe_key",
+    "peer_families",
     "register",
     "snapshot_families",
 )
@@ -89,7 +91,13 @@ _CORE_PREFIXES: Final = (
     "gpu_",
     "batch_",
     "admission_",
+    "container_",
 )
+
+#: Keys about the container or host (the cgroup's memory is one number, not N): in
+#: multi-process mode they are exported once, from the freshest snapshot.
+_CONTAINER_PREFIXES: Final = ("system_", "memory_", "host_memory_", "cgroup_", "psi_", "container_")
+_PER_PROCESS_KEYS: Final = frozenset({"container_is_largest"})
 
 #: Core keys whose generic name would be unclear: their name, and the factor that
 #: turns the value into the unit the name states.
@@ -213,40 +221,104 @@ def snapshot_families(
         One family per distinct name, each sample labelled as :func:`describe_key`
         says; plus ``resource_supervisor_info`` with the string values as labels.
     """
-    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
-    info: dict[str, str] = {}
-    for key in sorted(snapshot):
-        raw = snapshot[key]
-        value = _numeric(raw)
-        if value is None:
-            if isinstance(raw, str) and key not in _INFO_SKIPPED:
-                info[_LABEL_UNSAFE.sub("_", key)] = raw
-            continue
-        description = describe_key(key, providers)
-        label_names = [name for name, _ in description.labels]
-        family = families.get(description.name)
-        if family is None:
-            if description.kind == "counter":
-                family = CounterMetricFamily(
-                    description.name, description.documentation, labels=label_names
-                )
-            else:
-                family = GaugeMetricFamily(
-                    description.name, description.documentation, labels=label_names
-                )
-            families[description.name] = family
-        family.add_metric([label for _, label in description.labels], value * description.scale)
-    result: list[Metric] = list(families.values())
-    if info:
-        names = sorted(info)
-        family_info = GaugeMetricFamily(
-            f"{PREFIX}_info",
-            "Labels describing the supervisor's sources and lanes; always 1.",
-            labels=names,
+    families = _Families()
+    families.add(snapshot, providers)
+    return families.result()
+
+
+def _is_container_key(key: str) -> bool:
+    return key.startswith(_CONTAINER_PREFIXES) and key not in _PER_PROCESS_KEYS
+
+
+def peer_families(peers: Sequence[Peer], providers: Sequence[str] = ()) -> list[Metric]:
+    """
+    Format the snapshots of every live process of a container as metric families. Pure.
+
+    Keys about the container (memory, cgroup, PSI, system) appear once, from the
+    freshest snapshot; every other key appears once per process, labelled ``pid``
+    and ``worker`` (the server's worker index, or ``""``), so each process's counters
+    are their own series and never seem to reset between scrapes.
+
+    Args:
+        peers: The live processes (see :meth:`Supervisor.peers`).
+        providers: Names of the registered providers (see :func:`describe_key`).
+    """
+    families = _Families()
+    if not peers:
+        return []
+
+    def stamp(peer: Peer) -> float:
+        value = peer.snapshot.get("last_metrics_update_ts", 0.0)
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    freshest = max(peers, key=stamp)
+    families.add({k: v for k, v in freshest.snapshot.items() if _is_container_key(k)}, providers)
+    for peer in peers:
+        labels = (
+            ("pid", str(peer.pid)),
+            ("worker", "" if peer.worker is None else str(peer.worker)),
         )
-        family_info.add_metric([info[name] for name in names], 1.0)
-        result.append(family_info)
-    return result
+        families.add(
+            {k: v for k, v in peer.snapshot.items() if not _is_container_key(k)},
+            providers,
+            labels,
+        )
+    return families.result()
+
+
+class _Families:
+    """Families being built from one or more snapshots."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        self.info: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+
+    def add(
+        self,
+        snapshot: Mapping[str, MetricValue],
+        providers: Sequence[str],
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        info: dict[str, str] = {}
+        for key in sorted(snapshot):
+            raw = snapshot[key]
+            value = _numeric(raw)
+            if value is None:
+                if isinstance(raw, str) and key not in _INFO_SKIPPED:
+                    info[_LABEL_UNSAFE.sub("_", key)] = raw
+                continue
+            description = describe_key(key, providers)
+            labels = (*description.labels, *extra)
+            label_names = [name for name, _ in labels]
+            family = self.families.get(description.name)
+            if family is None:
+                kind = CounterMetricFamily if description.kind == "counter" else GaugeMetricFamily
+                family = kind(description.name, description.documentation, labels=label_names)
+                self.families[description.name] = family
+            family.add_metric([label for _, label in labels], value * description.scale)
+        if info:
+            names = sorted(info)
+            self.info.append(
+                (
+                    (*names, *(n for n, _ in extra)),
+                    (*(info[n] for n in names), *(v for _, v in extra)),
+                )
+            )
+
+    def result(self) -> list[Metric]:
+        result: list[Metric] = list(self.families.values())
+        if self.info:
+            names = sorted({name for row, _ in self.info for name in row})
+            family_info = GaugeMetricFamily(
+                f"{PREFIX}_info",
+                "Labels describing the supervisor's sources and lanes; always 1.",
+                labels=names,
+            )
+            for row, values in self.info:
+                given = dict(zip(row, values, strict=True))
+                family_info.add_metric([given.get(name, "") for name in names], 1.0)
+            result.append(family_info)
+        return result
 
 
 class SupervisorCollector(Collector):
@@ -290,6 +362,9 @@ class SupervisorCollector(Collector):
             snapshot = sup.metrics
         except SupervisorClosedError:  # entering: no first snapshot yet
             return iter(())
+        peers = sup.peers()
+        if peers:
+            return iter(peer_families(peers, sup.provider_names))
         return iter(snapshot_families(snapshot, sup.provider_names))
 
     def describe(self) -> Iterator[Metric]:
