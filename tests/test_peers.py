@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resource_supervisor import Supervisor, SupervisorSettings
+from resource_supervisor._config import MultiprocessSettings
 from resource_supervisor._container import Container, container_health
 from resource_supervisor._peers import (
     MAX_PEER_BYTES,
@@ -29,7 +29,6 @@ from resource_supervisor._peers import (
     default_directory,
     largest,
 )
-from resource_supervisor._config import MultiprocessSettings
 from resource_supervisor.integrations.prometheus import peer_families
 
 if TYPE_CHECKING:
@@ -66,8 +65,6 @@ def _stop(member: subprocess.Popen[str]) -> None:
     member.wait()
     if member.stdout is not None:
         member.stdout.close()
-
-
 
 
 def test_a_peer_is_seen_while_alive_and_forgotten_once_sigkilled(tmp_path: Path) -> None:
@@ -208,7 +205,9 @@ def test_container_health_lists_processes_and_the_highest_level() -> None:
     body = container_health([_peer(11, 0, 1.0, 0), _peer(13, 0, 1.0, 0)])
     assert body["level"] == "CRITICAL"  # pid 11 sees CRITICAL (11 % 3), pid 13 WARNING
     assert body["largest_pid"] == 13
-    assert [p["pid"] for p in body["processes"]] == [11, 13]  # type: ignore[index]
+    processes = body["processes"]
+    assert isinstance(processes, list)
+    assert [p["pid"] for p in processes] == [11, 13]
 
 
 async def test_a_supervisor_joins_publishes_and_leaves(tmp_path: Path) -> None:
