@@ -10,7 +10,9 @@ the pure rules for batches (:mod:`._dispatch`), sizing (:mod:`._sizing`) and
 recycling (:mod:`._recycling`), the statistics view (:mod:`._lane_stats`), chunked
 maps (:mod:`._mapping`), pickling (:mod:`._pickling`), the worker side
 (:mod:`._worker`), the thread lane (:mod:`._threads`) or the Dask backend
-(:mod:`._dask`); the public facade is ``Executors`` (:mod:`._executors`).
+(:mod:`._dask`); the public facade is ``Executors`` (:mod:`._executors`). Giving
+up calls and killing workers (cancellation, timeouts, memory relief) is the
+:class:`._lane_kills.LaneKills` mixin.
 
 Pickling: a call is pickled on the event loop when its arguments are estimated
 below :data:`._pickling.OFFLOAD_BYTES` (a few microseconds, cheaper than a thread
@@ -76,7 +78,6 @@ from typing import TYPE_CHECKING, Final, Self, TypeVar, cast
 import anyio
 
 from .._exceptions import (
-    CallTimeoutError,
     OverloadedError,
     SupervisorClosedError,
     WorkerCrashedError,
@@ -87,6 +88,7 @@ from ._big_outcome import BigOutcome, load_outcome
 from ._dispatch import batch_size, sort_unfinished
 from ._fork_guard import guard_lane
 from ._headroom import MemoryHeadroom, startable_workers
+from ._lane_kills import LaneKills
 from ._lane_stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
 from ._lifeline import Lifeline
 from ._mapping import map_chunked
@@ -103,8 +105,7 @@ from ._sizing import admits, target_workers
 from ._slot_launcher import SlotLauncher, kill_worker, stop_reading
 from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
 from ._spill import sweep_spills
-from ._stopping import Stop, stop_call
-from ._worker_memory import OomKillCounter, measure_workers, memory_victim
+from ._worker_memory import OomKillCounter, measure_workers
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -131,15 +132,12 @@ _logger = logging.getLogger("resource_supervisor.broker")
 _LANE: Final = "process lane"
 _SETTLE_SECONDS: Final = 5.0
 """Default time NORMAL must hold before the lane grows back to full size."""
-_STOP_RETRY_SECONDS: Final = 0.002
-_STOP_TRIES: Final = 500
-"""Stopping a call waits at most about a second for its worker's lock (see :mod:`._stopping`)."""
 
 
 # -- the lane ----------------------------------------------------------------------
 
 
-class ProcessLane:
+class ProcessLane(LaneKills):
     """
     Run picklable CPU-bound calls on worker processes, one single-worker
     ``ProcessPoolExecutor`` per worker slot (see the module docstring).
@@ -348,25 +346,6 @@ class ProcessLane:
             if self._level >= PressureLevel.CRITICAL:
                 self._relieve_memory()
         return lane_metrics(self.statistics(), backend=self.name)
-
-    def _relieve_memory(self) -> None:
-        """At CRITICAL: kill the largest worker when it holds more memory than the service."""
-        started = [s for s in self._slots if s.state in (SlotState.IDLE, SlotState.BUSY)]
-        victim = memory_victim(
-            [(i, s.rss_bytes) for i, s in enumerate(started) if s.pid], rss_bytes(os.getpid())
-        )
-        if victim is None:
-            return
-        slot = started[victim]
-        self._counts.memory_kills += 1
-        slot.death_reason = "memory_pressure"
-        _logger.warning(
-            "process lane: killing worker %d (%d MiB resident, more than the service) "
-            "at CRITICAL memory pressure",
-            slot.pid,
-            slot.rss_bytes >> 20,
-        )
-        self._kill(slot, "memory_pressure")
 
     def statistics(self) -> ProcessLaneStatistics:
         """
@@ -719,88 +698,6 @@ class ProcessLane:
             call.seq = -1
             if not call.future.done():
                 self._queue.appendleft(call)
-
-    # -- cancellation and timeouts ----------------------------------------------------
-    def _cancel(self, call: Call) -> None:
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
-        slot = call.slot
-        if slot is None:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(call)
-            return
-        self._stop(slot, call, kill=call.kill_on_cancel, reason="cancelled")
-
-    def _on_timeout(self, call: Call) -> None:
-        call.timer = None
-        if call.future.done() or call.timeout is None:
-            return
-        slot = call.slot
-        if slot is not None:
-            self._catch_up(slot)  # an outcome already written wins over the timer
-            if call.future.done():
-                return
-        self._counts.timeouts += 1
-        self._counts.failed += 1
-        call.future.set_exception(CallTimeoutError(call.function, call.timeout))
-        if call.slot is None:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(call)
-        else:
-            self._stop(call.slot, call, kill=True, reason="timeout")
-
-    def _catch_up(self, slot: Slot) -> None:
-        """Deliver the outcomes the slot's worker has written and not yet been read."""
-        if slot.state is SlotState.BUSY:
-            self._on_readable(slot)
-
-    def _stop(self, slot: Slot, call: Call, *, kill: bool, reason: str, tries: int = 0) -> None:
-        """Withdraw a handed-over call, or kill its worker only while it runs it."""
-        self._catch_up(slot)
-        if call.slot is not slot or slot.state is not SlotState.BUSY:
-            return  # delivered, requeued, or its worker is already gone
-        outcome = stop_call(slot, call, kill=kill)
-        if outcome is Stop.UNDECIDED:
-            assert self._loop is not None
-            if tries < _STOP_TRIES:
-                self._loop.call_later(
-                    _STOP_RETRY_SECONDS, self._retry_stop, slot, call, kill, reason, tries + 1
-                )
-            elif kill:  # the worker has held its lock for a second: it is stuck or dying
-                self._kill(slot, reason)
-        elif outcome is Stop.KILLED:
-            slot.kill_reason = reason
-            slot.state = SlotState.KILLED
-            # flagged under the lock: they never start, so they run elsewhere
-            later = [c for c in slot.in_flight if c.seq > call.seq]
-            for c in later:
-                slot.in_flight.remove(c)
-            self._requeue(later)
-            self._dispatch()
-            if self._queue:
-                self._resize()
-
-    def _retry_stop(
-        self,
-        slot: Slot,
-        call: Call,
-        kill: bool,  # noqa: FBT001 - positional for call_later
-        reason: str,
-        tries: int,
-    ) -> None:
-        if not self._closed:
-            self._stop(slot, call, kill=kill, reason=reason, tries=tries)
-
-    def _kill(self, slot: Slot, reason: str) -> None:
-        if slot.state in (SlotState.DEAD, SlotState.KILLED):
-            return
-        slot.kill_reason = reason
-        if slot.state is SlotState.STARTING:
-            return  # the start task sees the lane closed and shuts it down
-        slot.state = SlotState.KILLED
-        if slot.pid:
-            kill_worker(slot.pid)
 
     # -- deaths and retirement ---------------------------------------------------------
     def _slot_died(self, slot: Slot) -> None:
