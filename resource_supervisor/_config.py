@@ -260,6 +260,9 @@ class ConcurrencySettings(_Frozen):
     govern_default_thread_limiter: bool = False
     """Shrink that limiter under pressure (half at WARNING, a quarter at CRITICAL, at
     least 1) and restore it when pressure clears."""
+    prestart_process_lane: bool = False
+    """Start the process lane (its forkserver and one worker) when the supervisor
+    starts, so the first call does not pay for it; else it starts on first use."""
     backend: Literal["local", "dask"] = "local"
     """Where the process lane runs: local worker processes or a Dask cluster."""
     dask: DaskSettings = DaskSettings()

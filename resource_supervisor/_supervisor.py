@@ -32,6 +32,7 @@ from ._container import Container
 from ._events import CleanupCompleted, CpuWarning, LevelChanged, SupervisorEvent
 from ._exceptions import NoSupervisorError, SupervisorClosedError
 from ._gpu import TorchGpuReclaimer, gpu_readings
+from ._main_guard import refuse_in_worker_bootstrap
 from ._memory import MemoryAdvisor
 from ._participants import absorb, must_propagate
 from ._policy import Reading, Thresholds, cleanup_due, grade
@@ -214,6 +215,7 @@ class Supervisor:
         """
         if self._state != "new":
             raise RuntimeError("a Supervisor can be entered only once; create a new one")
+        refuse_in_worker_bootstrap()  # an unguarded script re-run by a worker: exit it once
         self._state = "running"
         stack = contextlib.AsyncExitStack()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 
 import anyio
 import psutil
@@ -117,3 +118,22 @@ def test_stop_reading_without_a_loop_or_pipe_is_a_no_op() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_fork_start_method_is_deprecated() -> None:
+    """A launcher (so a lane) with ``start_method="fork"`` warns that it is deprecated and
+    names the replacements; forkserver and spawn do not warn."""
+    with pytest.warns(DeprecationWarning, match="'fork' is deprecated.*'forkserver'.*'spawn'"):
+        SlotLauncher("fork", PRELOAD, threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SlotLauncher("forkserver", PRELOAD, threads=1)
+        SlotLauncher("spawn", PRELOAD, threads=1)
+
+
+async def test_launcher_reports_full_internals_here() -> None:
+    """On the CPython versions the lane is tested on, the version gate finds every
+    internal it relies on, so the lane runs on its private forkserver (0 in metrics)."""
+    launcher = SlotLauncher("forkserver", PRELOAD, threads=1)
+    assert launcher.internals.missing == ()
+    assert launcher.metrics() == {"process_lane_fallback_internals": 0}

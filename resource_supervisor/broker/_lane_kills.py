@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from .._exceptions import CallTimeoutError
 from ._recycling import rss_bytes
-from ._slot_launcher import kill_worker
 from ._slots import SlotState
 from ._stopping import Stop, stop_call
 from ._worker_memory import memory_victim
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     import collections
 
     from ._lane_stats import LaneCounters
+    from ._slot_launcher import SlotLauncher
     from ._slots import Call, Slot
 
 __all__ = ("LaneKills",)
@@ -47,6 +47,7 @@ class _Lane(Protocol):
     _queue: collections.deque[Call]
     _slots: list[Slot]
     _counts: LaneCounters
+    _launcher: SlotLauncher
 
     def _on_readable(self, slot: Slot) -> None: ...
     def _requeue(self, calls: list[Call]) -> None: ...
@@ -144,8 +145,7 @@ class LaneKills:
         if slot.state is SlotState.STARTING:
             return  # the start task sees the lane closed and shuts it down
         slot.state = SlotState.KILLED
-        if slot.pid:
-            kill_worker(slot.pid)
+        self._launcher.kill(slot)  # kill_workers() where the standard library has it
 
     def _relieve_memory(self: _Lane) -> None:
         """At CRITICAL: kill the largest worker when it holds more memory than the service."""

@@ -192,7 +192,7 @@ class ProcessLane(LaneKills):
         self._lifeline = Lifeline()  # workers exit when the service dies
         self._launcher = SlotLauncher(
             settings.start_method,
-            ("__main__", _worker.__name__, __name__),
+            ("__main__", _worker.__name__),  # the worker side only: a light import
             threads=max(2, max_workers),
             lifeline=self._lifeline,
             oom_score_adj=settings.worker_oom_score_adj,
@@ -209,12 +209,24 @@ class ProcessLane(LaneKills):
     # -- context manager -----------------------------------------------------------
     async def __aenter__(self) -> Self:
         """
-        Return the lane; workers still start only on first use.
+        Return the lane; workers start on first use, or now with
+        ``prestart_process_lane`` (one worker, started in the background).
 
         Cancellation:
-            Does nothing that can be cancelled.
+            Does nothing that can be cancelled; a prestarted worker is started by
+            a lane task, which :meth:`aclose` waits for.
         """
+        if self._settings.prestart_process_lane and not self._closed:
+            self._ensure_started()
+            self._prestart()
         return self
+
+    def _prestart(self) -> None:
+        """Start one worker (and the forkserver) now, so the first call finds it warm."""
+        if not self._slots:
+            slot = Slot()
+            self._slots.append(slot)
+            self._spawn(self._start_slot(slot))
 
     async def __aexit__(
         self,
@@ -345,7 +357,7 @@ class ProcessLane(LaneKills):
             measure_workers(s for s in self._slots if s.state in LIVE_STATES)
             if self._level >= PressureLevel.CRITICAL:
                 self._relieve_memory()
-        return lane_metrics(self.statistics(), backend=self.name)
+        return {**lane_metrics(self.statistics(), backend=self.name), **self._launcher.metrics()}
 
     def statistics(self) -> ProcessLaneStatistics:
         """

@@ -11,30 +11,51 @@ when slots start, retire or die (:mod:`._processes`, :mod:`._sizing`).
 
 The blocking work runs in threads of the launcher's own capacity limiter, so
 starting and reaping workers never waits behind the default thread pool.
+
+Version gate: the launcher asks :func:`._mp_internals.check_internals` once which
+``multiprocessing`` internals it may use. Where they differ from those the lane
+was written for, ``"forkserver"`` falls back to the standard library's own
+forkserver context (shared, so it outlives the lane), the lane logs what differs
+once, and its metrics count them (``process_lane_fallback_internals``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.context
 import os
 import signal
-from typing import TYPE_CHECKING
+import warnings
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from .._main_guard import UnguardedMainError, check_marker, clear_marker
 from ._forkserver import LaneForkServerContext
+from ._mp_internals import check_internals
 from ._slots import open_slot, shutdown_slot
 from ._worker import STOP_FRAME
 
 if TYPE_CHECKING:
     import asyncio
 
+    from .._snapshot import MetricValue
     from ._lifeline import Lifeline
+    from ._mp_internals import LaneInternals
     from ._slots import OpenedSlot, Slot
 
-__all__ = ("SlotLauncher", "kill_worker", "stop_reading")
+__all__ = ("WORKER_PRELOAD", "SlotLauncher", "kill_worker", "stop_reading")
+
+_logger = logging.getLogger("resource_supervisor.broker")
+
+WORKER_PRELOAD: Final = ("concurrent.futures.process", "multiprocessing.sharedctypes")
+"""
+Standard-library modules every worker needs, imported once by the lane's
+forkserver so that forked workers start with them loaded (the lane's own worker
+module comes in the preload the lane passes).
+"""
 
 
 def kill_worker(pid: int) -> None:
@@ -97,20 +118,77 @@ class SlotLauncher:
             lifeline: Handed to every worker (see :mod:`._lifeline`), or ``None``.
             oom_score_adj: Each worker's ``oom_score_adj`` (``None``: inherited).
         """
+        if start_method == "fork":
+            warnings.warn(
+                "start_method 'fork' is deprecated since 0.2 and will be removed: the "
+                "service always runs threads, and forking a threaded process can "
+                "deadlock the child; use 'forkserver' (the default) or 'spawn'",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self._start_method = start_method
         self._preload = preload
         self._context: multiprocessing.context.BaseContext | None = None
         self._limiter = anyio.CapacityLimiter(threads)
         self._lifeline = lifeline
         self._oom_score_adj = oom_score_adj
+        self._internals = check_internals()
+        self._reported = False
+        self._refused: UnguardedMainError | None = None
+
+    @property
+    def internals(self) -> LaneInternals:
+        """What the version gate allowed (see :mod:`._mp_internals`)."""
+        return self._internals
+
+    def metrics(self) -> dict[str, MetricValue]:
+        """
+        Return ``process_lane_fallback_internals``: how many of the internals the
+        lane relies on differ here (0: none; the log names them).
+
+        Returns:
+            One metric for the lane's snapshot.
+        """
+        return {"process_lane_fallback_internals": len(self._internals.missing)}
 
     def _mp_context(self) -> multiprocessing.context.BaseContext:
         if self._context is None:
-            if self._start_method == "forkserver":
-                self._context = LaneForkServerContext(self._preload)
+            clear_marker()  # stale: no worker of this lane has started yet
+            internals = self._internals
+            if internals.missing and not self._reported:
+                self._reported = True
+                _logger.warning(
+                    "process lane: multiprocessing internals differ from those it was "
+                    "written for (%s); it runs on the standard library's paths%s",
+                    "; ".join(internals.missing),
+                    ""
+                    if internals.private_forkserver or self._start_method != "forkserver"
+                    else ", with the interpreter-wide forkserver, which outlives the lane",
+                )
+            if self._start_method == "forkserver" and internals.private_forkserver:
+                self._context = LaneForkServerContext((*self._preload, *WORKER_PRELOAD))
             else:
                 self._context = multiprocessing.get_context(self._start_method)
         return self._context
+
+    def kill(self, slot: Slot) -> None:
+        """
+        Kill the slot's worker now (non-blocking); a worker already gone is fine.
+
+        Where the public ``ProcessPoolExecutor.kill_workers()`` exists (3.14+) it
+        kills the slot's one worker; elsewhere SIGKILL goes to the worker's pid.
+
+        Args:
+            slot: A started slot.
+        """
+        executor = slot.executor
+        if self._internals.kill_workers and executor is not None:
+            kill_workers = getattr(executor, "kill_workers", None)
+            if callable(kill_workers):  # pragma: no cover - CPython 3.14+ only
+                kill_workers()
+                return
+        if slot.pid:
+            kill_worker(slot.pid)
 
     async def open(self) -> OpenedSlot:
         """
@@ -120,6 +198,9 @@ class SlotLauncher:
             What :func:`._slots.open_slot` started.
 
         Raises:
+            UnguardedMainError: If a worker re-ran a main module without an
+                ``if __name__ == "__main__":`` guard (see :mod:`.._main_guard`);
+                from then on every call raises it at once and starts nothing.
             Exception: Whatever creating the context or :func:`._slots.open_slot`
                 raised (e.g. ``TimeoutError``, ``BrokenProcessPool``).
 
@@ -127,14 +208,27 @@ class SlotLauncher:
             Shielded: a started worker must never be lost, so the start completes
             and its result is returned even if the caller was cancelled meanwhile.
         """
-        with anyio.CancelScope(shield=True):
-            opened = await anyio.to_thread.run_sync(
-                open_slot,
-                self._mp_context(),
-                self._lifeline,
-                self._oom_score_adj,
-                limiter=self._limiter,
-            )
+        if self._refused is not None:
+            raise UnguardedMainError(self._refused.main)
+        try:
+            with anyio.CancelScope(shield=True):
+                opened = await anyio.to_thread.run_sync(
+                    open_slot,
+                    self._mp_context(),
+                    self._lifeline,
+                    self._oom_score_adj,
+                    self._internals,
+                    limiter=self._limiter,
+                )
+        except Exception as exc:
+            if self._refused is None:
+                try:
+                    check_marker()
+                except UnguardedMainError as refused:
+                    self._refused = refused
+            if self._refused is not None:
+                raise UnguardedMainError(self._refused.main) from exc
+            raise
         return opened
 
     async def shutdown(self, slot: Slot, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -195,3 +289,5 @@ class SlotLauncher:
         """
         if isinstance(self._context, LaneForkServerContext):
             await anyio.to_thread.run_sync(self._context.stop, limiter=self._limiter)
+        if self._context is not None:
+            clear_marker()  # a refusing worker may have written it after the last start

@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from . import _worker
+from ._mp_internals import check_internals, result_queue_writer, worker_process
 
 if TYPE_CHECKING:
     import asyncio
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
     from ._big_outcome import BigOutcome
     from ._lifeline import Lifeline
+    from ._mp_internals import LaneInternals
 
 __all__ = (
     "Call",
@@ -185,6 +187,7 @@ def open_slot(
     ctx: multiprocessing.context.BaseContext,
     lifeline: Lifeline | None = None,
     oom_score_adj: int | None = None,
+    internals: LaneInternals | None = None,
 ) -> OpenedSlot:
     """
     Create a slot's executor and worker and wait until it answers (blocking).
@@ -193,6 +196,8 @@ def open_slot(
         ctx: The lane's ``multiprocessing`` context.
         lifeline: The lane's lifeline (:mod:`._lifeline`): the worker gets its read
             end and exits when the service dies. ``None``: the worker is not tied.
+        internals: Which private executor state may be read (:mod:`._mp_internals`);
+            ``None``: what :func:`._mp_internals.check_internals` finds now.
 
     Returns:
         The executor, its worker and the channel shared with it.
@@ -238,27 +243,13 @@ def open_slot(
         calls_reader.close()
         if tie is not None:
             tie.close()
-    _close_result_queue_writer(executor)
-    processes = getattr(executor, "_processes", None) or {}
-    return OpenedSlot(executor, processes.get(pid), pid, reader, calls, progress, skip, lock)
-
-
-def _close_result_queue_writer(executor: ProcessPoolExecutor) -> None:
-    """
-    Close the parent's copy of the write end of the executor's result queue.
-
-    The parent never writes to it (the worker does), but while the parent holds
-    it, a worker killed in the middle of writing a big result (more than
-    ``PIPE_BUF`` bytes, in several writes) leaves the executor's manager thread
-    waiting forever for the rest of the message, and the executor's shutdown with
-    it. Without it the manager reads end of file and reports a broken pool. The
-    executor starts no other worker (it has one, started by now), so nothing
-    pickles the queue after this.
-    """
-    queue = getattr(executor, "_result_queue", None)
-    writer = getattr(queue, "_writer", None)
-    if writer is not None:
-        writer.close()
+    if internals is None:
+        internals = check_internals()
+    result_writer = result_queue_writer(executor, internals)
+    if result_writer is not None:
+        result_writer.close()  # see result_queue_writer: a killed worker cannot hang shutdown
+    process = worker_process(executor, pid, internals)
+    return OpenedSlot(executor, process, pid, reader, calls, progress, skip, lock)
 
 
 def shutdown_slot(
