@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 SUITES = (
     "threads",
     "processes",
+    "cold_start",
+    "serializer",
     "mapping",
     "sampling",
     "loop_lag",

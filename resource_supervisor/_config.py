@@ -260,6 +260,10 @@ class ConcurrencySettings(_Frozen):
     govern_default_thread_limiter: bool = False
     """Shrink that limiter under pressure (half at WARNING, a quarter at CRITICAL, at
     least 1) and restore it when pressure clears."""
+    serializer: Literal["pickle", "cloudpickle"] = "pickle"
+    """How the local process lane sends functions: ``pickle`` (by reference: module-level
+    functions only) or ``cloudpickle`` (by value: lambdas and functions defined in a
+    notebook's ``__main__`` too; the ``cloudpickle`` extra, slower per call)."""
     prestart_process_lane: bool = False
     """Start the process lane (its forkserver and one worker) when the supervisor
     starts, so the first call does not pay for it; else it starts on first use."""

@@ -6,7 +6,9 @@ lane sends to its workers so the work is done once, not checked and then done
 again), :func:`estimate_call_bytes` and :func:`pickle_call_spilled` (big calls,
 pickled off the event loop), :func:`check_picklable` (the same check for backends
 that pickle on their own, such as :mod:`._dask`), :func:`load_call` (the worker
-side) and :func:`describe_callable` (a short name for error messages). Does not
+side), :func:`describe_callable` (a short name for error messages), and the
+opt-in by-value serializer (:func:`by_value_serializer`, :func:`prepare_call`:
+cloudpickle for lambdas and functions defined in ``__main__``). Does not
 cover: how results travel back (:mod:`._worker`) or where calls run
 (:mod:`._processes`).
 
@@ -35,8 +37,9 @@ import functools
 import os
 import pickle
 import tempfile
+import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from .._exceptions import UnpicklableError
 from ._spill import spill_prefix
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = (
     "OFFLOAD_BYTES",
+    "Serializer",
+    "by_value_serializer",
     "check_picklable",
     "describe_callable",
     "discard_spill",
@@ -53,6 +58,7 @@ __all__ = (
     "load_call",
     "pickle_call",
     "pickle_call_spilled",
+    "prepare_call",
 )
 
 OFFLOAD_BYTES: Final = 128 * 1024
@@ -118,6 +124,92 @@ def pickle_call(func: Callable[..., object], args: tuple[object, ...]) -> bytes:
         return pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
     except _PICKLE_ERRORS as exc:
         raise _diagnose(func, args, exc) from exc
+
+
+Serializer = Literal["pickle", "cloudpickle"]
+"""How the local lane sends functions: by reference (pickle) or by value (cloudpickle)."""
+
+
+def by_value_serializer(serializer: Serializer) -> Callable[[object], bytes] | None:
+    """
+    Return cloudpickle's ``dumps`` for ``"cloudpickle"``, ``None`` for ``"pickle"``.
+
+    Args:
+        serializer: The ``concurrency.serializer`` setting.
+
+    Returns:
+        The by-value ``dumps`` for :func:`prepare_call`, or ``None``.
+
+    Raises:
+        ImportError: If ``"cloudpickle"`` is asked for and it is not installed; the
+            message names the extra.
+    """
+    if serializer == "pickle":
+        return None
+    try:
+        import cloudpickle  # the optional extra, imported only when chosen
+    except ImportError as exc:
+        raise ImportError(
+            "concurrency.serializer 'cloudpickle' needs the 'cloudpickle' extra: "
+            "pip install 'resource-supervisor[cloudpickle]'"
+        ) from exc
+    dumps: Callable[[object], bytes] = cloudpickle.dumps
+    return dumps
+
+
+def prepare_call(
+    func: Callable[..., object],
+    args: tuple[object, ...],
+    dumps: Callable[[object], bytes] | None,
+) -> tuple[Callable[..., object], tuple[object, ...]]:
+    """
+    Make a call's function, and callable arguments, travel by value (cloudpickle).
+
+    With *dumps* ``None`` (the default ``pickle`` serializer) the call is returned
+    unchanged. Otherwise the function, and every argument that is a function, a
+    class or a :func:`functools.partial`, is replaced by an object that pickles as
+    ``pickle.loads(<cloudpickle bytes>)``: a lambda or a function defined in a
+    notebook's ``__main__`` reaches the worker, which needs cloudpickle installed.
+    Other arguments still use the standard pickle (big buffers still spill). Each
+    call pays cloudpickle's ``dumps`` in the service and a ``loads`` in the worker.
+
+    Args:
+        func: The callable.
+        args: Its positional arguments.
+        dumps: From :func:`by_value_serializer`.
+
+    Returns:
+        ``(func, args)`` to hand to :func:`pickle_call` or :func:`pickle_call_spilled`.
+
+    Raises:
+        UnpicklableError: If cloudpickle cannot serialize the function or an argument.
+    """
+    if dumps is None:
+        return func, args
+    name = describe_callable(func)
+    try:
+        sent = _ByValue(dumps(func))
+        sent_args = tuple(
+            _ByValue(dumps(arg)) if isinstance(arg, _BY_VALUE_TYPES) else arg for arg in args
+        )
+    except _PICKLE_ERRORS as exc:
+        raise UnpicklableError(f"the function {name} or a callable argument", str(exc)) from exc
+    return sent, sent_args  # type: ignore[return-value]
+
+
+_BY_VALUE_TYPES: Final = (types.FunctionType, types.BuiltinFunctionType, type, functools.partial)
+
+
+class _ByValue:
+    """A by-value (cloudpickle) object; it unpickles as the object itself."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Callable[[bytes], object], tuple[bytes]]:
+        return pickle.loads, (self.data,)
 
 
 def estimate_call_bytes(func: Callable[..., object], args: tuple[object, ...]) -> int:

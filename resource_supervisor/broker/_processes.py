@@ -94,11 +94,13 @@ from ._lifeline import Lifeline
 from ._mapping import map_chunked
 from ._pickling import (
     OFFLOAD_BYTES,
+    by_value_serializer,
     describe_callable,
     discard_spill,
     estimate_call_bytes,
     pickle_call,
     pickle_call_spilled,
+    prepare_call,
 )
 from ._recycling import calls_left, recycle_due, rss_bytes
 from ._sizing import admits, target_workers
@@ -163,7 +165,8 @@ class ProcessLane(LaneKills):
 
         Args:
             settings: ``start_method``, ``idle_timeout``, ``queue_limit``,
-                ``max_tasks_per_worker`` and ``worker_max_rss_bytes`` are used.
+                ``max_tasks_per_worker``, ``worker_max_rss_bytes``, ``serializer``
+                and ``prestart_process_lane`` are used.
             max_workers: Most worker processes (the supervisor resolves ``"auto"``).
             clock: Monotonic clock for idle timeouts and pressure hysteresis.
             settle_seconds: How long pressure must be NORMAL before growing back.
@@ -173,6 +176,7 @@ class ProcessLane(LaneKills):
 
         Raises:
             ValueError: If *max_workers* is below 1.
+            ImportError: If ``serializer`` is ``"cloudpickle"`` and it is not installed.
         """
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
@@ -205,6 +209,7 @@ class ProcessLane(LaneKills):
         self._headroom = MemoryHeadroom() if headroom is None else headroom
         self._forked = False
         self._oom = OomKillCounter()
+        self._by_value = by_value_serializer(settings.serializer)
 
     # -- context manager -----------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -470,10 +475,11 @@ class ProcessLane(LaneKills):
         if self._closed:
             raise SupervisorClosedError(_LANE)
         spill: str | None = None
+        sent, sent_args = prepare_call(func, args, self._by_value)  # unchanged for pickle
         if estimate_call_bytes(func, args) <= OFFLOAD_BYTES:
-            payload = pickle_call(func, args)  # cheaper here than a thread handoff
+            payload = pickle_call(sent, sent_args)  # cheaper here than a thread handoff
         else:
-            payload, spill = await anyio.to_thread.run_sync(pickle_call_spilled, func, args)
+            payload, spill = await anyio.to_thread.run_sync(pickle_call_spilled, sent, sent_args)
         try:
             return await self._enqueue(func, payload, timeout, kill_on_cancel=kill_on_cancel)
         finally:
