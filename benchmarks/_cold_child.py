@@ -25,7 +25,7 @@ async def _lane(*, prestart: bool) -> float:
     settings = ConcurrencySettings(prestart_process_lane=prestart)
     async with Executors(settings, cpu_workers=2, io_workers=2) as executors:
         if prestart:
-            await anyio.sleep(1.0)  # the service runs a while before its first call
+            await anyio.sleep(0.5)  # the service runs a while before its first call
         start = time.perf_counter()
         await executors.run_in_process(noop)
         return time.perf_counter() - start

@@ -9,7 +9,7 @@ workers where they have a pool:
 - ``ProcessPoolExecutor(2)`` with the forkserver start method (the baseline);
 - the process lane (``Executors.run_in_process``), entered but not yet used;
 - ``anyio.to_process.run_sync`` (a fresh ``python -m anyio`` worker per process);
-- the process lane with ``prestart_process_lane: true``, first call one second
+- the process lane with ``prestart_process_lane: true``, first call half a second
   after the lane started (what a service gains by prestarting).
 
 Two figures per sample: the milliseconds from just before the first call to its
@@ -31,7 +31,7 @@ from ._harness import Case, SuiteContext, Target
 STDLIB = "ProcessPoolExecutor(2), forkserver"
 LANE = "process lane (run_in_process)"
 ANYIO = "anyio.to_process.run_sync"
-PRESTARTED = "process lane, prestarted, first call after 1 s"
+PRESTARTED = "process lane, prestarted, first call after 0.5 s"
 CASES = {STDLIB: "stdlib", LANE: "lane", ANYIO: "anyio", PRESTARTED: "lane-prestarted"}
 
 

@@ -38,8 +38,7 @@ import os
 import pickle
 import tempfile
 import types
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from .._exceptions import UnpicklableError
 from ._spill import spill_prefix
@@ -262,10 +261,11 @@ def _estimate(value: object, depth: int) -> int:
         return _ITEM_BYTES
 
 
-@dataclass(frozen=True, slots=True)
-class _Spilled:
+class _Spilled(NamedTuple):
     """What the worker gets instead of a big call: a small pickle and its buffers' file."""
 
+    # a NamedTuple, not a dataclass: workers import this module, and dataclasses
+    # pulls in inspect and ast (a few ms of every worker's cold start)
     header: bytes
     path: str
     sizes: tuple[int, ...]
