@@ -10,6 +10,7 @@ for the child, and the child's calls are refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from typing import TYPE_CHECKING
@@ -87,3 +88,36 @@ async def test_fork_of_the_service_neither_hangs_its_close_nor_uses_its_lane() -
         os.close(go_w)
         os.close(report_r)
         await anyio.to_thread.run_sync(os.waitpid, pid, 0)
+
+
+async def test_a_forgotten_lane_refuses_calls_and_its_workers_exit() -> None:
+    """
+    What a forked child does to its copy of the lane, done here in-process: the lane
+    refuses calls with RuntimeError, and with the lifeline and the forkserver's pipe
+    closed its worker and forkserver exit by themselves.
+    """
+    import psutil
+
+    before = child_pids()
+    lane = ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1)
+    assert await lane.run(_workers.square, (5,), timeout=None) == 25
+    started = [psutil.Process(pid) for pid in child_pids() - before]
+    assert started
+    lane.forget_after_fork()
+    with pytest.raises(RuntimeError, match="forked"):
+        await lane.run(_workers.square, (6,), timeout=None)
+    await lane.aclose()  # a no-op now
+
+    def gone(process: psutil.Process) -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    with anyio.fail_after(10):
+        while not all(gone(p) for p in started):  # noqa: ASYNC110 - other processes
+            await anyio.sleep(0.02)
+    for process in started:  # reap what is our own child
+        with contextlib.suppress(ChildProcessError, psutil.Error):
+            if process.ppid() == os.getpid():
+                await anyio.to_thread.run_sync(os.waitpid, process.pid, 0)

@@ -170,3 +170,13 @@ def test_in_a_300_mib_cgroup_the_growing_worker_dies_and_the_service_survives(
         assert memory_cgroup.oom_kills() >= 1
     else:
         assert outcome["memory_kills"] == 1
+
+
+def test_worker_memory_figures_are_exported_to_prometheus() -> None:
+    """The lane's OOM and memory-kill counts are Prometheus counters, the RSS figures gauges."""
+    prometheus = pytest.importorskip("resource_supervisor.integrations.prometheus")
+    assert prometheus.describe_key("process_oom_kills_total").kind == "counter"
+    assert prometheus.describe_key("process_memory_kills_total").kind == "counter"
+    for key in ("process_worker_rss_max_bytes", "process_worker_rss_bytes"):
+        description = prometheus.describe_key(key)
+        assert (description.name, description.kind) == (f"resource_supervisor_{key}", "gauge")

@@ -52,7 +52,9 @@ lane owns a private forkserver (:mod:`._forkserver`) so that
 Lifecycle: the lane starts nothing until the first call (no process, no task).
 Background work (starting workers, retiring idle ones, reaping dead ones) runs in
 asyncio tasks the lane owns; :meth:`ProcessLane.aclose` (or leaving ``async with``)
-stops them. Use the lane from one event loop.
+stops them. Use the lane from one event loop: a call from another loop is refused
+before it is queued, and a child forked from the service forgets the lane
+(:mod:`._fork_guard`).
 
 Cancellation: a call cancelled while queued, or withdrawn from a batch before it
 started, never runs. A call cancelled while running: the caller gets the
