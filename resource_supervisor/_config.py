@@ -267,14 +267,17 @@ class ConcurrencySettings(_Frozen):
     prestart_process_lane: bool = False
     """Start the process lane (its forkserver and one worker) when the supervisor
     starts, so the first call does not pay for it; else it starts on first use."""
+    container_cpu_workers: int | Literal["auto"] = "auto"
+    """Lane workers of all supervised server processes of the container together
+    (multi-process mode); ``auto`` = usable CPUs."""
     backend: Literal["local", "dask"] = "local"
     """Where the process lane runs: local worker processes or a Dask cluster."""
     dask: DaskSettings = DaskSettings()
     """Settings of the Dask backend (used when ``backend: dask``)."""
 
-    _check_workers = field_validator("default_cpu_workers", "default_io_workers", mode="before")(
-        _auto_or_positive_int
-    )
+    _check_workers = field_validator(
+        "default_cpu_workers", "default_io_workers", "container_cpu_workers", mode="before"
+    )(_auto_or_positive_int)
 
 
 class MultiprocessSettings(_Frozen):

@@ -25,6 +25,7 @@ import psutil
 
 from ._peers import Peer, PeerDirectory, PeerDirectoryError, default_directory, largest
 from ._snapshot import PressureLevel
+from .broker._cpu_budget import CpuBudget
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -65,14 +66,19 @@ class Container:
         self._settings = settings
         self._directory: PeerDirectory | None = None
         self._peers: list[Peer] = []
+        self.cpu_budget: CpuBudget | None = None
+        """The container's CPU tokens for the process lane, once joined."""
 
     @property
     def enabled(self) -> bool:
         """Whether this process is a member of a shared directory."""
         return self._directory is not None and self._directory.is_open
 
-    def open(self) -> None:
-        """Join the shared directory when the mode is on; an unusable one is logged."""
+    def open(self, *, cpu_tokens: int = 1) -> None:
+        """
+        Join the shared directory when the mode is on (an unusable one is logged),
+        with a CPU budget of *cpu_tokens* lane workers for the whole container.
+        """
         s = self._settings
         on = served_by_multiprocess_server() if s.enabled == "auto" else s.enabled
         if not on:
@@ -85,9 +91,13 @@ class Container:
             logger.warning("multi-process mode off: shared directory %s unusable (%s)", path, exc)
             return
         self._directory = directory
+        self.cpu_budget = CpuBudget(path, cpu_tokens)
 
     def close(self) -> None:
-        """Leave the shared directory. Idempotent."""
+        """Leave the shared directory, giving back every CPU token. Idempotent."""
+        if self.cpu_budget is not None:
+            self.cpu_budget.close()
+            self.cpu_budget = None
         if self._directory is not None:
             self._directory.close()
             self._directory = None
@@ -111,7 +121,10 @@ class Container:
         self._peers = [me, *others]
         top = largest(self._peers)
         levels = [_level(peer.snapshot) for peer in self._peers]
+        budget = self.cpu_budget
         return {
+            "container_cpu_tokens": budget.tokens if budget is not None else 0,
+            "process_cpu_tokens_held": budget.held if budget is not None else 0,
             "container_processes": len(self._peers),
             "container_pressure_level": max(levels),
             "container_largest_pid": top.pid if top is not None else 0,

@@ -93,6 +93,24 @@ def largest(peers: Sequence[Peer]) -> Peer | None:
     return min(peers, key=lambda peer: (-peer.rss_bytes, peer.pid))
 
 
+def lock_held(path: Path) -> bool:
+    """
+    Whether some process holds an exclusive ``flock`` on *path*: its owner is alive
+    (the kernel drops the lock when a process ends, however it ends).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _cgroup_key() -> str:
     try:
         text = Path("/proc/self/cgroup").read_text()
@@ -228,17 +246,7 @@ class PeerDirectory:
         return found
 
     def _alive(self, pid: int) -> bool:
-        try:
-            fd = os.open(self.directory / f"{pid}.lock", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True  # held: its owner is alive
-        finally:
-            os.close(fd)
-        return False
+        return lock_held(self.directory / f"{pid}.lock")
 
     def _read(self, pid: int, *, own: bool) -> Peer | None:
         try:

@@ -232,13 +232,14 @@ class Supervisor:
         s = self._settings
         self._source.open()
         stack.callback(self._source.close)
-        self._container.open()
-        stack.callback(self._container.close)
+        cpus = usable_cpu_count()
+        container_cpus = s.concurrency.container_cpu_workers
+        self._container.open(cpu_tokens=cpus if container_cpus == "auto" else container_cpus)
+        stack.callback(self._container.close)  # after the lanes: their tokens go last
         stack.push_async_callback(self._snapshots.aclose)
         stack.push_async_callback(self._events.aclose)
         stack.push_async_callback(self._sessions.aclose)
 
-        cpus = usable_cpu_count()
         self._usable_cpus = cpus
         self._admission.open()
         stack.callback(self._admission.close)
@@ -248,7 +249,12 @@ class Supervisor:
             else s.concurrency.default_cpu_workers
         )
         io_workers = resolve_io_workers(s.concurrency.default_io_workers, cpus)
-        self._executors = Executors(s.concurrency, cpu_workers=cpu_workers, io_workers=io_workers)
+        self._executors = Executors(
+            s.concurrency,
+            cpu_workers=cpu_workers,
+            io_workers=io_workers,
+            cpu_budget=self._container.cpu_budget,
+        )
         await stack.enter_async_context(self._executors)
         self._thread_limiter.apply()
         stack.callback(self._thread_limiter.restore)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .._config import ConcurrencySettings
     from .._snapshot import MetricValue
     from ._backend import ProcessBackend
+    from ._cpu_budget import CpuBudget
     from ._std_executors import _Bridge
 
     class _Backend(ProcessBackend, Protocol):
@@ -87,7 +88,9 @@ def split_worker_budget(cpu: int, io: int, cap: int | None) -> tuple[int, int]:
     return cpu_share, max(1, cap - cpu_share)
 
 
-def _make_backend(settings: ConcurrencySettings, cpu_workers: int) -> _Backend:
+def _make_backend(
+    settings: ConcurrencySettings, cpu_workers: int, cpu_budget: CpuBudget | None = None
+) -> _Backend:
     """Build the process backend named by ``settings.backend`` (imported lazily)."""
     if settings.backend == "dask":
         try:
@@ -100,7 +103,7 @@ def _make_backend(settings: ConcurrencySettings, cpu_workers: int) -> _Backend:
         return DaskLane(settings, max_workers=cpu_workers)
     from ._processes import ProcessLane  # lazily: only built on entry
 
-    return ProcessLane(settings, max_workers=cpu_workers)
+    return ProcessLane(settings, max_workers=cpu_workers, cpu_budget=cpu_budget)
 
 
 class Executors:
@@ -118,6 +121,7 @@ class Executors:
         *,
         cpu_workers: int,
         io_workers: int,
+        cpu_budget: CpuBudget | None = None,
     ) -> None:
         """
         Prepare both lanes; nothing starts until ``async with``.
@@ -128,6 +132,8 @@ class Executors:
             io_workers: Lane threads, already resolved from ``"auto"``. When
                 ``cpu_workers + io_workers`` exceeds ``settings.max_total_workers``
                 both are scaled down (:func:`split_worker_budget`).
+            cpu_budget: The container's CPU tokens that the local process lane
+                shares with the other server processes (multi-process mode).
 
         Raises:
             ValueError: If a worker count is below 1.
@@ -137,6 +143,7 @@ class Executors:
             cpu_workers, io_workers, settings.max_total_workers
         )
         self._threads = ThreadLane(self._io_workers)
+        self._cpu_budget = cpu_budget
         self._backend: _Backend | None = None
         self._level = PressureLevel.NORMAL
         self._state = "new"  # new -> open -> closed
@@ -181,7 +188,7 @@ class Executors:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._threads)
             try:
-                backend = _make_backend(self._settings, self._cpu_workers)
+                backend = _make_backend(self._settings, self._cpu_workers, self._cpu_budget)
                 await stack.enter_async_context(backend)
             except BaseException:
                 # Close the thread lane as a clean exit: handed the error, its task

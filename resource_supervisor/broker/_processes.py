@@ -87,6 +87,7 @@ from .._exceptions import (
 from .._snapshot import PressureLevel
 from . import _worker
 from ._big_outcome import BigOutcome, load_outcome
+from ._cpu_budget import tokens_wanted
 from ._dispatch import batch_size, sort_unfinished
 from ._fork_guard import guard_lane
 from ._headroom import MemoryHeadroom, startable_workers
@@ -125,6 +126,7 @@ if TYPE_CHECKING:
 
     from .._config import ConcurrencySettings
     from .._snapshot import MetricValue
+    from ._cpu_budget import CpuBudget
 
 __all__ = ("ProcessLane", "ProcessLaneStatistics")
 
@@ -136,6 +138,8 @@ _logger = logging.getLogger("resource_supervisor.broker")
 _LANE: Final = "process lane"
 _SETTLE_SECONDS: Final = 5.0
 """Default time NORMAL must hold before the lane grows back to full size."""
+BUDGET_POLL_SECONDS: Final = 0.1
+"""How often a lane sharing the container's CPU budget looks for demand or free tokens."""
 
 
 # -- the lane ----------------------------------------------------------------------
@@ -161,6 +165,7 @@ class ProcessLane(LaneKills):
         settle_seconds: float = _SETTLE_SECONDS,
         target_chunk_seconds: float = 0.02,
         headroom: MemoryHeadroom | None = None,
+        cpu_budget: CpuBudget | None = None,
     ) -> None:
         """
         Create the lane; no process or task starts here.
@@ -175,6 +180,9 @@ class ProcessLane(LaneKills):
             target_chunk_seconds: Maps size chunks to take about this long.
             headroom: Reads the memory left for new workers; ``None`` reads this
                 process's own cgroup and ``/proc/meminfo``.
+            cpu_budget: The container's CPU tokens shared with the other server
+                processes (multi-process mode): one is held per worker; ``None``
+                for no container bound.
 
         Raises:
             ValueError: If *max_workers* is below 1.
@@ -184,6 +192,7 @@ class ProcessLane(LaneKills):
             raise ValueError("max_workers must be at least 1")
         self._settings = settings
         self._max_workers = max_workers
+        self._budget = cpu_budget
         self._clock = clock
         self._settle_seconds = settle_seconds
         self._target_chunk_seconds = target_chunk_seconds
@@ -810,17 +819,23 @@ class ProcessLane(LaneKills):
             calm_for=calm_for,
             settle_seconds=self._settle_seconds,
         )
+        token_room: int | None = None
+        if self._budget is not None:  # the container's CPU budget (multi-process mode)
+            token_room, contended = self._hold_tokens(len(live), len(idle), starting)
+            if contended:  # another process waits for a token: give back the idle ones
+                decide = functools.partial(decide, idle_expired=len(idle))
         decision = decide()
         if decision.start:  # read the memory headroom only when it matters
             worker_bytes = max((s.rss_bytes for s in live), default=0)
-            decision = decide(
-                startable=startable_workers(
-                    self._headroom.available_bytes(),
-                    worker_bytes,
-                    live=len(live),
-                    starting=starting,
-                )
+            startable = startable_workers(
+                self._headroom.available_bytes(),
+                worker_bytes,
+                live=len(live),
+                starting=starting,
             )
+            if token_room is not None:
+                startable = token_room if startable is None else min(startable, token_room)
+            decision = decide(startable=startable)
         self._target = decision.target
         for _ in range(decision.start):
             slot = Slot()
@@ -830,6 +845,25 @@ class ProcessLane(LaneKills):
         for slot in idle[: decision.retire_idle]:
             self._retire(slot)
 
+    def _hold_tokens(self, live: int, idle: int, starting: int) -> tuple[int, bool]:
+        """
+        Hold the CPU tokens this lane wants; return (more workers allowed, contended).
+        A worker still retiring keeps its token until its process is gone.
+        """
+        assert self._budget is not None
+        retiring = sum(1 for s in self._slots if s.state is SlotState.RETIRING)
+        held = self._budget.hold(
+            retiring
+            + tokens_wanted(
+                live=live,
+                busy=live - idle - starting,
+                starting=starting,
+                queued=len(self._queue),
+                max_workers=self._max_workers,
+            )
+        )
+        return max(0, held - live - retiring), bool(idle) and self._budget.contended()
+
     def _next_deadline(self) -> float:
         """Seconds until the sizing may change by itself (an idle timeout or settling)."""
         now = self._clock()
@@ -838,6 +872,8 @@ class ProcessLane(LaneKills):
             for s in self._slots
             if s.state is SlotState.IDLE
         ]
+        if self._budget is not None and (delays or self._queue):
+            delays.append(BUDGET_POLL_SECONDS)  # peers' demand, or a token coming free
         if self._calm_since is not None and now - self._calm_since < self._settle_seconds:
             delays.append(self._calm_since + self._settle_seconds - now)
         return max(0.0, min(delays, default=math.inf))
