@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -288,3 +289,54 @@ async def test_at_warning_only_the_largest_process_cleans_up(tmp_path: Path) -> 
             assert ran == [True]
     finally:
         _stop(member)
+
+
+BESIDE_MULTIPROC = textwrap.dedent(
+    """
+    import os, sys
+    import anyio
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from resource_supervisor import Supervisor, SupervisorSettings
+    from resource_supervisor.integrations.prometheus import register
+
+    requests = Counter("app_requests", "Requests the app served.")
+    requests.inc(3)
+
+    async def main():
+        settings = SupervisorSettings(
+            monitoring_enabled=False,
+            multiprocess={"enabled": True, "directory": sys.argv[1]},
+        )
+        async with Supervisor(settings) as sup:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            register(sup, registry)
+            sys.stdout.write(generate_latest(registry).decode())
+
+    anyio.run(main)
+    """
+)
+
+
+def test_it_works_beside_prometheus_client_multiprocess_mode(tmp_path: Path) -> None:
+    """
+    In an app using prometheus_client's multiprocess mode, the registry that serves
+    it carries both the app's own aggregated counter and every supervised process's
+    series (labelled pid).
+    """
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(multiproc))
+    env.pop("COVERAGE_PROCESS_START", None)
+    done = subprocess.run(
+        [sys.executable, "-c", BESIDE_MULTIPROC, str(tmp_path / "shared")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "app_requests_total 3.0" in done.stdout
+    assert re.search(r'resource_supervisor_process_resident_memory_bytes\{pid="\d+"', done.stdout)
