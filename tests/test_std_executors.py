@@ -230,6 +230,7 @@ async def test_process_executor_admission_at_critical() -> None:
     """At CRITICAL with the queue limit reached, the future fails with OverloadedError."""
     async with make_executors(queue_limit=0) as executors:
         executor = executors.process_executor()
+        assert repr(executor) == "<LaneProcessExecutor max_workers=1 shutdown=False>"
         with anyio.fail_after(GUARD):
             assert await asyncio.wrap_future(executor.submit(abs, -1)) == 1
             executors.set_pressure(PressureLevel.CRITICAL)
@@ -254,7 +255,7 @@ async def test_process_map_sends_chunksize_items_per_call() -> None:
             assert lane_int(executors, "process_completed_total") - before == 3
             with pytest.raises(ValueError, match="chunksize"):
                 executor.map(abs, [1], chunksize=0)
-            await executor.ashutdown()
+            await anyio.to_thread.run_sync(executor.shutdown)  # wait=True, off the loop
 
 
 async def test_exit_shuts_executors_down_and_fails_calls_not_run() -> None:
@@ -314,3 +315,50 @@ async def test_default_executor_without_a_previous_one_falls_back_to_asyncio_s()
     with anyio.fail_after(GUARD):
         name = await loop.run_in_executor(None, thread_name)
     assert name.startswith("asyncio")
+
+
+async def test_cancel_from_another_thread_and_ashutdown_waits_for_the_rest() -> None:
+    """A future cancelled from a plain thread withdraws its call through the loop;
+    ashutdown() waits, without blocking the loop, for the calls still outstanding."""
+    async with make_executors(io=1) as executors:
+        executor = executors.thread_executor(max_workers=1)
+        release = threading.Event()
+        ran: list[int] = []
+        first = executor.submit(release.wait, GUARD)
+        waiting = executor.submit(ran.append, 1)  # waits for the executor's one slot
+        with anyio.fail_after(GUARD):
+            await wait_until(first.running)
+            assert await anyio.to_thread.run_sync(waiting.cancel)
+            later = executor.submit(ran.append, 2)
+            shutting = asyncio.ensure_future(executor.ashutdown())
+            await asyncio.sleep(0.05)
+            assert not shutting.done()  # the blocker still runs
+            assert "shutdown=True" in repr(executor)
+            release.set()
+            await shutting
+        assert later.done()
+        assert ran == [2]
+
+
+async def test_set_default_executor_only_in_its_loop_and_leaves_a_later_replacement() -> None:
+    """set_default_executor() refuses another loop's thread; if the application
+    replaced the default meanwhile, exit leaves the application's in place."""
+    loop = asyncio.get_running_loop()
+    theirs = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="theirs")
+    try:
+        async with make_executors() as executors:
+
+            def elsewhere() -> None:
+                async def attempt() -> None:
+                    executors.set_default_executor()
+
+                asyncio.run(attempt())
+
+            with pytest.raises(RuntimeError, match="supervisor's loop"):
+                await anyio.to_thread.run_sync(elsewhere)
+            executors.set_default_executor()
+            loop.set_default_executor(theirs)
+        with anyio.fail_after(GUARD):
+            assert (await loop.run_in_executor(None, thread_name)).startswith("theirs")
+    finally:
+        theirs.shutdown(wait=True)
