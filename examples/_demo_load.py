@@ -49,13 +49,14 @@ class LoadStats:
     ok: int = 0
     shed: int = 0
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)  # "HTTP 500", "ReadTimeout"
 
     @property
     def requests(self) -> int:
         """Requests sent and answered (or failed)."""
         return self.ok + self.shed + self.errors
 
-    def record(self, status: int | None, seconds: float) -> None:
+    def record(self, status: int | None, seconds: float, error: str | None = None) -> None:
         """Count one request: 2xx ok, 503 shed, anything else (or none) an error."""
         self.answered.append((time.time(), status if status is not None else 0))
         if status is not None and 200 <= status < 300:
@@ -65,6 +66,9 @@ class LoadStats:
             self.shed += 1
         else:
             self.errors += 1
+            kind = error if status is None else f"HTTP {status}"
+            kind = kind or "no response"
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
 
 async def client_loop(
@@ -84,12 +88,13 @@ async def client_loop(
                 "/ask", json={"conversation_id": conversation, "question": question}
             )
         started = time.perf_counter()
+        error: str | None = None
         try:
             response = await request
             status: int | None = response.status_code
-        except httpx.HTTPError:
-            status = None
-        stats.record(status, time.perf_counter() - started)
+        except httpx.HTTPError as exc:
+            status, error = None, type(exc).__name__
+        stats.record(status, time.perf_counter() - started, error)
 
 
 async def read_stream(

@@ -406,7 +406,15 @@ async def run(
     with bound_socket() as sock:
         port = sock.getsockname()[1]
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=3
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=3,
+            # Longer than any pause of a client on a loaded machine: a keep-alive
+            # connection closed by the server just as a client reuses it would fail
+            # that request (RemoteProtocolError), which is not what the demo shows.
+            timeout_keep_alive=120,
         )
         server = _Server(config)
         async with anyio.create_task_group() as tg:
@@ -455,9 +463,11 @@ async def run(
     elapsed = time.time() - started
     latencies = sorted(stats.latencies)
     print("summary")
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(stats.error_kinds.items()))
     print(
         f"  requests        {stats.requests} (ok {stats.ok}, shed {stats.shed}, "
-        f"errors {stats.errors}), {stats.requests / elapsed:.0f} req/s"
+        f"errors {stats.errors}{f' [{kinds}]' if kinds else ''}), "
+        f"{stats.requests / elapsed:.0f} req/s"
     )
     print(
         f"  latency         p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
