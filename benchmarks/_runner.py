@@ -35,6 +35,7 @@ SUITES = (
     "sampling",
     "loop_lag",
     "publish",
+    "event_streams",
     "reaction",
     "survival",
     "adaptive",
