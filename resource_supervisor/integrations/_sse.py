@@ -8,11 +8,12 @@ stream; and :class:`SnapshotStream`, the response of one client. Does not cover:
 routes (:mod:`resource_supervisor.integrations.fastapi`) or the broadcast itself
 (:mod:`resource_supervisor._streams`).
 
-Why: encoding a snapshot as JSON costs about as much as everything else a stream
-does per event, and without a cap every client costs a task pair, a subscription and
-a connection's buffers for as long as it stays; 10,000 clients took a whole core and
-280 MiB. With the cap, a client over it costs one short response; under it, an event
-costs one bytes concatenation and one ``send`` per client.
+Why: encoding a snapshot as JSON costs more than everything else a stream does per
+event (256 streams: 0.36x the loop time once shared, ``benchmarks/event_streams.py``),
+and without a cap every client costs a task pair, a subscription and a connection's
+buffers for as long as it stays: 2,000 clients grew a uvicorn by 61 MiB and held
+``/health/resources`` for 6 s. With the cap, a client over it costs one short response;
+under it, an event costs one bytes concatenation and one ``send`` per client.
 
 Shutdown: uvicorn never tells a response that the server is stopping; after
 ``timeout_graceful_shutdown`` it cancels the request tasks, and a response that let
