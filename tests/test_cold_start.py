@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from typing import Literal
@@ -9,7 +10,6 @@ from typing import Literal
 import anyio
 import pytest
 
-import resource_supervisor
 from resource_supervisor._config import ConcurrencySettings, SupervisorSettings
 from resource_supervisor._supervisor import Supervisor
 from resource_supervisor.broker._processes import ProcessLane
@@ -58,16 +58,18 @@ def test_importing_the_package_root_loads_no_submodule() -> None:
     assert lines == ["[]", "True"]
 
 
-def test_every_public_name_resolves_lazily_and_star_import_works() -> None:
+@pytest.mark.parametrize("package", ["resource_supervisor", "resource_supervisor.broker"])
+def test_every_public_name_resolves_lazily_and_star_import_works(package: str) -> None:
     """Each name in ``__all__`` resolves, ``dir()`` lists it, ``import *`` binds it, and an
-    unknown name is an AttributeError."""
+    unknown name is an AttributeError (for the root and the broker package)."""
+    module = importlib.import_module(package)
     namespace: dict[str, object] = {}
-    exec("from resource_supervisor import *", namespace)  # the star import itself
-    for name in resource_supervisor.__all__:
-        assert namespace[name] is getattr(resource_supervisor, name)
-        assert name in dir(resource_supervisor)
+    exec(f"from {package} import *", namespace)  # the star import itself
+    for name in module.__all__:
+        assert namespace[name] is getattr(module, name)
+        assert name in dir(module)
     with pytest.raises(AttributeError, match="no_such_name"):
-        resource_supervisor.no_such_name  # type: ignore[attr-defined]  # noqa: B018 - mypy rejects it too
+        getattr(module, "no_such_name")  # noqa: B009 - a name that does not exist
 
 
 def test_worker_entry_imports_nothing_heavy() -> None:

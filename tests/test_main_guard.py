@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from typing import TYPE_CHECKING
 
 import pytest
 
 from resource_supervisor._main_guard import (
+    EXIT_STATUS,
     MESSAGE,
     UnguardedMainError,
     check_marker,
+    clear_marker,
     refuse_in_worker_bootstrap,
 )
 
@@ -111,3 +115,26 @@ def test_unguarded_main_error_pickles_and_names_the_fix() -> None:
     assert str(copy) == str(error)
     assert "'/srv/app.py'" in str(error)
     assert 'if __name__ == "__main__":' in str(error)
+
+
+def test_a_bootstrapping_worker_exits_and_only_the_first_one_speaks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    With the flag multiprocessing sets while a child imports the main module, starting a
+    supervisor exits with status 78; the first refusal prints the fix and leaves the
+    marker, the next one is quiet; the service sees the marker until it clears it.
+    """
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    for _ in range(2):
+        with pytest.raises(SystemExit) as info:
+            refuse_in_worker_bootstrap()
+        assert info.value.code == EXIT_STATUS
+    assert capsys.readouterr().err.count(FIRST_LINE) == 1
+    monkeypatch.delattr(multiprocessing.current_process(), "_inheriting")
+    with pytest.raises(UnguardedMainError, match="guard"):
+        check_marker()
+    clear_marker()
+    check_marker()
+    assert list(tmp_path.iterdir()) == []
