@@ -14,7 +14,8 @@ cleanup drops the oldest entry, aggressive cleanup drops everything); in
 library. ``SETTINGS_JSON`` replaces the supervised mode's settings (``{}`` means the
 defaults). With ``STEP_PAUSE_SECONDS`` the ramp is paced: step *k* is allocated
 *k* pauses after the first, however long touching the pages takes, so the rate is
-``STEP_BYTES / STEP_PAUSE_SECONDS`` as long as the machine keeps up; without it each
+``STEP_BYTES / STEP_PAUSE_SECONDS`` as long as the machine keeps up (behind schedule
+it catches up at most at twice that, with at least half a pause between steps); without it each
 step is followed by a fixed 40 ms pause. Every step prints one JSON line (with
 ``elapsed_seconds`` since the first step); the last line has ``"done": true``.
 
@@ -131,7 +132,10 @@ async def ramp(
             if pause is None:
                 await anyio.sleep(STEP_PAUSE_SECONDS)
             else:
-                await anyio.sleep_until(started + step * pause)
+                # Behind schedule, catch up at most at twice the pace: never two
+                # steps within one loop iteration, which no service does.
+                now = anyio.current_time()
+                await anyio.sleep_until(max(started + step * pause, now + pause / 2))
 
     if mode == "unsupervised":
         await grow(None)
