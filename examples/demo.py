@@ -22,7 +22,9 @@ one CRITICAL episode with load shedding and its recovery, and a plot of the run.
    writes a PNG plot of the run (``--plot``): memory against the limit, the level,
    requests per second (answered and shed) and the cleanups.
 
-Run: ``python examples/demo.py [--duration 20] [--concurrency 16] [--interval 0.5]``.
+Run: ``python examples/demo.py [--duration 20] [--concurrency 16] [--interval 0.5]``;
+``--workers 2`` serves the same app as a multi-worker server instead (see
+``examples/_demo_workers.py``).
 """
 
 from __future__ import annotations
@@ -516,7 +518,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="PNG of the run (default: %(default)s)",
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes (>1: uvicorn --workers)"
+    )
     args = parser.parse_args(argv)
+    if args.workers > 1:
+        from _demo_workers import run_workers
+
+        return run_workers(args.workers, args.duration, args.concurrency)
     # The demo prints the supervisor's events itself; keep only errors from its logger.
     logging.basicConfig(level=logging.ERROR, format="  [%(name)s] %(message)s")
     try:

@@ -31,7 +31,7 @@ HOLDER = textwrap.dedent(
     budget = CpuBudget(Path(sys.argv[1]), int(sys.argv[2]))
     print(budget.hold(int(sys.argv[3])), flush=True)
     for line in sys.stdin:
-        print(budget.hold(int(line)), budget.contended(), flush=True)
+        print(budget.hold(int(line)), budget.surplus(), flush=True)
     """
 )
 
@@ -54,12 +54,12 @@ class Holder:
         assert line, "the holder died"
         return line
 
-    def hold(self, wanted: int) -> tuple[int, bool]:
+    def hold(self, wanted: int) -> tuple[int, int]:
         assert self.process.stdin is not None
         self.process.stdin.write(f"{wanted}\n")
         self.process.stdin.flush()
-        held, contended = self._line().split()
-        return int(held), contended == "True"
+        held, surplus = self._line().split()
+        return int(held), int(surplus)
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -72,22 +72,25 @@ class Holder:
 def test_tokens_are_shared_by_demand_and_freed_by_a_kill(tmp_path: Path) -> None:
     """
     Two processes never hold more than the tokens together; one that finds none
-    marks its want, which the holder sees (contended) and answers by giving some
-    back; a SIGKILLed holder's tokens are free at once.
+    marks its want, which the holder sees as a surplus over its fair share (half of
+    four) and answers by giving that back; at a fair share nobody gives more; a
+    SIGKILLed holder's tokens are free at once.
     """
     directory = PeerDirectory(tmp_path)
     directory.open()
-    budget = CpuBudget(tmp_path, 2)
-    holder = Holder(tmp_path, 2, 2)
+    budget = CpuBudget(tmp_path, 4)
+    holder = Holder(tmp_path, 4, 4)
     try:
-        assert holder.held == 2
-        assert budget.hold(1) == 0  # none free: this process now wants one
-        assert holder.hold(2) == (2, True)  # the holder sees the demand
-        assert holder.hold(1) == (1, True)  # ... and gives one back
-        assert budget.hold(1) == 1
-        assert holder.hold(2) == (1, False)  # nothing free; nobody waits any more
+        assert holder.held == 4
+        assert holder.hold(4) == (4, 0)  # nobody waits: no surplus
+        assert budget.hold(3) == 0  # none free: this process now wants some
+        assert holder.hold(4) == (4, 2)  # the holder sees the demand: 2 over its share
+        assert holder.hold(2) == (2, 0)  # ... gives them back
+        assert budget.hold(3) == 2  # takes them, still wants a third
+        assert holder.hold(2) == (2, 0)  # at its fair share: nothing more to give
+        assert budget.surplus() == 0  # neither has more than its share
         holder.kill()
-        assert budget.hold(2) == 2  # the kernel released the dead holder's lock
+        assert budget.hold(4) == 4  # the kernel released the dead holder's lock
     finally:
         holder.kill()
         budget.close()

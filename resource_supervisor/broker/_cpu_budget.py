@@ -6,9 +6,10 @@ container's shared directory, see :mod:`.._peers`); a process holds one exclusiv
 ``flock`` per lane worker it runs, so the lane workers of all processes together
 never exceed the tokens. The kernel releases a dead process's locks, so a token is
 never stale. A process that wants a token and finds none leaves a ``want-<pid>``
-mark; a process holding idle workers sees it and retires them, so the budget is
-shared by demand. Also :func:`tokens_wanted`, the pure rule of how many tokens a
-lane holds.
+mark; a process holding more than its fair share (the tokens split evenly among
+the live processes) sees it and retires idle workers down to that share, so the
+budget is shared by demand without two processes trading workers back and
+forth. Also :func:`tokens_wanted`, the pure rule of how many tokens a lane holds.
 
 Does not cover: when the lane starts or retires workers (:mod:`._sizing`,
 :mod:`._processes`).
@@ -101,21 +102,33 @@ class CpuBudget:
                 self._want.unlink()
         self._wanting = wanting
 
-    def contended(self) -> bool:
-        """Whether another live process waits for a token (dead ones' marks are removed)."""
+    def surplus(self) -> int:
+        """
+        Tokens this process should give back now: while another live process waits for
+        one, what it holds beyond its fair share (the tokens split evenly among the
+        live members, at least one each); 0 while nobody waits. Marks of dead
+        processes are removed.
+        """
         try:
             names = os.listdir(self.directory)
         except OSError:
-            return False
+            return 0
+        waiting = False
+        members = 0
         for name in names:
-            if not name.startswith("want-") or name == self._want.name:
-                continue
-            pid = name[len("want-") :]
-            if pid.isdigit() and lock_held(self.directory / f"{pid}.lock"):
-                return True
-            with contextlib.suppress(OSError):
-                os.unlink(self.directory / name)
-        return False
+            if name.endswith(".lock") and name[: -len(".lock")].isdigit():
+                members += lock_held(self.directory / name)
+            elif name.startswith("want-") and name != self._want.name:
+                pid = name[len("want-") :]
+                if pid.isdigit() and lock_held(self.directory / f"{pid}.lock"):
+                    waiting = True
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.directory / name)
+        if not waiting:
+            return 0
+        fair = max(1, self.tokens // max(1, members))
+        return max(0, len(self._held) - fair)
 
     def close(self) -> None:
         """Give back every token and the want mark. Idempotent."""

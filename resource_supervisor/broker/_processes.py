@@ -821,9 +821,10 @@ class ProcessLane(LaneKills):
         )
         token_room: int | None = None
         if self._budget is not None:  # the container's CPU budget (multi-process mode)
-            token_room, contended = self._hold_tokens(len(live), len(idle), starting)
-            if contended:  # another process waits for a token: give back the idle ones
-                decide = functools.partial(decide, idle_expired=len(idle))
+            token_room, surplus = self._hold_tokens(len(live), len(idle), starting)
+            if surplus:  # another process waits: give idle workers back, to a fair share
+                retire = min(len(idle), max(len(expired), surplus))
+                decide = functools.partial(decide, idle_expired=retire)
         decision = decide()
         if decision.start:  # read the memory headroom only when it matters
             worker_bytes = max((s.rss_bytes for s in live), default=0)
@@ -845,10 +846,11 @@ class ProcessLane(LaneKills):
         for slot in idle[: decision.retire_idle]:
             self._retire(slot)
 
-    def _hold_tokens(self, live: int, idle: int, starting: int) -> tuple[int, bool]:
+    def _hold_tokens(self, live: int, idle: int, starting: int) -> tuple[int, int]:
         """
-        Hold the CPU tokens this lane wants; return (more workers allowed, contended).
-        A worker still retiring keeps its token until its process is gone.
+        Hold the CPU tokens this lane wants; return (more workers allowed, tokens to
+        give back to waiting processes). A retiring worker keeps its token until its
+        process is gone.
         """
         assert self._budget is not None
         retiring = sum(1 for s in self._slots if s.state is SlotState.RETIRING)
@@ -862,7 +864,7 @@ class ProcessLane(LaneKills):
                 max_workers=self._max_workers,
             )
         )
-        return max(0, held - live - retiring), bool(idle) and self._budget.contended()
+        return max(0, held - live - retiring), self._budget.surplus() if idle else 0
 
     def _next_deadline(self) -> float:
         """Seconds until the sizing may change by itself (an idle timeout or settling)."""
