@@ -394,7 +394,8 @@ class AdmissionLimiter:
             adjustment: From :func:`._pressure.pressure_adjustment`.
         """
         self._adjustment = adjustment
-        self._state = tightened(self._state, adjustment.factor, self._params)
+        if adjustment.factor < 1.0:  # the common case (no pressure) costs nothing
+            self._state = tightened(self._state, adjustment.factor, self._params)
         if adjustment.hold:
             self._cap = self._state.resume_limit if self._state.probing else self._state.limit
         else:
@@ -451,17 +452,17 @@ class AdmissionLimiter:
         Returns:
             Metric name to value; latencies are NaN until measured.
         """
-        stats = self.statistics()
+        state = self._state
         data: dict[str, MetricValue] = {
-            "admission_limit": stats.limit,
-            "admission_in_flight": stats.in_flight,
-            "admission_queued": stats.queued,
-            "admission_queue_limit": stats.queue_limit,
-            "admission_admitted_total": stats.admitted_total,
-            "admission_rejected_total": stats.rejected_total,
-            "admission_latency_short_seconds": stats.latency_short_seconds,
-            "admission_latency_long_seconds": stats.latency_long_seconds,
-            "admission_latency_min_seconds": stats.latency_min_seconds,
+            "admission_limit": state.admit,
+            "admission_in_flight": self._in_flight,
+            "admission_queued": len(self._waiters),
+            "admission_queue_limit": self._queue_limit,
+            "admission_admitted_total": self._admitted,
+            "admission_rejected_total": self._rejected,
+            "admission_latency_short_seconds": state.short,
+            "admission_latency_long_seconds": state.long,
+            "admission_latency_min_seconds": state.minimum,
         }
         if self._cpu_stat is not None and self._last_cpu_stat is not None:
             data["cgroup_cpu_throttled_ratio"] = (
