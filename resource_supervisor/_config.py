@@ -398,6 +398,10 @@ class SupervisorSettings(BaseSettings):
     """Seconds each cleanup handler may run before it is cancelled and reported as timeout."""
     provider_timeout: Timeout = 1.0
     """Seconds a metrics provider may take before it is skipped for that sample."""
+    shutdown_timeout: Timeout = 10.0
+    """Seconds the supervisor's exit waits for thread-lane calls still running and
+    for session ``on_close`` callbacks before it abandons them (threads run on as
+    daemons, so the interpreter can still exit)."""
     psi_warning_some_avg10: Percent | None = None
     """Optional: memory PSI ``some avg10`` that enters WARNING (None = off)."""
     psi_critical_full_avg10: Percent | None = None

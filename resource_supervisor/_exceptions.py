@@ -233,17 +233,23 @@ class AdmissionRejectedError(OverloadedError):
 
 class CallTimeoutError(ExecutorError, TimeoutError):
     """
-    Raised when a call passed ``timeout=`` did not finish in time; its worker was
-    killed and replaced.
+    Raised when a call passed ``timeout=`` did not finish in time: a process call's
+    worker was killed and replaced; a thread call's thread was abandoned (it runs on,
+    counted in ``thread_lane_abandoned``).
+
+    .. versionchanged:: 0.2 ``outcome`` says what became of the call.
     """
 
-    def __init__(self, function: str, timeout: float) -> None:
-        super().__init__(function, timeout)
+    def __init__(
+        self, function: str, timeout: float, outcome: str = "its worker was replaced"
+    ) -> None:
+        super().__init__(function, timeout, outcome)
         self.function = function
         self.timeout = timeout
+        self.outcome = outcome
 
     def __str__(self) -> str:
-        return f"{self.function} did not finish within {self.timeout:g} s; its worker was replaced"
+        return f"{self.function} did not finish within {self.timeout:g} s; {self.outcome}"
 
 
 class UnpicklableError(ExecutorError, TypeError):

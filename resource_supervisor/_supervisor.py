@@ -169,7 +169,10 @@ class Supervisor:
             measure_used_bytes=lambda: self._source.read_memory()[0],
         )
         self._sessions = SessionRegistry(
-            ttl=s.session_ttl, aggressive_ttl=s.session_ttl_aggressive, clock=clock
+            ttl=s.session_ttl,
+            aggressive_ttl=s.session_ttl_aggressive,
+            clock=clock,
+            close_timeout=s.shutdown_timeout,  # callbacks run concurrently: bounds exit
         )
         self._memory = MemoryAdvisor(lambda: self.metrics)
         self._executors: Executors | None = None
@@ -254,6 +257,7 @@ class Supervisor:
             cpu_workers=cpu_workers,
             io_workers=io_workers,
             cpu_budget=self._container.cpu_budget,
+            shutdown_timeout=s.shutdown_timeout,
         )
         await stack.enter_async_context(self._executors)
         self._thread_limiter.apply()

@@ -32,21 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
+import contextlib
 import functools
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import anyio
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
 from ._config import load_settings
-from ._exceptions import NoSupervisorError
+from ._exceptions import NoSupervisorError, SupervisorClosedError
 from ._supervisor import Supervisor
 
 if TYPE_CHECKING:
-    import concurrent.futures
     import os
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
     from contextlib import AbstractContextManager
@@ -69,21 +70,38 @@ class _Driver:
     def __init__(self, supervisor: Supervisor, portal: BlockingPortal | None) -> None:
         self.supervisor = supervisor
         self._portal = portal
+        self.closed = False  # set once the owned loop is shutting down
+
+    def _through_portal(
+        self, portal: BlockingPortal, func: Callable[..., Any], *args: object
+    ) -> Any:
+        if self.closed:
+            raise SupervisorClosedError("facade")
+        try:
+            return portal.call(func, *args)
+        except (RuntimeError, concurrent.futures.CancelledError) as exc:
+            # The portal stopped (or cancelled this call) because the facade shut
+            # down, e.g. at interpreter exit with work in flight.
+            if self.closed:
+                raise SupervisorClosedError("facade") from exc
+            raise
 
     def call(self, func: Callable[..., Awaitable[T]], *args: object) -> T:
         if self._portal is not None:
-            return self._portal.call(func, *args)
+            return cast("T", self._through_portal(self._portal, func, *args))
         return anyio.from_thread.run(_call, func, *args)
 
     def call_sync(self, func: Callable[..., T], *args: object) -> T:
         if self._portal is not None:
-            return self._portal.call(func, *args)
+            return cast("T", self._through_portal(self._portal, func, *args))
         return anyio.from_thread.run_sync(func, *args)
 
     def start(
         self, func: Callable[..., Awaitable[T]], *args: object
     ) -> concurrent.futures.Future[T]:
         if self._portal is not None:
+            if self.closed:
+                raise SupervisorClosedError("facade")
             return self._portal.start_task_soon(func, *args)
         # a worker thread of an asyncio supervisor: schedule on its loop directly
         loop = anyio.from_thread.run_sync(asyncio.get_running_loop)
@@ -129,7 +147,10 @@ class _OwnedLoop:
             ready.put(exc)
 
     def _stop_loop(self) -> None:
-        self.portal.call(self.portal.stop)
+        # cancel_remaining: calls still in flight (a map fed from another thread)
+        # must not hold the loop open; their callers get SupervisorClosedError.
+        with contextlib.suppress(RuntimeError):  # the portal already stopped
+            self.portal.call(functools.partial(self.portal.stop, cancel_remaining=True))
         self._thread.join(timeout=30)
 
     def close(self) -> None:
@@ -352,6 +373,7 @@ class ResourceManager:
                 owned = _OwnedLoop(chosen)
                 cls._instance = cls._bind(_Driver(owned.supervisor, owned.portal), owned)
                 atexit.register(cls._instance.shutdown)
+                _at_threading_shutdown(cls._instance.shutdown)
             return cls._instance
 
     @classmethod
@@ -415,11 +437,27 @@ class ResourceManager:
         owned, self._owned = self._owned, None
         if owned is None:
             return
+        self._driver.closed = True
         with ResourceManager._lock:
             if ResourceManager._instance is self:
                 ResourceManager._instance = None
         atexit.unregister(self.shutdown)
         owned.close()
+
+
+def _at_threading_shutdown(callback: Callable[[], None]) -> None:
+    """
+    Run *callback* when the interpreter starts shutting down, before it joins the
+    non-daemon threads: a thread that keeps using the facade (feeding a map, say)
+    then gets SupervisorClosedError and ends, instead of keeping the process alive
+    while atexit (which runs after those joins) waits forever. The standard
+    library's thread pools use the same hook.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - other interpreters: atexit only
+        return
+    with contextlib.suppress(RuntimeError):  # shutdown already under way
+        register(callback)
 
 
 def _active_sessions(supervisor: Supervisor) -> int:

@@ -21,9 +21,12 @@ import collections
 import functools
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import psutil
@@ -165,3 +168,57 @@ def test_leaving_while_the_sampler_runs_logs_no_error(caplog: pytest.LogCaptureF
         anyio.run(main)
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert errors == []
+
+
+# -- the interpreter exits, whatever is left hanging --------------------------------------
+
+
+def _run_script(module: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module`` from the checkout; a hang fails at the 60 s timeout."""
+    return subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, **(env or {})),
+        check=False,
+    )
+
+
+def test_interpreter_exits_with_hung_thread_calls_providers_and_handlers() -> None:
+    """
+    A real interpreter exits after anyio.run returns although a thread call timed out
+    (CallTimeoutError, its thread abandoned and counted), another was abandoned on
+    cancel, a sync provider and a sync cleanup handler hang in their threads: every
+    such thread is a daemon, and the supervisor's exit is bounded by shutdown_timeout.
+    """
+    proc = _run_script("tests._hung_thread_service")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "timeout hang did not finish within 0.2 s; its thread was abandoned"
+    assert lines[1] == "abandoned 1 1"
+    assert lines[2] == "cleanup memory=ok sessions=ok stuck=timeout"
+    assert lines[-1] == "exited"
+
+
+def test_facade_script_exits_with_a_thread_feeding_a_map_and_work_in_flight() -> None:
+    """
+    A facade script whose non-daemon thread keeps feeding map_tasks_in_process_pool,
+    with a thread call that never returns and one queued behind it, exits by itself
+    at interpreter shutdown: the queued call and the feeder get SupervisorClosedError.
+    """
+    proc = _run_script(
+        "tests._facade_feeder",
+        {
+            "RESOURCE_SUPERVISOR_CONCURRENCY__DEFAULT_IO_WORKERS": "1",
+            "RESOURCE_SUPERVISOR_CONCURRENCY__DEFAULT_CPU_WORKERS": "1",
+            "RESOURCE_SUPERVISOR_SHUTDOWN_TIMEOUT": "1",
+            "RESOURCE_SUPERVISOR_MONITORING_ENABLED": "false",
+        },
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "main done" in lines
+    assert "queued SupervisorClosedError" in lines
+    assert "feeder closed" in lines

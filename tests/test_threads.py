@@ -296,6 +296,8 @@ async def test_statistics_and_metrics_report_state() -> None:
                 "thread_lane_threads": 2,
                 "thread_lane_completed_total": 0,
                 "thread_lane_failed_total": 0,
+                "thread_lane_abandoned": 0,
+                "thread_lane_abandoned_total": 0,
             }
             gate.set()
         with pytest.raises(ZeroDivisionError):
@@ -381,16 +383,27 @@ async def test_no_lane_thread_outlives_aclose() -> None:
 
 
 async def test_aclose_gives_up_on_call_after_close_timeout() -> None:
-    """A call still running after close_timeout is abandoned; its thread exits when it ends."""
+    """
+    A call still running after close_timeout is abandoned: its caller gets
+    SupervisorClosedError instead of waiting for ever, and its thread exits when it ends.
+    """
     gate = threading.Event()
     started = threading.Event()
+    outcome: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await lane.run(gate_call, gate, started)
+        except SupervisorClosedError as exc:
+            outcome.append(exc)
+
     async with ThreadLane(1, close_timeout=0.05) as lane, anyio.create_task_group() as tg:
-        tg.start_soon(functools.partial(lane.run, gate_call, gate, started, abandon_on_cancel=True))
+        tg.start_soon(caller)
         await wait_until(started.is_set)
         with anyio.fail_after(GUARD):
             await lane.aclose()
         assert lane.statistics().busy == 1
-        tg.cancel_scope.cancel()
+    assert len(outcome) == 1
     gate.set()
     await wait_until(lambda: lane.statistics().threads == 0)
     assert lane_thread_names() == []
@@ -404,3 +417,74 @@ def test_invalid_arguments_rejected(kwargs: dict[str, int]) -> None:
     """A capacity below 1 or a non-positive timeout raises ValueError."""
     with pytest.raises(ValueError, match="must be"):
         ThreadLane(**kwargs)
+
+
+# -- timeouts and abandoned threads ------------------------------------------------------
+
+
+async def test_timeout_abandons_a_running_call_and_counts_it() -> None:
+    """
+    A running call past its timeout raises CallTimeoutError in the caller; its thread
+    runs on, counted as abandoned until it returns, and the lane keeps serving.
+    """
+    from resource_supervisor._exceptions import CallTimeoutError
+
+    gate = threading.Event()
+    started = threading.Event()
+    async with ThreadLane(2) as lane:
+        with pytest.raises(CallTimeoutError, match="thread was abandoned") as info:
+            await lane.run(gate_call, gate, started, timeout=0.2)
+        assert info.value.timeout == 0.2
+        assert started.is_set()
+        stats = lane.statistics()
+        assert (stats.abandoned, stats.abandoned_total, stats.busy) == (1, 1, 1)
+        assert lane.metrics()["thread_lane_abandoned"] == 1
+        assert await lane.run(sum, (1, 2)) == 3  # the other thread still serves
+        gate.set()
+        await wait_until(lambda: lane.statistics().abandoned == 0)
+        assert lane.statistics().abandoned_total == 1
+
+
+async def test_timeout_of_a_queued_call_means_it_never_runs() -> None:
+    """A call still queued at its timeout is removed: CallTimeoutError, and it never runs."""
+    from resource_supervisor._exceptions import CallTimeoutError
+
+    gate = threading.Event()
+    started = threading.Event()
+    ran: list[int] = []
+    async with ThreadLane(1) as lane, anyio.create_task_group() as tg:
+        tg.start_soon(lane.run, gate_call, gate, started)
+        await anyio.to_thread.run_sync(started.wait)
+        with pytest.raises(CallTimeoutError, match="never started"):
+            await lane.run(ran.append, 1, timeout=0.1)
+        assert lane.statistics().abandoned_total == 0
+        gate.set()
+    assert ran == []
+
+
+async def test_abandon_on_cancel_is_counted_and_lane_threads_are_daemons() -> None:
+    """A call abandoned on cancel is counted; lane threads are daemons (exit never waits)."""
+    gate = threading.Event()
+    started = threading.Event()
+    async with ThreadLane(1) as lane:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                functools.partial(lane.run, gate_call, gate, started, abandon_on_cancel=True)
+            )
+            await anyio.to_thread.run_sync(started.wait)
+            lanes = [t for t in threading.enumerate() if t.name == THREAD_NAME]
+            assert lanes
+            assert all(t.daemon for t in lanes)
+            tg.cancel_scope.cancel()
+        assert lane.statistics().abandoned == 1
+        gate.set()
+        await wait_until(lambda: lane.statistics().abandoned == 0)
+
+
+@pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan")])
+async def test_invalid_timeout_is_refused(value: float) -> None:
+    """A timeout that is not a positive finite number is a ValueError, before queueing."""
+    async with ThreadLane(1) as lane:
+        with pytest.raises(ValueError, match="timeout"):
+            await lane.run(sum, (1,), timeout=value)
+        assert lane.statistics().threads == 0

@@ -122,6 +122,7 @@ class Executors:
         cpu_workers: int,
         io_workers: int,
         cpu_budget: CpuBudget | None = None,
+        shutdown_timeout: float = 10.0,
     ) -> None:
         """
         Prepare both lanes; nothing starts until ``async with``.
@@ -134,6 +135,8 @@ class Executors:
                 both are scaled down (:func:`split_worker_budget`).
             cpu_budget: The container's CPU tokens that the local process lane
                 shares with the other server processes (multi-process mode).
+            shutdown_timeout: Seconds closing waits for thread calls still running
+                before it abandons them (``shutdown_timeout`` of the settings).
 
         Raises:
             ValueError: If a worker count is below 1.
@@ -142,7 +145,7 @@ class Executors:
         self._cpu_workers, self._io_workers = split_worker_budget(
             cpu_workers, io_workers, settings.max_total_workers
         )
-        self._threads = ThreadLane(self._io_workers)
+        self._threads = ThreadLane(self._io_workers, close_timeout=shutdown_timeout)
         self._cpu_budget = cpu_budget
         self._backend: _Backend | None = None
         self._level = PressureLevel.NORMAL
@@ -269,6 +272,7 @@ class Executors:
         func: Callable[[*Ts], T],
         *args: *Ts,
         abandon_on_cancel: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-call deadline
     ) -> T:
         """
         Call ``func(*args)`` in the thread lane. Use functools.partial for keywords.
@@ -280,6 +284,10 @@ class Executors:
             func: A blocking callable; it must not touch the event loop.
             args: Positional arguments for *func*.
             abandon_on_cancel: What cancellation does once the thread runs.
+            timeout: Seconds the caller waits, queueing included (``None`` = no
+                limit). A running call cannot be interrupted: on expiry its thread is
+                abandoned (it runs on, holding its lane thread until *func* returns,
+                counted in ``thread_lane_abandoned``); a queued one never runs.
 
         Returns:
             Whatever ``func(*args)`` returns; its exceptions propagate unchanged.
@@ -287,6 +295,9 @@ class Executors:
         Raises:
             SupervisorClosedError: If the executors are not open, or close while the
                 call is queued.
+            CallTimeoutError: If *timeout* expired.
+
+        .. versionchanged:: 0.2 ``timeout``.
 
         Cancellation:
             Checked before the call is queued. A call cancelled while queued never
@@ -296,7 +307,9 @@ class Executors:
             on unobserved; its slot is freed only when *func* returns.
         """
         self._check_open()
-        return await self._threads.run(func, *args, abandon_on_cancel=abandon_on_cancel)
+        return await self._threads.run(
+            func, *args, abandon_on_cancel=abandon_on_cancel, timeout=timeout
+        )
 
     async def run_in_process(
         self,

@@ -8,22 +8,23 @@ resolves ``default_io_workers``; :func:`._executors.split_worker_budget` applies
 ``max_total_workers``), or the public facade (:mod:`._executors`).
 
 How it works. The lane keeps its own queue of calls. Its workers are long-lived
-loops, each hosted on an anyio worker thread
-(``anyio.to_thread.run_sync(loop, limiter=<the lane's limiter>)``) and each serving
-many calls from the queue. A worker is started lazily, up to the lane's capacity,
-only when a call is queued and no worker is free; a worker idle for
-``idle_timeout`` seconds exits, so an idle service holds no lane thread (the anyio
-thread it ran on returns to anyio's own idle pool, which retires it after 10 s).
+loops, each on a daemon thread the lane starts, and each serving many calls from
+the queue. A worker is started lazily, up to the lane's capacity, only when a call
+is queued and no worker is free; a worker idle for ``idle_timeout`` seconds exits,
+so an idle service holds no lane thread. Daemon threads, not anyio's worker
+threads: a call that never returns is abandoned (by its caller's ``timeout=`` or
+``abandon_on_cancel``, or at close after ``close_timeout``), and a non-daemon thread
+would keep the interpreter from exiting after the service stopped.
 Results go back to the event loop in batches: one ``loop.call_soon_threadsafe``
 per batch of completions, not per call. That is what makes the lane cheaper than
 one ``anyio.to_thread.run_sync`` per call.
 
-The lane's limiter is its own ``anyio.CapacityLimiter``, never anyio's default
-one: a busy application cannot starve the lane, nor the lane the application.
+The lane's capacity is its own, never anyio's default limiter: a busy application
+cannot starve the lane, nor the lane the application.
 
-The worker hosts run in a task group that the lane owns: use the lane as an async
-context manager (:class:`._executors.Executors` does). The lane needs an asyncio
-event loop; its callers must run on the loop it was entered on.
+Use the lane as an async context manager (:class:`._executors.Executors` does).
+The lane needs an asyncio event loop; its callers must run on the loop it was
+entered on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import math
 import queue
 import threading
 from typing import TYPE_CHECKING, Final, Self, TypeVar, TypeVarTuple, cast
@@ -40,7 +42,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._exceptions import SupervisorClosedError
+from .._exceptions import CallTimeoutError, SupervisorClosedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,6 +78,9 @@ class ThreadLaneStatistics:
         threads: Lane threads alive now (busy or idle).
         completed: Calls that returned, since the lane started.
         failed: Calls that raised, since the lane started.
+        abandoned: Calls still running whose caller left (``timeout=`` expired, or
+            cancelled with ``abandon_on_cancel=True``); each holds a lane thread.
+        abandoned_total: Calls ever abandoned, since the lane started.
     """
 
     capacity: int
@@ -84,12 +89,25 @@ class ThreadLaneStatistics:
     threads: int
     completed: int
     failed: int
+    abandoned: int = 0
+    abandoned_total: int = 0
 
 
 class _Call:
     """One queued call and, once it ran, its outcome."""
 
-    __slots__ = ("args", "context", "error", "finished", "func", "future", "state", "value")
+    __slots__ = (
+        "abandoned",
+        "args",
+        "closed_out",
+        "context",
+        "error",
+        "finished",
+        "func",
+        "future",
+        "state",
+        "value",
+    )
 
     def __init__(
         self,
@@ -103,6 +121,8 @@ class _Call:
         self.future = future
         self.state = _QUEUED
         self.finished = False  # outcome delivered on the event loop
+        self.abandoned = False  # its caller left while it ran (loop thread only)
+        self.closed_out = False  # still running when aclose() gave up on it
         self.value: object = None
         self.error: BaseException | None = None
 
@@ -151,16 +171,17 @@ class ThreadLane:
         self._idle = 0  # workers waiting for a call (counted from their start)
         self._closing = False
         self._done: list[_Call] = []  # finished calls not yet handed to the loop
+        self._waiting: set[_Call] = set()  # calls whose caller still waits for them
         self._flush_scheduled = False
         # Loop-thread-only state.
         self._completed = 0
         self._failed = 0
+        self._abandoned = 0
+        self._abandoned_total = 0
         self._state = "new"  # new -> open -> closed
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
         self._task_group: TaskGroup | None = None
         self._stopped: anyio.Event | None = None
-        self._host_scopes: set[anyio.CancelScope] = set()
 
     # -- lifecycle --------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -177,7 +198,6 @@ class ThreadLane:
         if self._state != "new":
             raise RuntimeError("a ThreadLane can be entered only once")
         self._loop = asyncio.get_running_loop()
-        self._limiter = anyio.CapacityLimiter(self._capacity)
         self._stopped = anyio.Event()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
@@ -214,8 +234,9 @@ class ThreadLane:
         later :meth:`run` calls raise the same. Running calls are waited for, up to
         ``close_timeout`` seconds, and their callers get their outcome as usual.
         Once they end, every lane thread has exited. A call still running after
-        ``close_timeout`` cannot be interrupted: its thread runs on unobserved and
-        exits as soon as the call returns.
+        ``close_timeout`` cannot be interrupted: its caller gets
+        ``SupervisorClosedError("thread lane")``, and its thread (a daemon) runs on
+        unobserved and exits as soon as the call returns, or with the interpreter.
 
         Cancellation:
             The wait for running calls is shielded: cancelling ``aclose`` does not
@@ -255,10 +276,15 @@ class ThreadLane:
             assert self._stopped is not None
             with anyio.move_on_after(self._close_timeout, shield=True):
                 await self._stopped.wait()
-        # Abandon the hosts of calls that outlived close_timeout. Never cancel the
-        # task group's own scope: it encloses the body of the owner's `async with`.
-        for scope in self._host_scopes:
-            scope.cancel()
+            # Give up on the calls still running: their callers get
+            # SupervisorClosedError instead of waiting for calls that may never end.
+            for call in list(self._waiting):
+                if not call.finished:
+                    call.closed_out = True
+                    self._deliver_closed_out(call)
+        # Calls that outlived close_timeout run on in their daemon threads,
+        # unobserved; such a thread exits when its call returns, or with the
+        # interpreter.
 
     # -- calls ------------------------------------------------------------------
     async def run(
@@ -266,6 +292,7 @@ class ThreadLane:
         func: Callable[[*Ts], T],
         *args: *Ts,
         abandon_on_cancel: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-call deadline, like run_in_process
     ) -> T:
         """
         Call ``func(*args)`` in a lane thread. Use functools.partial for keywords.
@@ -278,6 +305,11 @@ class ThreadLane:
             func: A blocking callable; it must not touch the event loop.
             args: Positional arguments for *func*.
             abandon_on_cancel: What cancellation does once the thread runs.
+            timeout: Seconds the caller waits, queueing included (``None`` = no
+                limit). On expiry a queued call is removed and never runs; a running
+                one cannot be interrupted, so its thread is abandoned: it runs on
+                unobserved, holding its lane thread until *func* returns, and is
+                counted in ``abandoned`` / ``abandoned_total``.
 
         Returns:
             Whatever ``func(*args)`` returns; its exceptions propagate unchanged
@@ -286,6 +318,8 @@ class ThreadLane:
         Raises:
             SupervisorClosedError: If the lane is not open, or closed while the call
                 was queued (``what == "thread lane"``).
+            CallTimeoutError: If *timeout* expired.
+            ValueError: If *timeout* is not a positive finite number.
 
         Cancellation:
             Checked before the call is queued. A call cancelled while queued is
@@ -297,6 +331,8 @@ class ThreadLane:
         """
         if self._state != "open":
             raise SupervisorClosedError("thread lane")
+        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         await anyio.lowlevel.checkpoint_if_cancelled()
         loop = self._loop
         assert loop is not None
@@ -308,35 +344,57 @@ class ThreadLane:
                 self._threads += 1
                 self._idle += 1
         self._queue.put(call)
-        if start:
-            assert self._task_group is not None
-            self._task_group.start_soon(self._host, name=THREAD_NAME)
+        self._waiting.add(call)
         try:
-            await call.future
-        except asyncio.CancelledError:
-            with self._lock:
-                queued = call.state == _QUEUED
-                if queued:
-                    call.state = _DROPPED
-                    self._queued -= 1
-            if not (queued or abandon_on_cancel):
-                await self._wait_finished(call)
-            raise
-        error = call.error
-        if error is not None:
-            call.error = None
-            try:
-                raise error
-            finally:
-                del error, call  # no frame <-> traceback cycle
-        return cast("T", call.value)
+            if start:
+                self._start_worker()
+            queued = False
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as deadline:
+                try:
+                    await call.future
+                except asyncio.CancelledError:
+                    with self._lock:
+                        queued = call.state == _QUEUED
+                        if queued:
+                            call.state = _DROPPED
+                            self._queued -= 1
+                    if not queued and not call.finished:
+                        if abandon_on_cancel or deadline.cancel_called:
+                            self._abandon(call)
+                        else:
+                            await self._wait_finished(call)
+                    raise
+            if deadline.cancelled_caught:
+                raise CallTimeoutError(
+                    getattr(func, "__qualname__", repr(func)),
+                    cast("float", timeout),
+                    "its thread was abandoned" if not queued else "it never started",
+                )
+            if call.closed_out:
+                raise SupervisorClosedError("thread lane")
+            error = call.error
+            if error is not None:
+                call.error = None
+                try:
+                    raise error
+                finally:
+                    del error  # no frame <-> traceback cycle
+            return cast("T", call.value)
+        finally:
+            self._waiting.discard(call)
+
+    def _abandon(self, call: _Call) -> None:
+        """Count *call* as abandoned until it returns (loop thread)."""
+        call.abandoned = True
+        self._abandoned += 1
+        self._abandoned_total += 1
 
     async def _wait_finished(self, call: _Call) -> None:
         """Wait, shielded, until *call*'s outcome reaches the loop."""
         loop = self._loop
         assert loop is not None
         with anyio.CancelScope(shield=True):
-            while not call.finished:
+            while not (call.finished or call.closed_out):
                 call.future = loop.create_future()
                 try:
                     await call.future
@@ -364,6 +422,8 @@ class ThreadLane:
             threads=threads,
             completed=self._completed,
             failed=self._failed,
+            abandoned=self._abandoned,
+            abandoned_total=self._abandoned_total,
         )
 
     def metrics(self) -> dict[str, MetricValue]:
@@ -372,8 +432,9 @@ class ThreadLane:
 
         Returns:
             ``thread_lane_busy``, ``thread_lane_capacity``, ``thread_lane_queued``,
-            ``thread_lane_threads``, ``thread_lane_completed_total`` and
-            ``thread_lane_failed_total``.
+            ``thread_lane_threads``, ``thread_lane_completed_total``,
+            ``thread_lane_failed_total``, ``thread_lane_abandoned`` and
+            ``thread_lane_abandoned_total``.
         """
         stats = self.statistics()
         return {
@@ -383,79 +444,64 @@ class ThreadLane:
             "thread_lane_threads": stats.threads,
             "thread_lane_completed_total": stats.completed,
             "thread_lane_failed_total": stats.failed,
+            "thread_lane_abandoned": stats.abandoned,
+            "thread_lane_abandoned_total": stats.abandoned_total,
         }
 
     # -- workers --------------------------------------------------------------------
-    async def _host(self) -> None:
-        """Host one worker loop on an anyio worker thread under the lane's limiter."""
-        ran = False
-
-        def serve() -> None:
-            nonlocal ran
-            ran = True
-            self._serve()
-
-        # A failure to start a thread propagates to the lane's task group, as a
-        # lane that cannot get a thread is broken.
+    def _start_worker(self) -> None:
+        """Start one worker on a new daemon thread (counted by the caller)."""
+        thread = threading.Thread(target=self._serve, name=THREAD_NAME, daemon=True)
         try:
-            with anyio.CancelScope() as scope:
-                self._host_scopes.add(scope)
-                # abandon_on_cancel: aclose() may give up on a call that never returns.
-                await anyio.to_thread.run_sync(serve, limiter=self._limiter, abandon_on_cancel=True)
-        finally:
-            self._host_scopes.discard(scope)
-            if not ran:
-                # Cancelled (or failed) before the thread started: undo its count.
-                with self._lock:
-                    self._threads -= 1
-                    self._idle -= 1
-                    stopped = self._closing and self._threads == 0
-                if stopped:
-                    self._set_stopped()
+            thread.start()
+        except BaseException:
+            # No thread (RuntimeError: can't start new thread): undo its count; the
+            # queued call waits for another worker, or fails at close.
+            with self._lock:
+                self._threads -= 1
+                self._idle -= 1
+                stopped = self._closing and self._threads == 0
+            if stopped:
+                self._set_stopped()
+            raise
 
     def _serve(self) -> None:
         """The worker loop: run queued calls until told to stop or idle too long."""
-        thread = threading.current_thread()
-        old_name = thread.name
-        thread.name = THREAD_NAME
         lock = self._lock
         get = self._queue.get
         timeout = self._idle_timeout
         stopped = False
-        try:
-            while True:
-                try:
-                    call = get(timeout=timeout)
-                except queue.Empty:
-                    with lock:
-                        if self._queued:
-                            continue  # a call arrived as the wait timed out
-                        stopped = self._retire()
-                    break
-                if call is None:
-                    with lock:
-                        stopped = self._retire()
-                    break
+        while True:
+            try:
+                call = get(timeout=timeout)
+            except queue.Empty:
                 with lock:
-                    if call.state != _QUEUED:
-                        continue  # cancelled while queued, or failed by aclose()
-                    call.state = _RUNNING
-                    self._queued -= 1
-                    self._idle -= 1
-                try:
-                    call.value = call.context.run(call.func, *call.args)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
-                    call.error = exc
+                    if self._queued:
+                        continue  # a call arrived as the wait timed out
+                    stopped = self._retire()
+                break
+            if call is None:
                 with lock:
-                    self._idle += 1
-                    self._done.append(call)
-                    flush = not self._flush_scheduled
-                    self._flush_scheduled = True
-                del call  # the loop owns it now
-                if flush:
-                    self._post(self._flush)
-        finally:
-            thread.name = old_name
+                    stopped = self._retire()
+                break
+            with lock:
+                if call.state != _QUEUED:
+                    continue  # cancelled while queued, or failed by aclose()
+                call.state = _RUNNING
+                self._queued -= 1
+                self._idle -= 1
+            try:
+                call.value = call.context.run(call.func, *call.args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                call.error = exc
+            with lock:
+                self._idle += 1
+                self._done.append(call)
+                flush = not self._flush_scheduled
+                self._flush_scheduled = True
+            del call  # the loop owns it now
+            if flush:
+                self._post(self._flush)
         if stopped:
             self._post(self._set_stopped)
 
@@ -488,11 +534,19 @@ class ThreadLane:
                 self._completed += 1
             else:
                 self._failed += 1
+            if call.abandoned:
+                self._abandoned -= 1
             self._deliver(call)
 
-    @staticmethod
-    def _deliver(call: _Call) -> None:
+    def _deliver(self, call: _Call) -> None:
         call.finished = True
+        self._waiting.discard(call)
+        future = call.future
+        if not future.done():
+            future.set_result(None)
+
+    @staticmethod
+    def _deliver_closed_out(call: _Call) -> None:
         future = call.future
         if not future.done():
             future.set_result(None)
