@@ -488,3 +488,18 @@ async def test_invalid_timeout_is_refused(value: float) -> None:
         with pytest.raises(ValueError, match="timeout"):
             await lane.run(sum, (1,), timeout=value)
         assert lane.statistics().threads == 0
+
+
+async def test_calls_can_use_anyio_from_thread() -> None:
+    """Code in a lane call can call back into the loop with anyio.from_thread."""
+    import anyio.from_thread
+
+    async def on_the_loop() -> int:
+        await anyio.lowlevel.checkpoint()
+        return threading.get_ident()
+
+    loop_thread = threading.get_ident()
+    async with ThreadLane(1) as lane:
+        assert await lane.run(anyio.from_thread.run, on_the_loop) == loop_thread
+        assert await lane.run(anyio.from_thread.run_sync, threading.get_ident) == loop_thread
+        await lane.run(anyio.from_thread.check_cancelled)

@@ -45,7 +45,7 @@ import anyio.to_thread
 from .._exceptions import CallTimeoutError, SupervisorClosedError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -53,6 +53,33 @@ if TYPE_CHECKING:
     from .._snapshot import MetricValue
 
 __all__ = ("ThreadLane", "ThreadLaneStatistics")
+
+
+@contextlib.contextmanager
+def _anyio_worker(loop: asyncio.AbstractEventLoop | None) -> Iterator[None]:
+    """
+    Mark this thread as a worker thread of *loop* for anyio, as anyio's own worker
+    threads are, so that calls in the lane can use ``anyio.from_thread.run()`` and
+    ``run_sync()`` (and the sync facade finds the supervisor). anyio keeps that
+    marker in private thread-locals; without them the calls still run, only
+    ``from_thread`` does not.
+    """
+    try:
+        from anyio._core._eventloop import (
+            claim_worker_thread,
+            get_async_backend,
+            threadlocals,
+        )
+    except ImportError:  # pragma: no cover - another anyio layout
+        yield
+        return
+    with claim_worker_thread(get_async_backend("asyncio"), loop):
+        threadlocals.current_cancel_scope = None  # from_thread.check_cancelled(): never
+        try:
+            yield
+        finally:
+            del threadlocals.current_cancel_scope
+
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -467,6 +494,13 @@ class ThreadLane:
 
     def _serve(self) -> None:
         """The worker loop: run queued calls until told to stop or idle too long."""
+        with _anyio_worker(self._loop):
+            stopped = self._serve_calls()
+        if stopped:
+            self._post(self._set_stopped)
+
+    def _serve_calls(self) -> bool:
+        """Run calls until told to stop or idle; True if the last worker stopped at close."""
         lock = self._lock
         get = self._queue.get
         timeout = self._idle_timeout
@@ -502,8 +536,7 @@ class ThreadLane:
             del call  # the loop owns it now
             if flush:
                 self._post(self._flush)
-        if stopped:
-            self._post(self._set_stopped)
+        return stopped
 
     def _retire(self) -> bool:
         """Count this worker out (lock held); True if it was the last one at close."""
