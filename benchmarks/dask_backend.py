@@ -6,6 +6,10 @@ concurrent ``run_in_process`` calls (one Dask task each, so the per-task cost sh
 payload sizes with the event loop's maximum lag while submitting, and crash
 behaviour (time to error, time until capacity is back, executions counted) under the
 default policy and with ``dask.retries``.
+
+The owned cluster is private by default (TLS with credentials made for it); a second
+owned cluster with ``dask.tls: false`` (plain tcp) runs in every comparison beside it,
+so the break-even table shows what TLS costs, measured in the same rounds.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._harness import Case, Curve, SuiteContext, Target, sequential_case
+from ._harness import Case, Curve, SuiteContext, Target, median_ratio, sequential_case
 from ._work import noop, payload_len, record_and_crash, spin
 
 if TYPE_CHECKING:
@@ -27,9 +31,13 @@ if TYPE_CHECKING:
 
     from resource_supervisor.broker._executors import Executors
 
+    from ._harness import Comparison
+
 WORKERS = 2
+TIME_LIMITS = {"quick": 300.0, "full": 900.0}  # three owned clusters (TLS, tcp, subprocess)
 LOCAL = "local process lane"
-DASK = "Dask LocalCluster lane"
+DASK = "Dask LocalCluster lane (TLS, default)"
+DASK_TCP = "Dask LocalCluster lane, plain tcp"
 DASK_SUB = "Dask lane, scheduler in a subprocess"
 
 
@@ -44,6 +52,31 @@ class _LagProbe:
             before = time.perf_counter()
             await anyio.sleep(0.001)
             self.worst_ms = max(self.worst_ms, (time.perf_counter() - before - 0.001) * 1e3)
+
+
+def _tls_over_tcp(comparison: Comparison) -> float:
+    """Median over rounds of the TLS lane's figure divided by the plain-tcp lane's."""
+    return median_ratio(comparison.case(DASK).values, comparison.case(DASK_TCP).values)
+
+
+def _per_call_row(comparison: Comparison) -> list[str]:
+    tls, tcp = comparison.case(DASK).median, comparison.case(DASK_TCP).median
+    local = comparison.case(LOCAL).median
+    return [
+        "trivial call, sequential (per call)",
+        f"{tls / 1e3:.1f} ms vs {local:.0f} us",
+        f"{tcp / 1e3:.1f} ms vs {local:.0f} us",
+        f"{_tls_over_tcp(comparison):.2f}x",
+    ]
+
+
+def _breakeven_row(work: str, comparison: Comparison) -> list[str]:
+    return [
+        work,
+        f"{comparison.case(DASK).ratio_median:.2f}x",
+        f"{comparison.case(DASK_TCP).ratio_median:.2f}x",
+        f"{_tls_over_tcp(comparison):.2f}x",
+    ]
 
 
 def _noop_call(executors: Executors) -> Callable[[], Awaitable[None]]:
@@ -105,11 +138,17 @@ async def run(ctx: SuiteContext) -> None:
     from resource_supervisor._config import ConcurrencySettings, DaskSettings
     from resource_supervisor.broker._executors import Executors
 
-    def dask_settings(retries: int, *, subprocess: bool = False) -> ConcurrencySettings:
+    def dask_settings(
+        retries: int, *, subprocess: bool = False, tls: bool = True
+    ) -> ConcurrencySettings:
         return ConcurrencySettings(
             backend="dask",
             dask=DaskSettings(
-                n_workers=WORKERS, retries=retries, scheduler_in_subprocess=subprocess
+                n_workers=WORKERS,
+                retries=retries,
+                scheduler_in_subprocess=subprocess,
+                tls=tls,
+                connect_timeout=60.0,  # clusters start slowly on a busy machine
             ),
         )
 
@@ -124,12 +163,21 @@ async def run(ctx: SuiteContext) -> None:
         dask = await stack.enter_async_context(
             Executors(dask_settings(0), cpu_workers=WORKERS, io_workers=2)
         )
-        ctx.note(f"Owned LocalCluster start: {time.perf_counter() - started:.1f} s.")
-        lanes = {LOCAL: local, DASK: dask}
+        tls_start = time.perf_counter() - started
+        started = time.perf_counter()
+        dask_tcp = await stack.enter_async_context(
+            Executors(dask_settings(0, tls=False), cpu_workers=WORKERS, io_workers=2)
+        )
+        ctx.note(
+            f"Owned LocalCluster start: {tls_start:.1f} s with TLS (credentials made for it), "
+            f"{time.perf_counter() - started:.1f} s on plain tcp."
+        )
+        lanes = {LOCAL: local, DASK: dask, DASK_TCP: dask_tcp}
+        breakeven: list[tuple[str, Comparison]] = []
         for lane in lanes.values():
             await _batch(lane, 0.0, 4 * WORKERS)  # warm up every worker
 
-        await ctx.compare(
+        overhead = await ctx.compare(
             f"per-call overhead, trivial function, {calls} sequential calls",
             [sequential_case(k, _noop_call(e), calls) for k, e in lanes.items()],
             unit="us/call",
@@ -163,6 +211,7 @@ async def run(ctx: SuiteContext) -> None:
                 rounds=ctx.rounds if ms < 1000 else 2,
             )
             ratios.append(comparison.case(DASK).ratio_median)
+            breakeven.append((f"`map_in_processes`, {tasks} tasks of {ms} ms", comparison))
         ctx.curve(
             Curve(
                 "Dask / local map time",
@@ -182,12 +231,18 @@ async def run(ctx: SuiteContext) -> None:
 
             return Case(name, measure)
 
-        await ctx.compare(
+        batch = await ctx.compare(
             f"{calls_100} concurrent run_in_process calls of 100 ms on {WORKERS} workers "
             f"(one Dask task each; ideal {calls_100 * 100 / WORKERS:.0f} ms)",
             [batch_case(k, e) for k, e in lanes.items()],
             unit="ms (batch)",
             baseline=LOCAL,
+        )
+        breakeven.append((f"{calls_100} concurrent `run_in_process` calls of 100 ms", batch))
+        ctx.table(
+            "break-even: Dask against the local lane, with TLS (default) and on plain tcp",
+            ["work", "Dask TLS / local", "Dask tcp / local", "TLS / tcp"],
+            [_per_call_row(overhead), *(_breakeven_row(w, c) for w, c in breakeven)],
         )
 
         sizes = [1024, 1024**2, 16 * 1024**2] + ([64 * 1024**2] if not ctx.quick else [])
@@ -228,7 +283,7 @@ async def run(ctx: SuiteContext) -> None:
         )
 
         crash_rows: list[list[str]] = []
-        for name, lane in lanes.items():
+        for name, lane in [(LOCAL, local), (DASK, dask)]:
             to_error, back, executions, error = await _crash(lane)
             crash_rows.append(
                 [name, "default", error, f"{to_error:.0f}", f"{back:.0f}", str(executions)]
