@@ -20,22 +20,26 @@ from resource_supervisor._exceptions import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Installed as sitecustomize in the child: `distributed` (and its submodules) cannot
-# be imported there, exactly as if the [dask] extra were not installed.
+# Installed as sitecustomize in the child: the package named by BLOCKED_PACKAGE (and
+# its submodules) cannot be imported there, exactly as if it were not installed.
 _BLOCKER = """
+import os
 import sys
 
-class _NoDistributed:
+BLOCKED = os.environ["BLOCKED_PACKAGE"]
+
+class _Blocked:
     def find_spec(self, name, path=None, target=None):
-        if name == "distributed" or name.startswith("distributed."):
+        if name == BLOCKED or name.startswith(BLOCKED + "."):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
-sys.meta_path.insert(0, _NoDistributed())
+sys.meta_path.insert(0, _Blocked())
 """
 
 _CHILD = """
 import asyncio
+import os
 
 from resource_supervisor import Supervisor
 from resource_supervisor._config import build_settings
@@ -43,9 +47,9 @@ from resource_supervisor._config import build_settings
 
 async def main() -> None:
     try:
-        import distributed  # noqa: F401
+        __import__(os.environ["BLOCKED_PACKAGE"])
     except ImportError:
-        print("distributed blocked")
+        print("blocked")
     settings = build_settings(monitoring_enabled=False, concurrency={"backend": "dask"})
     try:
         async with Supervisor(settings):
@@ -58,16 +62,30 @@ asyncio.run(main())
 """
 
 
-def test_missing_extra_raises_plain_import_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("package", "message"),
+    [
+        ("distributed", "concurrency.backend 'dask' needs the 'dask' extra"),
+        ("cryptography", "a private Dask cluster needs the 'cryptography' package"),
+    ],
+)
+def test_missing_extra_raises_plain_import_error(
+    tmp_path: Path, package: str, message: str
+) -> None:
     """
-    Without `distributed` importable, entering a supervisor with backend dask raises
-    a plain ImportError naming the extra, which `except ImportError` catches.
+    Without `distributed`, or without `cryptography` (which makes the owned cluster's
+    credentials), entering a supervisor with backend dask raises a plain ImportError
+    naming the extra, which `except ImportError` catches; nothing is started.
     """
     (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(_BLOCKER), encoding="utf-8")
     result = subprocess.run(
         [sys.executable, "-c", _CHILD],
         cwd=REPO,
-        env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"},
+        env={
+            "PYTHONPATH": f"{tmp_path}:{REPO}",
+            "PATH": "/usr/bin:/bin",
+            "BLOCKED_PACKAGE": package,
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -75,8 +93,9 @@ def test_missing_extra_raises_plain_import_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "distributed blocked"
-    assert lines[1].startswith("ImportError: concurrency.backend 'dask' needs the 'dask' extra")
+    assert lines[0] == "blocked"
+    assert lines[1].startswith(f"ImportError: {message}")
+    assert "'resource-supervisor[dask]'" in lines[1]
     assert "entered" not in lines
 
 
