@@ -46,7 +46,7 @@ def test_demo_shows_warning_a_critical_episode_with_shedding_and_recovery(
     assert "errors 0" in summary
     assert out.count(" mem ") >= 3  # the live stream printed snapshot lines
     assert "service on http://127.0.0.1:" in out
-    assert "level NORMAL -> WARNING" in out
+    assert "level NORMAL -> WARNING" in out, out
     assert "-> CRITICAL" in out
     assert "level CRITICAL -> NORMAL" in out  # the recovery
     assert "cleanup (automatic, aggressive)" in out

@@ -362,3 +362,19 @@ async def test_set_default_executor_only_in_its_loop_and_leaves_a_later_replacem
             assert (await loop.run_in_executor(None, thread_name)).startswith("theirs")
     finally:
         theirs.shutdown(wait=True)
+
+
+async def test_lane_figures_are_final_when_shutdown_returns() -> None:
+    """A call's future is settled in the lane's thread a moment before the lane counts
+    it on the loop: ``ashutdown`` (and leaving ``async with``) waits for both, so the
+    lane's completed count is exact as soon as it returns, round after round."""
+    async with make_executors(io=2) as executors:
+        total = 0
+        for _ in range(30):
+            async with executors.thread_executor() as executor:
+                futures = [executor.submit(operator.add, i, 1) for i in range(8)]
+                with anyio.fail_after(GUARD):
+                    for future in futures:
+                        await asyncio.wrap_future(future)
+            total += len(futures)
+            assert executors.metrics()["thread_lane_completed_total"] == total

@@ -148,6 +148,11 @@ class _Bridge:
         # here rather than holding it, so a settled call is referenced by nothing
         # (no future -> callback -> call -> future cycle keeps the callable alive).
         self._works: dict[concurrent.futures.Future[Any], _Work] = {}
+        # Tasks driving calls through the lane (the loop's thread only). A future is
+        # settled in the lane's thread a moment before the lane counts the call on
+        # the loop; shutting down waits for these too, so the lane's figures are
+        # final when ``ashutdown`` returns.
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._on_shutdown = on_shutdown
 
@@ -200,7 +205,10 @@ class _Bridge:
         """On the loop: create the task that drives *work*."""
         if work.future.done():  # cancelled before it was scheduled
             return
-        work.task = self._loop.create_task(self._drive(work), name="resource_supervisor.executor")
+        task = self._loop.create_task(self._drive(work), name="resource_supervisor.executor")
+        work.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drive(self, work: _Work) -> None:
         try:
@@ -248,6 +256,9 @@ class _Bridge:
         pending = [f for f in outstanding if not f.done()]  # cancelled ones are done
         if pending:
             await asyncio.wait([asyncio.wrap_future(f, loop=self._loop) for f in pending])
+        if self._tasks:
+            # Each ends right after the lane has counted its call.
+            await asyncio.wait(set(self._tasks))
 
     def _abort(self) -> list[asyncio.Task[None]]:
         """On the loop, at supervisor exit: refuse new calls; return the live tasks."""
