@@ -466,13 +466,15 @@ async def test_active_sessions_count_at_once_without_a_new_sample() -> None:
 # -- participants cannot take the service down -------------------------------------------
 
 
-def _read_counters(proc: subprocess.Popen[str], want: Callable[[list[int]], bool]) -> list[int]:
+def _read_counters(
+    proc: subprocess.Popen[str], want: Callable[[list[int]], bool], stderr: Path
+) -> list[int]:
     """Read the rogue service's lines until *want* holds for its counters (10 s guard)."""
     assert proc.stdout is not None
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        assert line, f"the service died: rc={proc.wait()}, stderr={proc.stderr.read()[-2000:]}"  # type: ignore[union-attr]
+        assert line, f"the service died: rc={proc.wait()}, stderr={stderr.read_text()[-2000:]}"
         fields = line.split()
         if fields and fields[0] == "alive":
             counters = [int(x) for x in fields[1:]]
@@ -481,7 +483,7 @@ def _read_counters(proc: subprocess.Popen[str], want: Callable[[list[int]], bool
     raise AssertionError("counters never reached the expected values")
 
 
-def test_participants_raising_base_exceptions_never_stop_the_service() -> None:
+def test_participants_raising_base_exceptions_never_stop_the_service(tmp_path: Path) -> None:
     """
     In a real service process, providers (sync and async) raising KeyboardInterrupt,
     SystemExit, GeneratorExit and CancelledError, a cleanup handler and a cache
@@ -489,31 +491,36 @@ def test_participants_raising_base_exceptions_never_stop_the_service() -> None:
     counted on every sample while the service keeps running; a real SIGINT then
     still stops it.
     """
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests._rogue_service"],
-        cwd=Path(__file__).resolve().parent.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The service logs every failure with its traceback (several KiB a second): into
+    # a file, since a pipe nobody reads would fill and block the service.
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests._rogue_service"],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
         # 8 providers fail per sample: keep reading until several samples went by
         # and every other participant failed at least twice (cleanup repeats)
-        first = _read_counters(proc, lambda c: c[0] >= 8 and c[1] >= 1)
-        later = _read_counters(proc, lambda c: c[0] >= first[0] + 40 and c[1] >= first[1] + 2)
+        first = _read_counters(proc, lambda c: c[0] >= 8 and c[1] >= 1, stderr)
+        later = _read_counters(
+            proc, lambda c: c[0] >= first[0] + 40 and c[1] >= first[1] + 2, stderr
+        )
         assert later[2] >= 1  # the session's on_close, once (the session is gone)
         assert later[3] >= 2  # the cache, on every cleanup
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) != 0
+        proc.communicate(timeout=15)  # drains stdout while it stops
+        assert proc.returncode != 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         assert proc.stdout is not None
-        assert proc.stderr is not None
         proc.stdout.close()
-        proc.stderr.close()
 
 
 async def test_every_builtin_key_lives_in_a_reserved_namespace() -> None:
