@@ -326,7 +326,10 @@ class Supervisor:
         with anyio.CancelScope(deadline=deadline):
             await self._sample_wanted.wait()
             self._sample_wanted = anyio.Event()  # before sampling: later ones wake again
-            await anyio.sleep_until(next_sample_at(self._last_sample_at, anyio.current_time()))
+            now = anyio.current_time()
+            earliest = next_sample_at(self._last_sample_at, now)
+            if earliest > now:  # rate-limited; otherwise sample in this same step
+                await anyio.sleep_until(earliest)
             self._notified_samples += 1
             return True
         return False

@@ -2,8 +2,9 @@
 Memory notifications against a real cgroup v1 memory controller: usage thresholds
 armed through ``cgroup.event_control`` in a child cgroup (created inside this
 process's own memory cgroup, removed afterwards), a supervisor with the default 30 s
-interval that reacts to a crossing within seconds, and a service that survives a
-fast ramp with the defaults which kills it without the supervisor.
+interval that reacts to a crossing within seconds, a real PSI trigger woken by
+memory stall made in a small child cgroup (its page cache thrashing), and a service
+that survives a fast ramp with the defaults which kills it without the supervisor.
 
 Needs root and a writable v1 memory controller; skipped with the reason otherwise.
 The cgroup helpers are those of ``tests/test_container_limit.py``.
@@ -12,6 +13,7 @@ The cgroup helpers are those of ``tests/test_container_limit.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -26,7 +28,7 @@ import pytest
 from resource_supervisor import Supervisor, SupervisorSettings
 from resource_supervisor._sampler import Sampler
 from resource_supervisor._sources._arming import threshold_bytes
-from resource_supervisor._sources._notify import MemoryNotifier
+from resource_supervisor._sources._notify import DEFAULT_PSI_TRIGGER, MemoryNotifier
 
 from ._leaks import open_fds
 from .test_container_limit import LIMIT_BYTES, memory_cgroup
@@ -216,6 +218,122 @@ async def test_defaults_start_cleanup_within_seconds_of_a_crossing(
         assert sup.metrics["memory_notified_samples_total"] >= 1
         assert sup.metrics["memory_notifications_total"] >= 1
     assert open_fds() <= before
+
+
+# -- a real PSI trigger that fires -------------------------------------------------
+
+THRASHER = Path(__file__).with_name("_page_cache_thrasher.py")
+THRASH_LIMIT_BYTES = 16 * MiB
+THRASH_FILE_BYTES = 64 * MiB
+THRASH_THREADS = 4
+STALL_BOUND_SECONDS = 15.0
+
+
+def _psi_some_total_us() -> int:
+    with open("/proc/pressure/memory", "rb") as file:
+        some = file.readline().split()
+    return int(some[-1].partition(b"=")[2])
+
+
+def _cold_file(path: Path, size: int) -> None:
+    """A file of *size* bytes on disk with none of it in the page cache."""
+    with path.open("wb") as file:
+        block = os.urandom(MiB)
+        for _ in range(size // MiB):
+            file.write(block)
+        file.flush()
+        os.fsync(file.fileno())
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _thrasher(
+    cgroup: MemoryCgroup, path: Path, stack: contextlib.ExitStack
+) -> subprocess.Popen[bytes]:
+    """The thrasher child in *cgroup*, waiting for its go; killed and reaped by *stack*."""
+    child = subprocess.Popen(
+        [sys.executable, str(THRASHER), str(path), str(THRASH_THREADS)],
+        stdin=subprocess.PIPE,
+        env=_child_env(),
+    )
+    stack.callback(child.communicate)
+    stack.callback(child.kill)
+    cgroup.add(child.pid)
+    return child
+
+
+async def test_real_psi_trigger_fires_on_memory_stall_and_a_sample_follows(
+    tmp_path: Path,
+) -> None:
+    """
+    A child in a 16 MiB cgroup re-reads a 64 MiB file from four threads, so the page
+    cache thrashes and the kernel counts memory stall. The supervisor (defaults: 30 s
+    interval; only the PSI trigger on /proc/pressure/memory armed, its sampler
+    pointed at a cgroup tree without this process) is woken by that trigger and
+    samples long before its next poll; no descriptor is left after exit.
+
+    Skipped where the cgroup cannot be made, PSI cannot be written, or the machine
+    produced too little stall within the bound to fire the trigger (the kernel's own
+    total says which); fails where the stall was enough and nothing woke.
+    """
+    from resource_supervisor.testing import CgroupUnavailableError
+    from resource_supervisor.testing import memory_cgroup as sandbox_cgroup
+
+    try:
+        os.close(os.open("/proc/pressure/memory", os.O_RDWR | os.O_NONBLOCK))
+    except OSError as exc:
+        pytest.skip(f"/proc/pressure/memory cannot be opened for writing: {exc}")
+    path = tmp_path / "thrash.bin"
+    no_cgroup = tmp_path / "no-cgroup"
+    no_cgroup.mkdir()
+    before = open_fds()
+    with contextlib.ExitStack() as stack:
+        stack.callback(path.unlink, missing_ok=True)  # 64 MiB: not kept with tmp_path
+        _cold_file(path, THRASH_FILE_BYTES)
+        try:
+            cgroup = stack.enter_context(sandbox_cgroup(THRASH_LIMIT_BYTES, prefix="rs-test-psi"))
+        except CgroupUnavailableError as exc:
+            pytest.skip(str(exc))
+        child = _thrasher(cgroup, path, stack)
+        sampler = Sampler(cgroup_root=str(no_cgroup))
+        async with (
+            Supervisor(SupervisorSettings(), source=sampler) as sup,
+            sup.subscribe(policy="latest") as snapshots,
+        ):
+            armed = sup.metrics
+            assert armed["memory_notify_psi_triggers_armed"] == 1, dict(armed)
+            assert armed["memory_notify_thresholds_armed"] == 0
+            assert armed["memory_notify_pressure_level_armed"] == 0
+            assert armed["memory_notify_events_watched"] == 0
+            assert armed["memory_notified_samples_total"] == 0
+            stall_before = _psi_some_total_us()
+            start = anyio.current_time()
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+            with anyio.move_on_after(STALL_BOUND_SECONDS):
+                async for snapshot in snapshots:
+                    if snapshot["memory_notified_samples_total"]:
+                        break
+            elapsed = anyio.current_time() - start
+            stall_us = _psi_some_total_us() - stall_before
+            after = sup.metrics
+    assert open_fds() <= before
+    if after["memory_notified_samples_total"] == 0:
+        # The trigger (default: 150 ms of stall in a 1 s window) must fire once the
+        # stall reaches its share in every one of the windows the wait spanned.
+        trigger = DEFAULT_PSI_TRIGGER
+        windows = elapsed / (trigger.window_us / 1e6) + 1
+        needed_us = windows * trigger.stall_us
+        assert stall_us < needed_us, (
+            f"{stall_us / 1e3:.0f} ms of memory stall in {elapsed:.1f} s and no PSI wake"
+        )
+        pytest.skip(
+            f"only {stall_us / 1e3:.0f} ms of memory stall in {elapsed:.1f} s here "
+            f"(the trigger needs {trigger.stall_us / 1e3:.0f} ms within one window)"
+        )
+    assert after["memory_notifications_total"] >= 1  # PSI alone is armed: its wakes
+    assert after["memory_notified_samples_total"] >= 1
+    assert elapsed < SupervisorSettings().monitoring_interval  # not the next poll
 
 
 # -- survival ------------------------------------------------------------------------
