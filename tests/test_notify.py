@@ -8,6 +8,7 @@ left behind. Real cgroup v1 thresholds are in ``tests/test_notify_cgroup.py``.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import math
 import os
@@ -450,6 +451,74 @@ async def test_psi_fallbacks(
     assert notifier.armed() == ()
     assert reason in caplog.text
     notifier.close()
+    assert open_fds() == before
+
+
+def _has_ptmx() -> bool:
+    return os.path.exists("/dev/ptmx")
+
+
+def _pty_masters(fds: set[int]) -> list[int]:
+    """Those of *fds* that are pseudo-terminal masters (opened through /dev/ptmx)."""
+    masters = []
+    for fd in fds:
+        try:
+            if "ptmx" in os.readlink(f"/proc/self/fd/{fd}"):
+                masters.append(fd)
+        except OSError:
+            continue  # closed meanwhile (e.g. the listing's own descriptor)
+    return masters
+
+
+def _hang_up_pty_master(fd: int) -> None:
+    """Open the other side of the pseudo-terminal master *fd* and close it again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptsname.restype = ctypes.c_char_p
+    assert libc.unlockpt(fd) == 0, os.strerror(ctypes.get_errno())
+    name = libc.ptsname(fd)
+    assert name is not None
+    os.close(os.open(name, os.O_RDWR | os.O_NOCTTY))
+
+
+async def test_psi_file_that_hangs_up_is_disarmed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    A trigger file that fails (EPOLLHUP or EPOLLERR, as a v2 cgroup's memory.pressure
+    does once the cgroup is removed) would read as ready forever: on its first wake it
+    is disarmed, its reader removed and its descriptors closed, without counting a
+    notification; polling carries on. A pseudo-terminal master stands in for the
+    file: it takes the trigger line, polls, and hangs up when its other side closes.
+    """
+    if not _has_ptmx():
+        pytest.skip("no /dev/ptmx to stand in for a failing PSI file")
+    caplog.set_level(logging.DEBUG, logger="resource_supervisor.notify")
+    notes = _Notes()
+    before = open_fds()
+    notifier = MemoryNotifier(
+        notes,
+        levels_percent=LEVELS,
+        proc_root=_psi_root(tmp_path, "/dev/ptmx"),
+        cgroup_root=str(tmp_path),
+    )
+    notifier.start()
+    try:
+        assert notifier.armed() == ("psi",)
+        (master,) = _pty_masters(open_fds())  # the trigger file: no other pty is open
+        await anyio.sleep(0.05)
+        assert notifier.armed() == ("psi",)  # idle: no wake, nothing disarmed
+        _hang_up_pty_master(master)
+        for _ in range(500):
+            if notifier.psi_trigger is None:
+                break
+            await anyio.sleep(0.01)
+        assert notifier.armed() == ()
+        assert "PSI trigger file failed" in caplog.text
+        assert notes.sources == []
+        assert notifier.metrics()["memory_notify_psi_triggers_armed"] == 0
+        assert open_fds() == before  # closed at once, not only by close()
+    finally:
+        notifier.close()
     assert open_fds() == before
 
 

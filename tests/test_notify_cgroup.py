@@ -158,6 +158,7 @@ async def test_real_v1_thresholds_fire_both_ways_and_rearm(
             notifier.marks, threshold_bytes(LIMIT_BYTES, LEVELS, _inactive(memory_cgroup))
         )
         assert notifier.metrics()["memory_notify_thresholds_armed"] == 2
+        assert "cgroup_v1_threshold" in notifier.armed()
         armed = notifier.marks
         notifier.update("cgroup_v1", LIMIT_BYTES)  # unchanged: kept as they are
         assert notifier.marks == armed
