@@ -13,6 +13,7 @@ import pytest
 from resource_supervisor._config import ConcurrencySettings, SupervisorSettings
 from resource_supervisor._supervisor import Supervisor
 from resource_supervisor.broker._processes import ProcessLane
+from resource_supervisor.broker._slot_launcher import WORKER_PRELOAD
 from tests import _probe_workers, _workers
 from tests._leaks import child_pids
 
@@ -26,6 +27,8 @@ HEAVY = (
     "yaml",
     "anyio",
     "psutil",
+    "ctypes",
+    "multiprocessing.sharedctypes",
     "resource_supervisor._config",
     "resource_supervisor._supervisor",
     "resource_supervisor.broker._processes",
@@ -34,7 +37,7 @@ HEAVY = (
 
 
 def _heavy(modules: list[str] | set[str]) -> list[str]:
-    return sorted(m for m in modules if m in HEAVY or m.split(".")[0] in HEAVY[:6])
+    return sorted(m for m in modules if m in HEAVY or m.split(".")[0] in HEAVY[:7])
 
 
 def _run_python(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,10 +76,12 @@ def test_every_public_name_resolves_lazily_and_star_import_works(package: str) -
 
 
 def test_worker_entry_imports_nothing_heavy() -> None:
-    """``python -X importtime`` of the worker entry module shows none of the service's
-    heavy dependencies (pydantic, YAML, anyio, psutil) or its lane modules."""
+    """``python -X importtime`` of what the lane's forkserver preloads (the worker
+    entry module and :data:`WORKER_PRELOAD`) shows none of the service's heavy
+    dependencies (pydantic, YAML, anyio, psutil, ctypes) or its lane modules."""
+    preload = ", ".join(("resource_supervisor.broker._worker", *WORKER_PRELOAD))
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import resource_supervisor.broker._worker"],
+        [sys.executable, "-X", "importtime", "-c", f"import {preload}"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -87,7 +92,7 @@ def test_worker_entry_imports_nothing_heavy() -> None:
         for line in result.stderr.splitlines()
         if line.startswith("import time:") and "|" in line
     }
-    assert "resource_supervisor.broker._worker" in imported
+    assert {"resource_supervisor.broker._worker", *WORKER_PRELOAD} <= imported
     assert _heavy(imported) == []
 
 

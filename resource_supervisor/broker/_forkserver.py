@@ -126,6 +126,13 @@ class LaneForkServerContext(multiprocessing.context.ForkServerContext):
         process._lane_server = self.server
         return process
 
+    def ensure_running(self) -> None:
+        """
+        Start the server if it is not running (blocking, briefly: it returns once
+        the server process is spawned, not once it has imported its preload).
+        """
+        self.server.ensure_running()
+
     def stop(self) -> None:
         """Stop the server process and reap it (blocking; call from a thread)."""
         stop = getattr(self.server, "_stop", None)

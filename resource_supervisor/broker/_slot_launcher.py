@@ -50,11 +50,18 @@ __all__ = ("WORKER_PRELOAD", "SlotLauncher", "kill_worker", "stop_reading")
 
 _logger = logging.getLogger("resource_supervisor.broker")
 
-WORKER_PRELOAD: Final = ("concurrent.futures.process", "multiprocessing.sharedctypes")
+WORKER_PRELOAD: Final = (
+    "concurrent.futures.process",
+    "resource_supervisor.broker._forkserver",
+    "resource_supervisor.broker._lifeline",
+    "resource_supervisor.broker._shared_progress",
+)
 """
-Standard-library modules every worker needs, imported once by the lane's
-forkserver so that forked workers start with them loaded (the lane's own worker
-module comes in the preload the lane passes).
+Modules every worker needs, imported once by the lane's forkserver so that
+forked workers start with them loaded: the executor's worker side, the process
+class a worker is unpickled as, the lifeline watcher and the progress memory
+(the lane's own worker module comes in the preload the lane passes). All light:
+none imports ``ctypes``, anyio, psutil or pydantic.
 """
 
 

@@ -27,10 +27,13 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from multiprocessing.forkserver import ensure_running as ensure_std_forkserver
+from typing import TYPE_CHECKING, Final, Protocol
 
 from . import _worker
+from ._forkserver import LaneForkServerContext
 from ._mp_internals import check_internals, result_queue_writer, worker_process
+from ._shared_progress import shared_progress
 
 if TYPE_CHECKING:
     import asyncio
@@ -91,11 +94,11 @@ LIVE_STATES: Final = (SlotState.STARTING, SlotState.IDLE, SlotState.BUSY)
 """States of a slot that counts towards the lane's size."""
 
 
-class _SharedInt(Protocol):  # typing shape of RawValue("q")
+class _SharedInt(Protocol):  # typing shape of RawValue("q") and SharedInt
     value: int
 
 
-class _SharedFlags(Protocol):  # typing shape of RawArray("b")
+class _SharedFlags(Protocol):  # typing shape of RawArray("b") and SharedFlags
     def __getitem__(self, index: int, /) -> int: ...
     def __setitem__(self, index: int, value: int, /) -> None: ...
 
@@ -206,10 +209,10 @@ def open_slot(
         TimeoutError: If the worker does not answer within :data:`START_TIMEOUT`.
         BrokenProcessPool: If the worker died while starting.
     """
+    boot_server(ctx)
     reader, writer = ctx.Pipe(duplex=False)
     calls_reader, calls = ctx.Pipe(duplex=False)
-    progress = cast("_SharedInt", ctx.RawValue("q", -1))
-    skip = cast("_SharedFlags", ctx.RawArray("b", _worker.MAX_BATCH))
+    progress, skip = shared_progress(-1, _worker.MAX_BATCH)  # no ctypes on the way
     lock = ctx.Lock()
     tie: Connection | None = None
     if lifeline is not None:  # (a worker started with fork closes its copy of the write
@@ -250,6 +253,23 @@ def open_slot(
         result_writer.close()  # see result_queue_writer: a killed worker cannot hang shutdown
     process = worker_process(executor, pid, internals)
     return OpenedSlot(executor, process, pid, reader, calls, progress, skip, lock)
+
+
+def boot_server(ctx: multiprocessing.context.BaseContext) -> None:
+    """
+    Start the context's forkserver now, if it uses one and it is not running.
+
+    The server's start (a fresh interpreter importing the workers' preload) is the
+    longest step before a first worker answers; started first, it runs while the
+    slot's pipes, shared memory and executor are made, instead of after them.
+
+    Args:
+        ctx: The lane's ``multiprocessing`` context.
+    """
+    if isinstance(ctx, LaneForkServerContext):
+        ctx.ensure_running()
+    elif ctx.get_start_method() == "forkserver":
+        ensure_std_forkserver()  # the interpreter-wide server (see ._slot_launcher)
 
 
 def shutdown_slot(

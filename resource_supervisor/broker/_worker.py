@@ -130,11 +130,11 @@ class _Channel:
         self.spill_dir: str | None = None
 
 
-class _SharedInt(Protocol):  # typing shape of a ``multiprocessing`` RawValue("q")
+class _SharedInt(Protocol):  # typing shape of ._shared_progress.SharedInt
     value: int
 
 
-class _SharedFlags(Protocol):  # typing shape of a ``multiprocessing`` RawArray("b")
+class _SharedFlags(Protocol):  # typing shape of ._shared_progress.SharedFlags
     def __getitem__(self, index: int, /) -> int: ...
     def __setitem__(self, index: int, value: int, /) -> None: ...
 
@@ -160,8 +160,10 @@ def init_worker(
     Executor initializer: keep the slot's channel for :func:`serve` (worker side).
 
     Args:
-        progress: Shared ``RawValue("q")``: sequence number of the call that runs.
-        skip: Shared ``RawArray("b", MAX_BATCH)``: withdrawn batch positions.
+        progress: Shared counter (:class:`._shared_progress.SharedInt`): sequence
+            number of the call that runs.
+        skip: Shared flags (:class:`._shared_progress.SharedFlags`, ``MAX_BATCH``
+            of them): withdrawn batch positions.
         lock: Guards ``skip`` and ``progress`` together.
         pipe: Write end of the slot's result pipe.
         calls: Read end of the slot's call pipe.
@@ -174,8 +176,8 @@ def init_worker(
     """
     if oom_score_adj is not None:
         try:
-            with open("/proc/self/oom_score_adj", "w", encoding="ascii") as file:
-                file.write(f"{oom_score_adj}\n")
+            with open("/proc/self/oom_score_adj", "wb") as file:  # bytes: no codec to import
+                file.write(b"%d\n" % oom_score_adj)
         except OSError:
             pass
     _CHANNEL.progress = progress  # type: ignore[assignment]
