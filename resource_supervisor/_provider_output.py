@@ -20,6 +20,8 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from ._metric_keys import CORE_NAMESPACES
+
 __all__ = (
     "MAX_PROVIDER_METRICS",
     "RESERVED_PROVIDER_NAMES",
@@ -33,34 +35,12 @@ MAX_PROVIDER_METRICS: Final = 256
 key costs about a microsecond of loop time, so 256 bound a provider to a fraction of
 a millisecond per sample."""
 
-#: The first word of every built-in snapshot key: a provider named after one could
-#: shadow a built-in metric, so these names are refused. A test checks that every key
-#: of a real snapshot starts with one of them (add the word when adding a namespace).
+#: The first word of every built-in namespace (:data:`._metric_keys.CORE_NAMESPACES`),
+#: and ``session``: a provider named after one could shadow a built-in metric, so
+#: these names are refused. A test checks that every key of a real snapshot lies in a
+#: registered namespace (add the namespace there when adding one).
 RESERVED_PROVIDER_NAMES: Final = frozenset(
-    {
-        "active",
-        "admission",
-        "batch",
-        "cgroup",
-        "cleanup",
-        "container",
-        "dask",
-        "default",
-        "gpu",
-        "host",
-        "last",
-        "memory",
-        "pressure",
-        "process",
-        "provider",
-        "psi",
-        "sample",
-        "session",
-        "sessions",
-        "stream",
-        "system",
-        "thread",
-    }
+    {namespace.split("_", 1)[0] for namespace in CORE_NAMESPACES} | {"session"}
 )
 
 _PROVIDER_NAME: Final = re.compile(r"[a-z][a-z0-9_]*")

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias, overload
 
+from ._metric_keys import LABEL_KEYS, REQUIRED_KEYS
+
 __all__ = ("LABEL_KEYS", "LabelKey", "MetricValue", "MetricsSnapshot", "PressureLevel")
 
 MetricValue: TypeAlias = float | int | str
@@ -22,11 +24,8 @@ MetricValue: TypeAlias = float | int | str
 LabelKey: TypeAlias = Literal[
     "memory_limit_source", "pressure_level_name", "process_lane_backend", "process_lane_delivery"
 ]
-"""The keys whose values are short labels (``str``); every other value is a number."""
-
-LABEL_KEYS: Final[frozenset[str]] = frozenset(
-    ("memory_limit_source", "pressure_level_name", "process_lane_backend", "process_lane_delivery")
-)
+"""The keys whose values are short labels (``str``); every other value is a number
+(:data:`LABEL_KEYS`, from the key registry :mod:`._metric_keys`)."""
 
 
 class PressureLevel(enum.IntEnum):
@@ -42,21 +41,7 @@ class PressureLevel(enum.IntEnum):
         return self.name
 
 
-_REQUIRED: Final = (
-    "system_memory_percent",
-    "system_cpu_percent",
-    "memory_used_bytes",
-    "memory_limit_bytes",
-    "memory_percent",
-    "memory_limit_source",
-    "process_rss_bytes",
-    "process_cpu_percent",
-    "process_threads",
-    "process_fds",
-    "pressure_level",
-    "active_sessions_rag",
-    "last_metrics_update_ts",
-)
+_REQUIRED: Final = REQUIRED_KEYS
 
 
 class MetricsSnapshot(Mapping[str, MetricValue]):

@@ -16,6 +16,7 @@ import anyio.lowlevel
 import psutil
 import pytest
 
+from resource_supervisor._metric_keys import SAMPLER_KEYS
 from resource_supervisor._sampler import Sampler, SamplerStatistics
 from resource_supervisor.testing import ManualClock
 
@@ -27,22 +28,6 @@ PID = 4242
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-CORE_KEYS = {
-    "system_memory_percent",
-    "system_cpu_percent",
-    "memory_used_bytes",
-    "memory_limit_bytes",
-    "memory_percent",
-    "memory_limit_source",
-    "host_memory_total_bytes",
-    "process_rss_bytes",
-    "process_cpu_percent",
-    "process_threads",
-    "process_fds",
-    "last_metrics_update_ts",
-    "provider_failures_total",
-    "sample_duration_seconds",
-}
 LOGGER = "resource_supervisor.sampler"
 HAVE_PSI = os.path.exists("/proc/pressure/memory")
 
@@ -101,7 +86,7 @@ async def test_real_sample_has_core_keys_and_agrees_with_psutil() -> None:
     finally:
         release.set()
         worker.join()
-    assert data.keys() >= CORE_KEYS
+    assert data.keys() >= SAMPLER_KEYS
     assert data["process_rss_bytes"] == pytest.approx(psutil.Process().memory_info().rss, rel=0.1)
     assert data["process_threads"] == threads
     assert abs(int(data["process_fds"]) - fds) <= 2
@@ -216,7 +201,7 @@ async def test_missing_proc_files_still_give_a_sample(tmp_path: Path) -> None:
     proc, cgroup = tree(tmp_path, "unlimited")
     with Sampler(proc_root=str(proc), cgroup_root=str(cgroup), pid=999_999_999) as sampler:
         data = await sampler.sample()
-    assert data.keys() >= CORE_KEYS
+    assert data.keys() >= SAMPLER_KEYS
     assert (data["process_rss_bytes"], data["process_threads"], data["process_fds"]) == (0, 0, 0)
     assert data["memory_limit_source"] == "host"
 

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from resource_supervisor._snapshot import _REQUIRED, MetricsSnapshot, PressureLevel
+from resource_supervisor._metric_keys import REQUIRED_KEYS
+from resource_supervisor._snapshot import MetricsSnapshot, PressureLevel
 
 if TYPE_CHECKING:
     from resource_supervisor._snapshot import MetricValue
 
 
 def core(**overrides: MetricValue) -> dict[str, MetricValue]:
-    data: dict[str, MetricValue] = dict.fromkeys(_REQUIRED, 0)
+    data: dict[str, MetricValue] = dict.fromkeys(REQUIRED_KEYS, 0)
     data.update(
         memory_limit_source="cgroup_v2",
         memory_used_bytes=600,
@@ -36,7 +37,7 @@ def test_mapping_and_attribute_access() -> None:
     assert snap.pressure_level is PressureLevel.WARNING
     assert snap.memory_available_bytes == 400
     assert "rag_hits" in snap
-    assert len(snap) == len(_REQUIRED) + 1
+    assert len(snap) == len(REQUIRED_KEYS) + 1
     with pytest.raises(AttributeError):
         _ = snap.not_a_metric
 

@@ -45,6 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from .._exceptions import SupervisorClosedError
+from .._metric_keys import CORE_PREFIXES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -68,31 +69,6 @@ __all__ = (
 PREFIX: Final = "resource_supervisor"
 """The namespace of every exported family."""
 
-#: Prefixes of the keys the library itself puts in a snapshot; any other key comes
-#: from a metrics provider registered by the application.
-_CORE_PREFIXES: Final = (
-    "system_",
-    "memory_",
-    "host_memory_",
-    "cgroup_",
-    "process_",
-    "psi_",
-    "last_metrics_",
-    "provider_failures_",
-    "provider_metrics_",
-    "sample_",
-    "pressure_",
-    "active_sessions_",
-    "sessions_",
-    "stream_",
-    "cleanup_",
-    "thread_lane_",
-    "dask_",
-    "gpu_",
-    "batch_",
-    "admission_",
-    "container_",
-)
 
 #: Keys about the container or host (the cgroup's memory is one number, not N): in
 #: multi-process mode they are exported once, from the freshest snapshot.
@@ -165,7 +141,7 @@ def describe_key(key: str, providers: Sequence[str] = ()) -> MetricDescription:
     if gpu is not None:
         what = f"gpu_{gpu.group(2)}"
         labels = (("device", gpu.group(1)),)
-    elif key.startswith(_CORE_PREFIXES) or key == "gpu_count":
+    elif key.startswith(CORE_PREFIXES):
         what = key
     else:
         owner = max((p for p in providers if key.startswith(f"{p}_")), key=len, default=None)
