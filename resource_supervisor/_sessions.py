@@ -33,6 +33,7 @@ import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._exceptions import SupervisorClosedError
+from ._lifecycle import AsyncClosable
 from ._participants import absorb, must_propagate
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def _check_seconds(value: float, what: str) -> None:
         raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
 
 
-class SessionRegistry:
+class SessionRegistry(AsyncClosable):
     """
     Open sessions by id, with idle-time eviction as a cleanup participant.
 

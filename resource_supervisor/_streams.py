@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 import anyio
 from anyio.lowlevel import checkpoint
 
+from ._lifecycle import AsyncClosable
+
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
@@ -65,7 +67,7 @@ class BroadcastStatistics:
     dropped: int
 
 
-class Broadcaster(Generic[T]):
+class Broadcaster(AsyncClosable, Generic[T]):
     """
     Publish items to every open :class:`Subscription`, never blocking.
 
@@ -241,7 +243,7 @@ class Broadcaster(Generic[T]):
                 waiter.set_result(None)
 
 
-class Subscription(AsyncIterator[T], Generic[T]):
+class Subscription(AsyncClosable, AsyncIterator[T], Generic[T]):
     """
     One reader's bounded view of a :class:`Broadcaster`: an async iterator of items.
 
@@ -401,15 +403,6 @@ class Subscription(AsyncIterator[T], Generic[T]):
     ) -> None:
         """Close the subscription (unsubscribe)."""
         self.close()
-
-    async def __aenter__(self) -> Self:
-        """
-        Return the subscription itself.
-
-        Cancellation:
-            Not checked: entering never waits.
-        """
-        return self
 
     async def __aexit__(
         self,

@@ -32,6 +32,7 @@ from ._container import Container
 from ._events import CleanupCompleted, CpuWarning, LevelChanged, SupervisorEvent
 from ._exceptions import NoSupervisorError, SupervisorClosedError
 from ._gpu import TorchGpuReclaimer, gpu_readings
+from ._lifecycle import AsyncClosable
 from ._main_guard import refuse_in_worker_bootstrap
 from ._memory import MemoryAdvisor
 from ._participants import absorb, must_propagate
@@ -49,7 +50,6 @@ from .broker._executors import Executors
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
-    from types import TracebackType
 
     from anyio.abc import TaskGroup
 
@@ -127,7 +127,7 @@ def resolve_io_workers(value: int | Literal["auto"], cpus: int) -> int:
     return min(32, cpus + 4) if value == "auto" else value
 
 
-class Supervisor:
+class Supervisor(AsyncClosable):
     """
     Keeps a service inside its memory and CPU budget.
 
@@ -333,23 +333,6 @@ class Supervisor:
             self._notified_samples += 1
             return True
         return False
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """
-        Stop supervising: cancel the loop and any automatic cleanup, close the
-        executor lanes (queued calls fail, workers are killed and reaped), end
-        every subscription and close every session.
-
-        Cancellation:
-            Shielded: exit always completes, even when the surrounding scope is
-            cancelled.
-        """
-        await self.aclose()
 
     async def aclose(self) -> None:
         """

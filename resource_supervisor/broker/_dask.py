@@ -51,6 +51,7 @@ from .._exceptions import (
     SupervisorClosedError,
     WorkerCrashedError,
 )
+from .._lifecycle import AsyncClosable
 from .._snapshot import PressureLevel
 from ._dask_cluster import ClusterHandle, close_cluster, open_cluster, probe_scheduler
 from ._dask_draining import Drains, running_worker
@@ -60,7 +61,6 @@ from ._pickling import check_picklable, describe_callable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-    from types import TracebackType
 
     from .._config import ConcurrencySettings
     from .._snapshot import MetricValue
@@ -107,7 +107,7 @@ class _Slot:
         drains.start(client, key, worker, self.release)
 
 
-class DaskLane:
+class DaskLane(AsyncClosable):
     """
     The process lane on a Dask cluster: an owned ``LocalCluster`` on 127.0.0.1, or an
     existing scheduler (``dask.address`` / ``dask.scheduler_file``) that it never closes.
@@ -188,20 +188,6 @@ class DaskLane:
             raise
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """
-        Close the lane (see :meth:`aclose`).
-
-        Cancellation:
-            Shielded: the lane is always closed.
-        """
-        await self.aclose()
 
     async def aclose(self) -> None:
         """

@@ -23,6 +23,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
+from .._lifecycle import AsyncClosable
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -72,7 +74,7 @@ async def _still_executing(client: object, key: str, worker: str) -> bool:
     return bool(found.get(worker, False))
 
 
-class Drains:
+class Drains(AsyncClosable):
     """The calls cancelled mid-run that still occupy a worker, and their slots."""
 
     def __init__(self) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol, Self, TypeVar, TypeVarTuple
 import anyio
 
 from .._exceptions import SupervisorClosedError
+from .._lifecycle import AsyncClosable
 from .._snapshot import PressureLevel
 from ._std_executors import LaneProcessExecutor, LaneThreadExecutor
 from ._threads import ThreadLane
@@ -106,7 +107,7 @@ def _make_backend(
     return ProcessLane(settings, max_workers=cpu_workers, cpu_budget=cpu_budget)
 
 
-class Executors:
+class Executors(AsyncClosable):
     """
     The executor broker: a thread lane for blocking I/O and a process lane for CPU work.
 
@@ -207,22 +208,14 @@ class Executors:
         self._state = "open"
         return self
 
-    async def __aexit__(
+    async def _leave(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """
-        Close both lanes (see :meth:`aclose`).
-
-        Cancellation:
-            As :meth:`aclose`: the lanes always close.
-        """
-        try:
-            await self.aclose()
-        finally:
-            await self._stack.__aexit__(exc_type, exc, tb)
+        """After :meth:`aclose` on ``async with`` exit: leave both lanes' contexts."""
+        await self._stack.__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """

@@ -84,6 +84,7 @@ from .._exceptions import (
     SupervisorClosedError,
     WorkerCrashedError,
 )
+from .._lifecycle import AsyncClosable
 from .._snapshot import PressureLevel
 from . import _worker
 from ._big_outcome import BigOutcome, load_outcome
@@ -122,7 +123,6 @@ if TYPE_CHECKING:
         Mapping,
     )
     from concurrent.futures import Future
-    from types import TracebackType
 
     from .._config import ConcurrencySettings
     from .._snapshot import MetricValue
@@ -145,7 +145,7 @@ BUDGET_POLL_SECONDS: Final = 0.1
 # -- the lane ----------------------------------------------------------------------
 
 
-class ProcessLane(LaneKills):
+class ProcessLane(LaneKills, AsyncClosable):
     """
     Run picklable CPU-bound calls on worker processes, one single-worker
     ``ProcessPoolExecutor`` per worker slot (see the module docstring).
@@ -243,20 +243,6 @@ class ProcessLane(LaneKills):
             slot = Slot()
             self._slots.append(slot)
             self._spawn(self._start_slot(slot))
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """
-        Close the lane, as :meth:`aclose`.
-
-        Cancellation:
-            As :meth:`aclose`: closing always completes.
-        """
-        await self.aclose()
 
     # -- public API --------------------------------------------------------------------
     async def run(

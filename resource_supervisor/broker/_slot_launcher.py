@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from .._lifecycle import AsyncClosable
 from .._main_guard import UnguardedMainError, check_marker, clear_marker
 from ._forkserver import LaneForkServerContext
 from ._mp_internals import check_internals
@@ -103,7 +104,7 @@ def _stop_serving(loop: asyncio.AbstractEventLoop | None, slot: Slot) -> None:
     slot.writer_fd = -1
 
 
-class SlotLauncher:
+class SlotLauncher(AsyncClosable):
     """Start and stop one lane's worker slots; nothing starts before :meth:`open`."""
 
     def __init__(

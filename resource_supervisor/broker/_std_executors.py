@@ -35,13 +35,13 @@ import concurrent.futures
 import contextlib
 import functools
 import threading
-from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .._exceptions import SupervisorClosedError
+from .._lifecycle import AsyncClosable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator
-    from types import TracebackType
 
 __all__ = ("LaneProcessExecutor", "LaneThreadExecutor")
 
@@ -126,10 +126,21 @@ class _Work:
             pass
 
 
-class _Bridge:
+class _Bridge(AsyncClosable):
     """What both executors share: scheduling onto the loop, gating, shutdown."""
 
     _max_workers: int
+
+    async def aclose(self) -> None:
+        """
+        Shut down and wait for every call submitted here (``ashutdown()``); also
+        what ``async with`` does on exit.
+
+        Cancellation:
+            As ``ashutdown()``: stops waiting; the executor stays shut down and its
+            running calls go on.
+        """
+        await self._shutdown_async(cancel_futures=False)
 
     def _setup(
         self,
@@ -357,29 +368,6 @@ class LaneThreadExecutor(_Bridge, concurrent.futures.ThreadPoolExecutor):
         """
         await self._shutdown_async(cancel_futures=cancel_futures)
 
-    async def __aenter__(self) -> Self:
-        """
-        Return the executor (for ``async with``).
-
-        Cancellation:
-            Not a checkpoint.
-        """
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """
-        :meth:`ashutdown`: wait for every call submitted here.
-
-        Cancellation:
-            As :meth:`ashutdown`.
-        """
-        await self.ashutdown()
-
     def __repr__(self) -> str:
         return f"<LaneThreadExecutor max_workers={self._max_workers} shutdown={self._closed}>"
 
@@ -537,29 +525,6 @@ class LaneProcessExecutor(_Bridge, concurrent.futures.Executor):
             Stops waiting; the executor stays shut down and its calls go on.
         """
         await self._shutdown_async(cancel_futures=cancel_futures)
-
-    async def __aenter__(self) -> Self:
-        """
-        Return the executor (for ``async with``).
-
-        Cancellation:
-            Not a checkpoint.
-        """
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """
-        :meth:`ashutdown`: wait for every call submitted here.
-
-        Cancellation:
-            As :meth:`ashutdown`.
-        """
-        await self.ashutdown()
 
     def __repr__(self) -> str:
         return f"<LaneProcessExecutor max_workers={self._max_workers} shutdown={self._closed}>"

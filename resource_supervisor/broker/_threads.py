@@ -43,6 +43,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._exceptions import CallTimeoutError, SupervisorClosedError
+from .._lifecycle import AsyncClosable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -154,7 +155,7 @@ class _Call:
         self.error: BaseException | None = None
 
 
-class ThreadLane:
+class ThreadLane(AsyncClosable):
     """
     Runs blocking calls on anyio worker threads under the lane's own limiter.
 
@@ -232,25 +233,17 @@ class ThreadLane:
         self._state = "open"
         return self
 
-    async def __aexit__(
+    async def _leave(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """
-        Close the lane (see :meth:`aclose`) and leave its task group.
-
-        Cancellation:
-            As :meth:`aclose`: the lane always closes.
-        """
-        try:
-            await self.aclose()
-        finally:
-            task_group, self._task_group = self._task_group, None
-            if task_group is not None:
-                # Every host has returned or been abandoned by aclose().
-                await task_group.__aexit__(exc_type, exc, tb)
+        """After :meth:`aclose` on ``async with`` exit: leave the hosts' task group."""
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            # Every host has returned or been abandoned by aclose().
+            await task_group.__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """
