@@ -10,7 +10,10 @@ Does not cover: driving load (:mod:`benchmarks.admission`).
 ``GET /work`` burns ``ADMISSION_BENCH_WORK_MS`` of CPU on the event loop in
 ``ADMISSION_BENCH_SLICES`` slices with an ``await`` between them, standing in for a
 handler that parses, scores and renders between awaits: concurrent requests share
-the one core, so each one's latency grows with the number in flight.
+the one core, so each one's latency grows with the number in flight. The slices
+are measured in CPU time of the thread (not wall time), so a request costs the
+same CPU however little of it the process gets: a slower share means a lower
+capacity, as for a real handler.
 """
 
 from __future__ import annotations
@@ -18,14 +21,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 from typing import TYPE_CHECKING
-
-from ._work import spin
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ("adaptive_app", "bare_app", "static_app")
+__all__ = ("adaptive_app", "bare_app", "burn_cpu", "static_app")
+
+
+def burn_cpu(seconds: float) -> None:
+    """Keep the CPU busy until this thread has used *seconds* of CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 def _routes(app: FastAPI) -> None:
@@ -35,7 +44,7 @@ def _routes(app: FastAPI) -> None:
     @app.get("/work")
     async def work() -> dict[str, bool]:
         for _ in range(slices):
-            spin(work_s / slices)
+            burn_cpu(work_s / slices)
             await asyncio.sleep(0)
         return {"ok": True}
 

@@ -32,11 +32,23 @@ class PhaseResult:
     errors: int = 0
     outstanding: list[int] = dataclasses.field(default_factory=list)
     """Requests in flight seen at each send."""
+    finished: list[float] = dataclasses.field(default_factory=list)
+    """``perf_counter`` times at which the 200 answers arrived (closed loop only)."""
 
     @property
     def goodput(self) -> float:
         """Successful answers per second of the phase."""
         return len(self.ok_latencies_ms) / self.seconds
+
+    @property
+    def throughput(self) -> float:
+        """
+        Answers per second between the first and the last 200 (closed loop): free
+        of the start-up and of the calls cut off at the end of the window.
+        """
+        if len(self.finished) < 2 or self.finished[-1] <= self.finished[0]:
+            return self.goodput
+        return (len(self.finished) - 1) / (self.finished[-1] - self.finished[0])
 
 
 class _Pool:
@@ -155,7 +167,8 @@ async def closed_loop(
     Run *clients* back-to-back clients for *seconds*.
 
     Returns:
-        The counts and latencies; ``goodput`` is the throughput they reached.
+        The counts and latencies of the calls that finished within the window;
+        ``goodput`` is the throughput they reached.
     """
     result = PhaseResult(seconds)
     end = time.perf_counter() + seconds
@@ -166,13 +179,18 @@ async def closed_loop(
             while time.perf_counter() < end:
                 sent = time.perf_counter()
                 status, _ = await _request(conn, path)
+                done = time.perf_counter()
+                if done > end:
+                    break  # finished after the window: counting it would inflate the rate
                 result.sent += 1
                 if status == 200:
-                    result.ok_latencies_ms.append((time.perf_counter() - sent) * 1e3)
+                    result.ok_latencies_ms.append((done - sent) * 1e3)
+                    result.finished.append(done)
                 else:
                     result.errors += 1
         finally:
             conn[1].close()
 
     await asyncio.gather(*(client() for _ in range(clients)))
+    result.finished.sort()
     return result

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import socket
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._cpu_cgroup import CpuCgroup, open_cpu_cgroup
 from ._harness import CaseStats, Comparison, Curve, SuiteContext, TargetCheck, percentile
 from ._open_loop import PhaseResult, closed_loop, open_loop
 
@@ -40,7 +42,12 @@ if TYPE_CHECKING:
 
 VARIANTS = {"bare": "bare_app", "static limit": "static_app", "adaptive": "adaptive_app"}
 LOADS = (1.0, 2.0, 4.0)
-WORK_MS = 10.0
+WORK_MS = 40.0
+CPUS = 0.5
+"""Each server's CPU quota (``ADMISSION_BENCH_CPUS``; ``none`` for no cgroup)."""
+TIME_LIMITS = {"quick": 120.0, "full": 900.0}
+SHARES = 8192
+"""The cgroups' ``cpu.shares``: eight times a plain process's weight."""
 
 
 def _free_port() -> int:
@@ -53,9 +60,10 @@ def _free_port() -> int:
 class _Server:
     """One uvicorn process serving a factory of :mod:`benchmarks._admission_app`."""
 
-    def __init__(self, factory: str, env: dict[str, str]) -> None:
+    def __init__(self, factory: str, env: dict[str, str], group: CpuCgroup | None) -> None:
         self.factory = factory
         self.env = env
+        self.group = group
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -67,7 +75,7 @@ class _Server:
             "-m",
             "uvicorn",
             "--factory",
-            f"benchmarks._admission_app:{self.factory}",
+            self.factory if ":" in self.factory else f"benchmarks._admission_app:{self.factory}",
             "--host",
             "127.0.0.1",
             "--port",
@@ -78,6 +86,9 @@ class _Server:
         ]
         env = {**os.environ, "PYTHONPATH": str(root), **self.env}
         self.process = subprocess.Popen(command, cwd=root, env=env)
+        if self.group is not None:
+            # Before it has imported anything: every thread it starts stays inside.
+            self.group.add(self.process.pid)
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -100,10 +111,52 @@ class _Server:
         self.start()
         await self.ready()
 
+    def throttling(self) -> tuple[int, int, float] | None:
+        return self.group.throttling() if self.group is not None else None
+
 
 @contextlib.contextmanager
-def _servers(env: dict[str, str]) -> Iterator[dict[str, _Server]]:
-    servers = {name: _Server(factory, env) for name, factory in VARIANTS.items()}
+def _budgets(cpus: float | None) -> Iterator[tuple[dict[str, CpuCgroup | None], str]]:
+    """
+    One CPU cgroup per server (quota *cpus*, a high weight) and one for this
+    process (the load generator: the weight only), all removed on the way out.
+    """
+    groups: dict[str, CpuCgroup | None] = {}
+    reason = ""
+    client: CpuCgroup | None = None
+    try:
+        if cpus is not None:
+            for name in VARIANTS:
+                group, reason = open_cpu_cgroup(name.replace(" ", "-"), cpus=cpus, shares=SHARES)
+                groups[name] = group
+                if group is None:
+                    break
+            client, reason = (
+                open_cpu_cgroup("client", cpus=None, shares=SHARES)
+                if reason == ""
+                else (None, reason)
+            )
+            if client is not None:
+                client.add(os.getpid())
+        if reason or cpus is None:
+            for group in groups.values():
+                if group is not None:
+                    group.remove()
+            groups = dict.fromkeys(VARIANTS)
+        yield groups, reason
+    finally:
+        if client is not None:
+            client.remove()  # moves this process back to its own cgroup first
+        for group in groups.values():
+            if group is not None:
+                group.remove()
+
+
+@contextlib.contextmanager
+def _servers(
+    env: dict[str, str], groups: dict[str, CpuCgroup | None]
+) -> Iterator[dict[str, _Server]]:
+    servers = {name: _Server(factory, env, groups[name]) for name, factory in VARIANTS.items()}
     try:
         yield servers
     finally:
@@ -115,41 +168,72 @@ def _p(values: list[float], q: float) -> float:
     return percentile(values, q) if values else math.nan
 
 
+@dataclasses.dataclass(slots=True)
+class _Calibration:
+    capacity: float
+    unloaded_p50: float
+    unloaded_p99: float
+    load_average: tuple[float, float, float]
+
+
+async def _calibrate(bare: _Server, seconds: float) -> _Calibration:
+    """Capacity (four back-to-back clients) and unloaded latency (one) of the bare service."""
+    load_average = os.getloadavg()
+    await closed_loop(bare.port, 2, 0.3)  # warm up
+    unloaded = await closed_loop(bare.port, 1, seconds)
+    peak = await closed_loop(bare.port, 4, seconds)
+    return _Calibration(
+        peak.throughput,
+        _p(unloaded.ok_latencies_ms, 50),
+        _p(unloaded.ok_latencies_ms, 99),
+        load_average,
+    )
+
+
+def _throttled(
+    before: tuple[int, int, float] | None, after: tuple[int, int, float] | None
+) -> float:
+    if before is None or after is None or after[0] == before[0]:
+        return math.nan
+    return (after[1] - before[1]) / (after[0] - before[0])
+
+
 async def run(ctx: SuiteContext) -> None:
     """
     Calibrate on the bare service, tune the static limit at 1x, then run every
-    load on every server, interleaved over the rounds.
+    load on every server, interleaved over the rounds, re-measuring the capacity
+    and unloaded latency at the start of each round.
 
     Cancellation:
-        Propagates; every server process is killed on the way out.
+        Propagates; every server process is killed and every cgroup removed on
+        the way out.
     """
     import resource_supervisor.integrations.fastapi  # noqa: F401 - skip early when missing
 
-    phase_s = ctx.scale(6.0, 1.5)
-    rounds = ctx.scale(2, 1)
+    phase_s = ctx.scale(10.0, 4.0)
+    rounds = ctx.scale(3, 1)
     loads = LOADS if not ctx.quick else (1.0, 4.0)
     env = {"ADMISSION_BENCH_WORK_MS": str(WORK_MS), "ADMISSION_BENCH_SLICES": "5"}
-    with _servers(env) as servers:
+    cpus_text = os.environ.get("ADMISSION_BENCH_CPUS", str(CPUS))
+    cpus = None if cpus_text in ("", "none") else float(cpus_text)
+    with _budgets(cpus) as (groups, reason), _servers(env, groups) as servers:
+        if reason:
+            print(f"admission: servers run without a CPU quota ({reason})", file=sys.stderr)
         bare = servers["bare"]
         bare.start()
         await bare.ready()
-        await closed_loop(bare.port, 2, 0.5)  # warm up
-        unloaded = await closed_loop(bare.port, 1, ctx.scale(3.0, 1.0))
-        unloaded_p50 = _p(unloaded.ok_latencies_ms, 50)
-        unloaded_p99 = _p(unloaded.ok_latencies_ms, 99)
-        peak = await closed_loop(bare.port, 4, ctx.scale(3.0, 1.0))
-        capacity = peak.goodput
-        client_timeout = max(1.0, 25 * unloaded_p50 / 1e3)
+        first = await _calibrate(bare, ctx.scale(3.0, 2.0))
+        client_timeout = max(1.0, 25 * first.unloaded_p50 / 1e3)
         # The static limit, tuned at 1x: of a few candidates, the one with the best
         # goodput at 1x (within 2 %, the lower p99).
         static = servers["static limit"]
         tuned: list[tuple[float, float, int]] = []
         # (quick runs try one candidate: there is no time for a sweep)
-        for slots in ctx.scale((2, 4, 8, 16), (4,)):
+        for slots in (1, 2, 4, 8) if not ctx.quick else (2,):
             static.env = {**env, "ADMISSION_BENCH_STATIC": str(slots)}
             await static.restart()
             trial = await open_loop(
-                static.port, capacity, ctx.scale(3.0, 1.0), client_timeout=client_timeout
+                static.port, first.capacity, ctx.scale(3.0, 1.0), client_timeout=client_timeout
             )
             tuned.append((trial.goodput, _p(trial.ok_latencies_ms, 99), slots))
         best = max(goodput for goodput, _, _ in tuned)
@@ -165,32 +249,48 @@ async def run(ctx: SuiteContext) -> None:
         for name in ("static limit", "adaptive"):
             await servers[name].ready()
             # warm up, and let the adaptive limit learn the service
-            warm = ctx.scale(1.0, 0.5)
-            await open_loop(servers[name].port, capacity * 0.5, warm, client_timeout=client_timeout)
+            warm = ctx.scale(2.0, 1.0)
+            await open_loop(
+                servers[name].port, first.capacity * 0.5, warm, client_timeout=client_timeout
+            )
 
         runs: dict[tuple[str, float], list[PhaseResult]] = {}
+        throttled: dict[tuple[str, float], list[float]] = {}
+        calibrations: list[_Calibration] = []
         names = list(VARIANTS)
-        bare_overloads = rounds * sum(1 for load in loads if load > 1.0)
         for r in range(rounds):
+            calibration = first if r == 0 else await _calibrate(bare, ctx.scale(3.0, 2.0))
+            calibrations.append(calibration)
             for load in loads:
                 shift = (r + loads.index(load)) % len(names)
                 for name in [*names[shift:], *names[:shift]]:
                     server = servers[name]
+                    before = server.throttling()
                     result = await open_loop(
-                        server.port, capacity * load, phase_s, client_timeout=client_timeout
+                        server.port,
+                        calibration.capacity * load,
+                        phase_s,
+                        client_timeout=client_timeout,
+                    )
+                    throttled.setdefault((name, load), []).append(
+                        _throttled(before, server.throttling())
                     )
                     runs.setdefault((name, load), []).append(result)
                     if name == "bare" and load > 1.0:
-                        bare_overloads -= 1
-                        if bare_overloads:  # its backlog would load the next phases
-                            await server.restart()
+                        await server.restart()  # its backlog would load the next phases
                     await asyncio.sleep(0.2)
+
+    capacity = statistics.median(c.capacity for c in calibrations)
 
     def med(name: str, load: float, figure: str) -> float:
         values = []
         for result in runs[(name, load)]:
             if figure == "goodput":
                 values.append(result.goodput)
+            elif figure == "of capacity":
+                values.append(result.goodput / calibrations[len(values)].capacity)
+            elif figure == "throttled":
+                values.append(throttled[(name, load)][len(values)])
             elif figure == "p50":
                 values.append(_p(result.ok_latencies_ms, 50))
             elif figure == "p99":
@@ -209,12 +309,13 @@ async def run(ctx: SuiteContext) -> None:
             f"{load:g}x",
             f"{capacity * load:.0f}",
             f"{med(name, load, 'goodput'):.1f}",
-            f"{100 * med(name, load, 'goodput') / capacity:.0f}%",
+            f"{100 * med(name, load, 'of capacity'):.0f}%",
             f"{med(name, load, 'p50'):.1f}",
             f"{med(name, load, 'p99'):.1f}",
             f"{med(name, load, 'rejected'):.0f}",
             f"{med(name, load, 'timeouts'):.0f}",
             f"{med(name, load, 'errors'):.0f}",
+            f"{100 * med(name, load, 'throttled'):.0f}%",
         ]
         for load in loads
         for name in VARIANTS
@@ -226,29 +327,48 @@ async def run(ctx: SuiteContext) -> None:
             "load",
             "offered req/s",
             "goodput req/s",
-            "of capacity",
+            "of the round's capacity",
             "p50 ms (200s)",
             "p99 ms (200s)",
             "rejected /s",
             "timeouts /s",
             "errors",
+            "quota periods throttled",
         ],
         rows,
     )
     ctx.table(
-        "calibration (bare service)",
+        "calibration of each round (bare service)",
         [
+            "round",
+            "load average (1, 5, 15 min)",
             "capacity req/s",
             "unloaded p50 ms",
             "unloaded p99 ms",
+        ],
+        [
+            [
+                str(i + 1),
+                ", ".join(f"{v:.1f}" for v in c.load_average),
+                f"{c.capacity:.1f}",
+                f"{c.unloaded_p50:.1f}",
+                f"{c.unloaded_p99:.1f}",
+            ]
+            for i, c in enumerate(calibrations)
+        ],
+    )
+    ctx.table(
+        "setup",
+        [
+            "CPU budget of each server",
             "client timeout s",
             "static limit (candidates: 1x goodput req/s, p99 ms)",
         ],
         [
             [
-                f"{capacity:.1f}",
-                f"{unloaded_p50:.1f}",
-                f"{unloaded_p99:.1f}",
+                f"{cpus:g} CPU (cgroup quota)"
+                if not reason and cpus is not None
+                else f"none ({reason or 'disabled'})",
                 f"{client_timeout:g}",
                 f"{static_slots} ("
                 + "; ".join(f"{n}: {g:.0f}, {p:.0f}" for g, p, n in tuned)
@@ -261,7 +381,7 @@ async def run(ctx: SuiteContext) -> None:
             Curve(
                 f"{name} goodput",
                 loads,
-                tuple(med(name, load, "goodput") / capacity for load in loads),
+                tuple(med(name, load, "of capacity") for load in loads),
                 "offered load (x capacity)",
                 "goodput / capacity",
             )
@@ -270,19 +390,28 @@ async def run(ctx: SuiteContext) -> None:
             Curve(
                 f"{name} p99",
                 loads,
-                tuple(med(name, load, "p99") / unloaded_p99 for load in loads),
+                tuple(
+                    statistics.median(
+                        _p(result.ok_latencies_ms, 99) / c.unloaded_p99
+                        for result, c in zip(runs[(name, load)], calibrations, strict=True)
+                    )
+                    for load in loads
+                ),
                 "offered load (x capacity)",
                 "p99 of 200s / unloaded p99",
             )
         )
 
-    good4 = [r.goodput / capacity for r in runs[("adaptive", 4.0)]]
-    p99_4 = [_p(r.ok_latencies_ms, 99) / unloaded_p99 for r in runs[("adaptive", 4.0)]]
+    def per_round(name: str, load: float) -> list[tuple[PhaseResult, _Calibration]]:
+        return list(zip(runs[(name, load)], calibrations, strict=True))
+
+    good4 = [r.goodput / c.capacity for r, c in per_round("adaptive", 4.0)]
+    p99_4 = [_p(r.ok_latencies_ms, 99) / c.unloaded_p99 for r, c in per_round("adaptive", 4.0)]
     cost1 = [
         a.goodput / b.goodput if b.goodput else math.inf
         for a, b in zip(runs[("adaptive", 1.0)], runs[("bare", 1.0)], strict=True)
     ]
-    bare4 = [_p(r.ok_latencies_ms, 99) / unloaded_p99 for r in runs[("bare", 4.0)]]
+    bare4 = [_p(r.ok_latencies_ms, 99) / c.unloaded_p99 for r, c in per_round("bare", 4.0)]
     checks = (
         TargetCheck(
             "adaptive at 4x: goodput >= 90% of the 1x capacity",
@@ -340,8 +469,15 @@ async def run(ctx: SuiteContext) -> None:
     )
     ctx.note(
         f"Each request burns {WORK_MS:g} ms of CPU on the event loop in 5 slices; "
-        "client and servers share this machine's CPUs. Latency counts from each "
+        "client and servers share this machine's CPUs, each server in its own CPU "
+        "cgroup (the quota above, a weight of "
+        f"{SHARES} shares so that it gets the quota on a busy machine), the load "
+        "generator in one with the same weight. Latency counts from each "
         "request's scheduled send time. The static limit admits its slots and queues "
         "as many again, without a wait bound."
     )
-    ctx.note(f"Measured at {time.strftime('%H:%M:%S')} with {os.cpu_count()} CPUs.")
+    ctx.note(
+        f"Measured at {time.strftime('%H:%M:%S')} with {os.cpu_count()} CPUs; load "
+        "averages in the calibration table. Goodput is divided by the capacity "
+        "measured at the start of the same round."
+    )

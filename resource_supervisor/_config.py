@@ -311,10 +311,11 @@ class AdmissionSettings(_Frozen):
     """The floor; CRITICAL memory pressure drops the limit here."""
     max_limit: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1000
     """The ceiling."""
-    queue_limit: Count = 8
+    queue_limit: Count = 32
     """Callers that may wait for a slot; beyond it they are refused at once."""
     queue_timeout: Timeout | Literal["auto"] | None = "auto"
-    """Seconds a caller may wait; ``auto`` = the minimum latency times ``tolerance``."""
+    """Seconds a caller may wait; ``auto`` = twice the minimum latency times ``tolerance``.
+    The queue is FIFO until its oldest caller has waited half of this, then LIFO."""
     tolerance: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
     """How much slower than the minimum latency calls may get before the limit shrinks."""
     smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from resource_supervisor import (
     AdmissionLimiter,
@@ -21,6 +23,7 @@ from resource_supervisor import (
 )
 from resource_supervisor._admission._cpu_stat import CpuStatReader
 from resource_supervisor._admission._limit import LimitParams
+from resource_supervisor._admission._limiter import serve_newest
 from resource_supervisor._admission._pressure import PressureAdjustment
 from resource_supervisor.testing import ManualClock, ScriptedSource
 
@@ -113,7 +116,7 @@ async def test_queue_timeout_refuses_a_caller_that_waited_too_long() -> None:
 
 
 async def test_auto_queue_timeout_follows_the_measured_minimum() -> None:
-    """'auto' waits without bound until a minimum is measured, then tolerance x minimum."""
+    """'auto' waits without bound until a minimum is measured, then 2 x tolerance x minimum."""
     clock = ManualClock()
     lim = AdmissionLimiter(
         LimitParams(initial_limit=1, probe_interval=None, tolerance=1.5),
@@ -125,9 +128,89 @@ async def test_auto_queue_timeout_follows_the_measured_minimum() -> None:
     async with lim.slot():
         clock.advance(0.2)
     assert lim.statistics().latency_min_seconds == pytest.approx(0.2)
-    assert lim._max_wait() == pytest.approx(0.3)
+    assert lim._max_wait() == pytest.approx(0.6)
     unbounded = AdmissionLimiter(queue_timeout=None)
     assert unbounded._max_wait() == math.inf
+
+
+@given(
+    wait=st.floats(0, 1e4, allow_nan=False),
+    longer=st.floats(0, 1e4, allow_nan=False),
+    bound=st.floats(1e-6, 1e4, allow_nan=False),
+)
+def test_serve_newest_is_lifo_past_half_the_bound_and_never_without_one(
+    wait: float, longer: float, bound: float
+) -> None:
+    """LIFO exactly when the oldest waited over half the bound; monotone; FIFO if unbounded."""
+    assert serve_newest(wait, bound) == (wait > bound / 2)
+    if serve_newest(wait, bound):
+        assert serve_newest(wait + longer, bound)
+    assert not serve_newest(wait, math.inf)
+
+
+async def test_queue_serves_newest_first_once_the_oldest_waited_half_the_bound() -> None:
+    """FIFO while the queue drains in time; past half the wait bound the newest goes first."""
+    clock = ManualClock()
+    lim = AdmissionLimiter(
+        LimitParams(min_limit=1, initial_limit=1, max_limit=1, probe_interval=None),
+        queue_limit=4,
+        queue_timeout=100.0,
+        clock=clock,
+    )
+    order: list[int] = []
+    releases = [anyio.Event() for _ in range(5)]
+
+    async def call(i: int) -> None:
+        async with lim.slot():
+            order.append(i)
+            await releases[i].wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(3):  # 0 runs, 1 and 2 wait
+                tg.start_soon(call, i)
+                await anyio.wait_all_tasks_blocked()
+            releases[0].set()  # the oldest has waited 0 s: FIFO
+            await anyio.wait_all_tasks_blocked()
+            assert order == [0, 1]
+            tg.start_soon(call, 3)
+            tg.start_soon(call, 4)
+            await anyio.wait_all_tasks_blocked()
+            clock.advance(50.1)  # caller 2 has now waited over half of 100 s
+            releases[1].set()
+            await anyio.wait_all_tasks_blocked()
+            assert order == [0, 1, 4]
+            for event in releases:
+                event.set()
+    assert order == [0, 1, 4, 3, 2]
+    assert lim.statistics().admitted_total == 5
+
+
+async def test_queue_without_a_wait_bound_stays_fifo() -> None:
+    """queue_timeout=None never turns LIFO, however long the oldest caller waited."""
+    clock = ManualClock()
+    lim = AdmissionLimiter(
+        LimitParams(min_limit=1, initial_limit=1, max_limit=1, probe_interval=None),
+        queue_limit=4,
+        queue_timeout=None,
+        clock=clock,
+    )
+    order: list[int] = []
+    release = anyio.Event()
+
+    async def call(i: int) -> None:
+        async with lim.slot():
+            order.append(i)
+            clock.advance(1e6)
+            await release.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(call, i)
+                await anyio.wait_all_tasks_blocked()
+            release.set()
+    assert order == [0, 1, 2, 3]
 
 
 async def test_cancelled_while_queued_leaves_the_queue_and_takes_no_slot() -> None:

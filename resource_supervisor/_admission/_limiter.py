@@ -45,10 +45,16 @@ if TYPE_CHECKING:
     from .._snapshot import MetricValue
     from ._cpu_stat import CpuStat
 
-__all__ = ("AdmissionLimiter", "AdmissionStatistics")
+__all__ = ("AdmissionLimiter", "AdmissionStatistics", "serve_newest")
 
 _DRAIN_SMOOTHING: Final = 0.3
 _MAX_RETRY_AFTER: Final = 60.0
+_AUTO_WAIT_TOLERANCES: Final = 2.0
+"""``queue_timeout="auto"`` waits this many times ``tolerance x reference``, so that the
+queue turns LIFO (:func:`serve_newest`, at half the bound) once its oldest caller has
+waited as long as the gradient tolerates a call taking. Do not change without a full
+``benchmarks/admission.py`` run: shorter refuses bursts at 1x, longer only adds
+latency at moderate load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +95,33 @@ class AdmissionStatistics:
 
 
 class _Waiter:
-    __slots__ = ("event", "granted")
+    __slots__ = ("event", "granted", "since")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float) -> None:
         self.event = anyio.Event()
         self.granted = False
+        self.since = since
+
+
+def serve_newest(oldest_wait: float, max_wait: float) -> bool:
+    """
+    Whether the next free slot goes to the newest waiter rather than the oldest. Pure.
+
+    FIFO while the queue drains in time; once the oldest caller has waited more
+    than half of *max_wait* the queue is not keeping up (overload), and the newest
+    caller is served instead (adaptive LIFO): a call admitted then has waited
+    little, so the admitted calls keep about their unloaded latency, while callers
+    that could only have been served late reach their wait bound and are refused.
+    Without a wait bound (``inf``) the queue is always FIFO.
+
+    Args:
+        oldest_wait: Seconds the oldest waiter has waited.
+        max_wait: The wait bound in seconds (``inf`` = none).
+
+    Returns:
+        ``True`` for LIFO.
+    """
+    return oldest_wait * 2.0 > max_wait
 
 
 class _Slot:
@@ -128,17 +156,19 @@ class AdmissionLimiter:
     ``async with limiter.slot(): ...`` runs the block once fewer than
     :attr:`limit` blocks run; otherwise it waits in a FIFO queue of at most
     *queue_limit* callers, or raises :exc:`AdmissionRejectedError` at once when the
-    queue is full (and after *queue_timeout* seconds of waiting). The limit follows
+    queue is full (and after *queue_timeout* seconds of waiting). The queue is
+    FIFO until its oldest caller has waited half the wait bound, then serves the
+    newest caller first (adaptive LIFO, see :func:`serve_newest`). The limit follows
     the blocks' latency (see :mod:`resource_supervisor._admission._limit`) and is
     tightened by memory, CPU and process-lane pressure at each supervisor sample.
 
     Args:
         params: The limit algorithm's tuning.
         queue_limit: Callers that may wait for a slot (0 = never wait).
-        queue_timeout: Seconds a caller may wait; ``"auto"`` = the reference
-            (minimum) latency times the tolerance, so that an admitted call takes
-            about ``1 + 2 x tolerance`` unqueued service times at most (no bound
-            until one is measured); ``None`` = no bound.
+        queue_timeout: Seconds a caller may wait; ``"auto"`` = twice the
+            reference (minimum) latency times the tolerance (no bound until one is
+            measured), so that the queue turns LIFO once its oldest caller has
+            waited one tolerated latency; ``None`` = no bound (and always FIFO).
         window_samples: Completed calls per update of the limit.
         pressure: Thresholds of the pressure rule.
         cpu_stat: Reader of the cgroup's CPU throttling; ``None`` = no throttling input.
@@ -153,7 +183,7 @@ class AdmissionLimiter:
         self,
         params: LimitParams | None = None,
         *,
-        queue_limit: int = 16,
+        queue_limit: int = 32,
         queue_timeout: float | str | None = "auto",
         window_samples: int = 10,
         pressure: PressureParams | None = None,
@@ -245,7 +275,7 @@ class AdmissionLimiter:
         if len(self._waiters) >= self._queue_limit:
             self._rejected += 1
             raise self._rejection(timed_out=False)
-        waiter = _Waiter()
+        waiter = _Waiter(self._clock())
         self._waiters.append(waiter)
         try:
             with anyio.move_on_after(self._max_wait()):
@@ -277,7 +307,9 @@ class AdmissionLimiter:
             return math.inf
         if timeout == "auto":
             reference = self._state.reference
-            return math.inf if math.isnan(reference) else reference * self._params.tolerance
+            if math.isnan(reference):
+                return math.inf
+            return _AUTO_WAIT_TOLERANCES * self._params.tolerance * reference
         assert isinstance(timeout, float | int)
         return float(timeout)
 
@@ -305,8 +337,15 @@ class AdmissionLimiter:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._waiters and self._in_flight < self._admit and not self._closed:
-            waiter = self._waiters.popleft()
+        if not self._waiters or self._closed:
+            return
+        max_wait = self._max_wait()
+        while self._waiters and self._in_flight < self._admit:
+            waiters = self._waiters
+            if serve_newest(self._clock() - waiters[0].since, max_wait):
+                waiter = waiters.pop()
+            else:
+                waiter = waiters.popleft()
             waiter.granted = True
             self._grant()
             waiter.event.set()
