@@ -34,6 +34,7 @@ import anyio
 
 from .._lifecycle import AsyncClosable
 from .._main_guard import UnguardedMainError, check_marker, clear_marker
+from . import _forkserver, _lifeline, _shared_progress
 from ._forkserver import LaneForkServerContext
 from ._mp_internals import check_internals
 from ._slots import open_slot, shutdown_slot
@@ -53,9 +54,9 @@ _logger = logging.getLogger("resource_supervisor.broker")
 
 WORKER_PRELOAD: Final = (
     "concurrent.futures.process",
-    "resource_supervisor.broker._forkserver",
-    "resource_supervisor.broker._lifeline",
-    "resource_supervisor.broker._shared_progress",
+    _forkserver.__name__,
+    _lifeline.__name__,
+    _shared_progress.__name__,
 )
 """
 Modules every worker needs, imported once by the lane's forkserver so that
