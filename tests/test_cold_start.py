@@ -33,6 +33,8 @@ HEAVY = (
     "resource_supervisor._supervisor",
     "resource_supervisor.broker._processes",
     "resource_supervisor.broker._executors",
+    "resource_supervisor.broker._pickling",  # the service's half; workers load _call_loading
+    "resource_supervisor._exceptions",
 )
 
 

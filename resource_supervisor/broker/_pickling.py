@@ -6,7 +6,8 @@ lane sends to its workers so the work is done once, not checked and then done
 again), :func:`estimate_call_bytes` and :func:`pickle_call_spilled` (big calls,
 pickled off the event loop), :func:`check_picklable` (the same check for backends
 that pickle on their own, such as :mod:`._dask`), :func:`load_call` (the worker
-side), :func:`describe_callable` (a short name for error messages), and the
+side, defined in :mod:`._call_loading` with :func:`discard_spill`, re-exported
+here), :func:`describe_callable` (a short name for error messages), and the
 opt-in by-value serializer (:func:`by_value_serializer`, :func:`prepare_call`:
 cloudpickle for lambdas and functions defined in ``__main__``). Does not
 cover: how results travel back (:mod:`._worker`) or where calls run
@@ -32,15 +33,15 @@ helps the loop only as far as their pickling runs Python code.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import pickle
 import tempfile
 import types
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Final, Literal
 
 from .._exceptions import UnpicklableError
+from ._call_loading import Spilled, discard_spill, load_call, rebuild_bytes, rebuild_text
 from ._spill import spill_prefix
 
 if TYPE_CHECKING:
@@ -261,16 +262,6 @@ def _estimate(value: object, depth: int) -> int:
         return _ITEM_BYTES
 
 
-class _Spilled(NamedTuple):
-    """What the worker gets instead of a big call: a small pickle and its buffers' file."""
-
-    # a NamedTuple, not a dataclass: workers import this module, and dataclasses
-    # pulls in inspect and ast (a few ms of every worker's cold start)
-    header: bytes
-    path: str
-    sizes: tuple[int, ...]
-
-
 class _OutOfBand:
     """Wraps a big ``bytes``/``bytearray`` argument so pickle passes it out of band."""
 
@@ -280,12 +271,7 @@ class _OutOfBand:
         self.value = value
 
     def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
-        return _rebuild, (pickle.PickleBuffer(self.value), type(self.value) is bytes)
-
-
-def _rebuild(buffer: object, as_bytes: bool) -> bytes | bytearray:  # noqa: FBT001 - pickled
-    view = memoryview(buffer)  # type: ignore[arg-type]
-    return bytes(view) if as_bytes else bytearray(view)
+        return rebuild_bytes, (pickle.PickleBuffer(self.value), type(self.value) is bytes)
 
 
 class _OutOfBandText:
@@ -306,11 +292,7 @@ class _OutOfBandText:
         self.data = data
 
     def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
-        return _rebuild_text, (pickle.PickleBuffer(self.data),)
-
-
-def _rebuild_text(buffer: object) -> str:
-    return str(memoryview(buffer), "utf-8", "surrogatepass")  # type: ignore[arg-type]
+        return rebuild_text, (pickle.PickleBuffer(self.data),)
 
 
 def _out_of_band(arg: object) -> object:
@@ -364,20 +346,8 @@ def pickle_call_spilled(
         discard_spill(path)
         raise
     os.close(fd)
-    spilled = _Spilled(header, path, tuple(sizes))
+    spilled = Spilled(header, path, tuple(sizes))
     return pickle.dumps(spilled, protocol=pickle.HIGHEST_PROTOCOL), path
-
-
-def discard_spill(path: str | None) -> None:
-    """
-    Remove a file written by :func:`pickle_call_spilled`; a missing one is fine.
-
-    Args:
-        path: The path it returned, or ``None``.
-    """
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 def check_picklable(func: Callable[..., object], args: tuple[object, ...]) -> None:
@@ -410,30 +380,6 @@ class _Discard:
 
     def write(self, data: bytes | memoryview) -> int:
         return len(data)
-
-
-def load_call(payload: bytes) -> tuple[Callable[..., object], tuple[object, ...]]:
-    """
-    Unpickle what :func:`pickle_call` produced (runs in the worker).
-
-    Args:
-        payload: Bytes from :func:`pickle_call` or :func:`pickle_call_spilled`.
-
-    Returns:
-        The ``(func, args)`` pair.
-    """
-    call = pickle.loads(payload)
-    if isinstance(call, _Spilled):
-        with open(call.path, "rb") as file:
-            data = memoryview(file.read())
-        discard_spill(call.path)  # read once; the parent's own discard is then a no-op
-        offsets = [0]
-        for size in call.sizes:
-            offsets.append(offsets[-1] + size)
-        buffers = [data[offsets[i] : offsets[i + 1]] for i in range(len(call.sizes))]
-        call = pickle.loads(call.header, buffers=buffers)
-    func, args = call
-    return func, args
 
 
 def _diagnose(

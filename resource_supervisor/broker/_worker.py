@@ -50,7 +50,7 @@ import traceback
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ._big_outcome import BigOutcome, spill_outcome
-from ._pickling import load_call
+from ._call_loading import load_call
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
