@@ -31,12 +31,12 @@ async def run(ctx: SuiteContext) -> None:
         Propagates; both lanes are closed on the way out.
     """
     from resource_supervisor._config import ConcurrencySettings
+    from resource_supervisor.broker._local._lane import ProcessLane
     from resource_supervisor.broker._pickling import (
         by_value_serializer,
         pickle_call,
         prepare_call,
     )
-    from resource_supervisor.broker._processes import ProcessLane
 
     n = ctx.scale(2_000, 400)
     table = list(range(128))  # captured by value with the closure: about 1 KiB pickled

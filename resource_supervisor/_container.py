@@ -25,7 +25,7 @@ import psutil
 
 from ._peers import Peer, PeerDirectory, PeerDirectoryError, default_directory, largest
 from ._snapshot import PressureLevel
-from .broker._cpu_budget import CpuBudget
+from .broker._local._cpu_budget import CpuBudget
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -5,7 +5,7 @@ Covers: :func:`refuse_in_worker_bootstrap` (the worker's side: called when a
 :class:`~resource_supervisor.Supervisor` is created), :func:`check_marker` and
 :func:`clear_marker` (the service's side, used by the process lane's launcher), and
 :class:`UnguardedMainError`. Does not cover: starting workers
-(:mod:`.broker._slot_launcher`) or the supervisor itself (:mod:`._supervisor`).
+(:mod:`.broker._local._launcher`) or the supervisor itself (:mod:`._supervisor`).
 
 The failure this prevents: with the ``spawn`` and ``forkserver`` start methods a
 new worker imports the service's main module (as ``__mp_main__``) before it

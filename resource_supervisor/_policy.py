@@ -7,7 +7,7 @@ deciding when cleanup runs (:func:`cleanup_due`). Everything here is pure: no I/
 no clock, no await; callers pass ``now``.
 
 Does not cover: reading the metrics (:mod:`._sampler`) or running handlers
-(:mod:`._cleanup`). See also :mod:`.broker._sizing` for the worker-count policy.
+(:mod:`._cleanup`). See also :mod:`.broker._local._sizing` for the worker-count policy.
 
 The hysteresis cycle, for warning 75 / critical 85 / hysteresis 5::
 

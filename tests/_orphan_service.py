@@ -17,7 +17,7 @@ import sys
 async def main(start_method: str) -> None:
     """Start the busy lane, report, wait forever."""
     from resource_supervisor._config import ConcurrencySettings
-    from resource_supervisor.broker._processes import ProcessLane
+    from resource_supervisor.broker._local._lane import ProcessLane
     from tests import _workers
 
     settings = ConcurrencySettings(idle_timeout=300.0, start_method=start_method)  # type: ignore[arg-type]

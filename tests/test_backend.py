@@ -8,7 +8,7 @@ import pytest
 
 from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor.broker._backend import ProcessBackend
-from resource_supervisor.broker._processes import ProcessLane
+from resource_supervisor.broker._local._lane import ProcessLane
 
 
 def test_local_lane_implements_the_seam() -> None:
@@ -26,7 +26,7 @@ def test_local_lane_implements_the_seam() -> None:
 def test_dask_lane_implements_the_seam() -> None:
     """DaskLane has every member of ProcessBackend, so the same calls run on a cluster."""
     pytest.importorskip("distributed")
-    from resource_supervisor.broker._dask import DaskLane
+    from resource_supervisor.broker._dask._lane import DaskLane
 
     lane = DaskLane(ConcurrencySettings(backend="dask"), max_workers=1)
     assert isinstance(lane, ProcessBackend)

@@ -12,8 +12,8 @@ import pytest
 
 from resource_supervisor._config import ConcurrencySettings, SupervisorSettings
 from resource_supervisor._supervisor import Supervisor
-from resource_supervisor.broker._processes import ProcessLane
-from resource_supervisor.broker._slot_launcher import WORKER_PRELOAD
+from resource_supervisor.broker._local._lane import ProcessLane
+from resource_supervisor.broker._local._launcher import WORKER_PRELOAD
 from tests import _probe_workers, _workers
 from tests._leaks import child_pids
 
@@ -31,7 +31,7 @@ HEAVY = (
     "multiprocessing.sharedctypes",
     "resource_supervisor._config",
     "resource_supervisor._supervisor",
-    "resource_supervisor.broker._processes",
+    "resource_supervisor.broker._local._lane",
     "resource_supervisor.broker._executors",
     "resource_supervisor.broker._pickling",  # the service's half; workers load _call_loading
     "resource_supervisor._exceptions",
@@ -81,7 +81,7 @@ def test_worker_entry_imports_nothing_heavy() -> None:
     """``python -X importtime`` of what the lane's forkserver preloads (the worker
     entry module and :data:`WORKER_PRELOAD`) shows none of the service's heavy
     dependencies (pydantic, YAML, anyio, psutil, ctypes) or its lane modules."""
-    preload = ", ".join(("resource_supervisor.broker._worker", *WORKER_PRELOAD))
+    preload = ", ".join(("resource_supervisor.broker._local._worker", *WORKER_PRELOAD))
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {preload}"],
         capture_output=True,
@@ -94,7 +94,7 @@ def test_worker_entry_imports_nothing_heavy() -> None:
         for line in result.stderr.splitlines()
         if line.startswith("import time:") and "|" in line
     }
-    assert {"resource_supervisor.broker._worker", *WORKER_PRELOAD} <= imported
+    assert {"resource_supervisor.broker._local._worker", *WORKER_PRELOAD} <= imported
     assert _heavy(imported) == []
 
 
@@ -110,7 +110,7 @@ async def test_a_real_worker_has_no_heavy_module_loaded(
     )
     async with Supervisor(settings) as sup:
         modules = await sup.executors.run_in_process(_probe_workers.loaded_modules)
-    assert "resource_supervisor.broker._worker" in modules
+    assert "resource_supervisor.broker._local._worker" in modules
     assert _heavy(modules) == []
 
 

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resource_supervisor._peers import PeerDirectory
-from resource_supervisor.broker._cpu_budget import CpuBudget, tokens_wanted
+from resource_supervisor.broker._local._cpu_budget import CpuBudget, tokens_wanted
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -25,7 +25,7 @@ HOLDER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from resource_supervisor._peers import PeerDirectory
-    from resource_supervisor.broker._cpu_budget import CpuBudget
+    from resource_supervisor.broker._local._cpu_budget import CpuBudget
     directory = PeerDirectory(Path(sys.argv[1]))
     directory.open()
     budget = CpuBudget(Path(sys.argv[1]), int(sys.argv[2]))

@@ -26,7 +26,7 @@ from resource_supervisor._exceptions import (
     WorkerCrashedError,
 )
 from resource_supervisor._snapshot import PressureLevel
-from resource_supervisor.broker._dask import DaskLane
+from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
 from tests._leaks import child_pids
 

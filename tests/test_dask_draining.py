@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from resource_supervisor._config import ConcurrencySettings, DaskSettings
-from resource_supervisor.broker._dask import DaskLane
-from resource_supervisor.broker._dask_draining import Drains
+from resource_supervisor.broker._dask._draining import Drains
+from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
 
 if TYPE_CHECKING:

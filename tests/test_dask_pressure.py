@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resource_supervisor._snapshot import PressureLevel
-from resource_supervisor.broker._dask_pressure import (
+from resource_supervisor.broker._dask._pressure import (
     ClusterReading,
     ClusterThresholds,
     grade_cluster,

@@ -23,7 +23,7 @@ from resource_supervisor._config import (
     load_settings,
 )
 from resource_supervisor._exceptions import ConfigError
-from resource_supervisor.broker._dask import DaskLane
+from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
 from tests.test_dask import no_leaks  # noqa: F401 - the fixture
 

@@ -9,8 +9,8 @@ import pytest
 
 from resource_supervisor._config import ConcurrencySettings, DaskSettings
 from resource_supervisor._exceptions import WorkerCrashedError
-from resource_supervisor.broker._dask import DaskLane
-from resource_supervisor.broker._dask_streams import WORKER_BATCH_SECONDS
+from resource_supervisor.broker._dask._lane import DaskLane
+from resource_supervisor.broker._dask._streams import WORKER_BATCH_SECONDS
 from tests import _dask_workers as w
 
 if TYPE_CHECKING:

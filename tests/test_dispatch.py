@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resource_supervisor.broker._dispatch import (
+from resource_supervisor.broker._local._dispatch import (
     BATCH_MAX_CALL_SECONDS,
     batch_size,
     sort_unfinished,
 )
-from resource_supervisor.broker._worker import MAX_BATCH
+from resource_supervisor.broker._local._worker import MAX_BATCH
 
 SHORT = BATCH_MAX_CALL_SECONDS / 2
 

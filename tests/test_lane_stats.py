@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from resource_supervisor.broker._lane_stats import (
+from resource_supervisor.broker._local._slot import Call, Slot, SlotState
+from resource_supervisor.broker._local._stats import (
     LaneCounters,
     ProcessLaneStatistics,
     lane_metrics,
     lane_statistics,
 )
-from resource_supervisor.broker._slots import Call, Slot, SlotState
 
 
 async def test_statistics_count_live_busy_and_pids() -> None:

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import WorkerCrashedError
+from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._mapping import (
     apply_chunk,
     finishing_chunksize,
     map_chunked,
     next_chunksize,
 )
-from resource_supervisor.broker._processes import ProcessLane
 from tests import _workers
 
 if TYPE_CHECKING:

@@ -10,16 +10,16 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from resource_supervisor._config import ConcurrencySettings
-from resource_supervisor.broker import _worker
-from resource_supervisor.broker._mp_internals import (
+from resource_supervisor.broker._local import _worker
+from resource_supervisor.broker._local._lane import ProcessLane
+from resource_supervisor.broker._local._launcher import SlotLauncher
+from resource_supervisor.broker._local._mp_internals import (
     LaneInternals,
     check_internals,
     result_queue_writer,
     worker_process,
 )
-from resource_supervisor.broker._processes import ProcessLane
-from resource_supervisor.broker._slot_launcher import SlotLauncher
-from resource_supervisor.broker._slots import Slot
+from resource_supervisor.broker._local._slot import Slot
 from tests import _workers
 from tests._leaks import child_pids
 

@@ -22,7 +22,7 @@ import pytest
 
 from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import CallTimeoutError
-from resource_supervisor.broker._processes import ProcessLane
+from resource_supervisor.broker._local._lane import ProcessLane
 from tests import _workers
 
 pytestmark = pytest.mark.timeout(90)

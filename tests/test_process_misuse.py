@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from resource_supervisor._config import ConcurrencySettings
-from resource_supervisor.broker._processes import ProcessLane
+from resource_supervisor.broker._local._lane import ProcessLane
 from tests import _workers
 from tests._leaks import child_pids
 

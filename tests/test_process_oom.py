@@ -24,8 +24,8 @@ import pytest
 from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import WorkerCrashedError
 from resource_supervisor._snapshot import PressureLevel
-from resource_supervisor.broker._processes import ProcessLane
-from resource_supervisor.broker._worker_memory import (
+from resource_supervisor.broker._local._lane import ProcessLane
+from resource_supervisor.broker._local._worker_memory import (
     OomKillCounter,
     memory_victim,
     parse_oom_kills,

@@ -22,8 +22,8 @@ import psutil
 import pytest
 
 from resource_supervisor._config import ConcurrencySettings
-from resource_supervisor.broker._processes import ProcessLane
-from resource_supervisor.broker._spill import SPILL_PREFIX, spill_prefix, sweep_spills
+from resource_supervisor.broker._local._lane import ProcessLane
+from resource_supervisor.broker._local._spill import SPILL_PREFIX, spill_prefix, sweep_spills
 from tests import _workers
 
 pytestmark = pytest.mark.timeout(60)

@@ -22,8 +22,8 @@ import anyio
 import pytest
 
 from resource_supervisor._config import ConcurrencySettings
-from resource_supervisor.broker._processes import ProcessLane
-from resource_supervisor.broker._spill import spill_prefix
+from resource_supervisor.broker._local._lane import ProcessLane
+from resource_supervisor.broker._local._spill import spill_prefix
 from tests import _workers
 
 if TYPE_CHECKING:

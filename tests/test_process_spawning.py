@@ -17,8 +17,8 @@ import anyio
 import pytest
 
 from resource_supervisor._config import ConcurrencySettings
-from resource_supervisor.broker._headroom import WORKER_BYTES_FLOOR, MemoryHeadroom
-from resource_supervisor.broker._processes import ProcessLane
+from resource_supervisor.broker._local._headroom import WORKER_BYTES_FLOOR, MemoryHeadroom
+from resource_supervisor.broker._local._lane import ProcessLane
 from tests import _workers
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ from resource_supervisor._exceptions import (
     WorkerCrashedError,
 )
 from resource_supervisor._snapshot import PressureLevel
-from resource_supervisor.broker._processes import ProcessLane
-from resource_supervisor.broker._worker import RemoteTraceback
+from resource_supervisor.broker._local._lane import ProcessLane
+from resource_supervisor.broker._local._worker import RemoteTraceback
 from tests import _workers
 from tests._leaks import child_pids
 
@@ -188,7 +188,7 @@ async def test_worker_serves_again_after_an_idle_spell_and_a_big_result() -> Non
     A worker's serving loop returns when idle or after a result too big for the
     pipe; the next calls still run on the same worker, with no crash counted.
     """
-    from resource_supervisor.broker._worker import SERVE_IDLE_SECONDS
+    from resource_supervisor.broker._local._worker import SERVE_IDLE_SECONDS
 
     async with ProcessLane(_settings(), max_workers=1) as lane:
         first = await lane.run(_workers.pid, (), timeout=None)

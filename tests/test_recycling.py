@@ -9,7 +9,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resource_supervisor.broker._recycling import calls_left, recycle_due, rss_bytes
+from resource_supervisor.broker._local._recycling import calls_left, recycle_due, rss_bytes
 
 
 def _gone_pid() -> int:

@@ -10,8 +10,8 @@ import pytest
 
 from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import UnpicklableError
+from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._pickling import by_value_serializer, pickle_call, prepare_call
-from resource_supervisor.broker._processes import ProcessLane
 from tests import _probe_workers, _workers
 from tests._leaks import child_pids
 

@@ -6,7 +6,11 @@ import multiprocessing
 
 import pytest
 
-from resource_supervisor.broker._shared_progress import SharedFlags, SharedInt, shared_progress
+from resource_supervisor.broker._local._shared_progress import (
+    SharedFlags,
+    SharedInt,
+    shared_progress,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resource_supervisor._snapshot import PressureLevel
-from resource_supervisor.broker._sizing import admits, pressure_cap, target_workers
+from resource_supervisor.broker._local._sizing import admits, pressure_cap, target_workers
 
 N, W, C = PressureLevel.NORMAL, PressureLevel.WARNING, PressureLevel.CRITICAL
 

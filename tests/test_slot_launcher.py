@@ -10,10 +10,10 @@ import anyio
 import psutil
 import pytest
 
-from resource_supervisor.broker import _worker
+from resource_supervisor.broker._local import _worker
+from resource_supervisor.broker._local._launcher import SlotLauncher, kill_worker, stop_reading
+from resource_supervisor.broker._local._slot import Slot, SlotState, read_frames, write_calls
 from resource_supervisor.broker._pickling import pickle_call
-from resource_supervisor.broker._slot_launcher import SlotLauncher, kill_worker, stop_reading
-from resource_supervisor.broker._slots import Slot, SlotState, read_frames, write_calls
 from tests import _workers
 from tests._leaks import child_pids
 

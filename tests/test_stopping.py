@@ -10,8 +10,8 @@ from typing import cast
 
 import pytest
 
-from resource_supervisor.broker._slots import Call, Slot, SlotState
-from resource_supervisor.broker._stopping import Stop, stop_call
+from resource_supervisor.broker._local._slot import Call, Slot, SlotState
+from resource_supervisor.broker._local._stopping import Stop, stop_call
 
 pytestmark = pytest.mark.timeout(30)
 

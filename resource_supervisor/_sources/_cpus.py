@@ -4,7 +4,7 @@ How many CPUs this process can really use.
 Covers: :func:`usable_cpu_count`, the smaller of the CPU affinity mask and the cgroup
 CPU quota (rounded up). Does not cover: reading the quota files (:mod:`._cgroup`,
 :func:`~._cgroup.read_cpu_quota`) or sizing worker pools from the count
-(:mod:`..broker._sizing`).
+(:mod:`..broker._local._sizing`).
 """
 
 from __future__ import annotations

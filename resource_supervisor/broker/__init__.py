@@ -2,10 +2,10 @@
 The executor broker: a thread lane for blocking I/O and a process lane for CPU work.
 
 Reached as ``sup.executors`` (:class:`Executors`). The process backends
-(:mod:`._processes`, :mod:`._dask`) are imported only when a lane is built.
+(:mod:`._local._lane`, :mod:`._dask._lane`) are imported only when a lane is built.
 
 The public names are imported on first use (PEP 562), so a process-lane worker
-that imports :mod:`._worker` loads neither the lanes nor anyio.
+that imports :mod:`._local._worker` loads neither the lanes nor anyio.
 """
 
 from __future__ import annotations

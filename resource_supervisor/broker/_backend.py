@@ -2,8 +2,8 @@
 The seam behind the process lane: what a CPU backend must provide.
 
 Covers: the :class:`ProcessBackend` protocol that the local lane
-(:mod:`._processes`, one single-worker ``ProcessPoolExecutor`` per slot) and the
-distributed lane (:mod:`._dask`) both implement, so that
+(:mod:`._local._lane`, one single-worker ``ProcessPoolExecutor`` per slot) and the
+distributed lane (:mod:`._dask._lane`) both implement, so that
 ``Executors.run_in_process`` and ``Executors.map_in_processes`` keep one contract
 whichever backend runs the work. Does not cover: the thread lane
 (:mod:`._threads`) or how chunks are formed for maps (:mod:`._mapping`).

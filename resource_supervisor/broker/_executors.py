@@ -6,7 +6,7 @@ Covers: :class:`Executors` (``run_in_thread``, ``run_in_process``,
 ``process_executor`` and ``set_default_executor``, ``set_pressure``, ``metrics``,
 ``aclose``) and :func:`split_worker_budget`, the pure rule that applies
 ``max_total_workers``. Does not cover: how the lanes work (:mod:`._threads`;
-:mod:`._processes` for the local process lane; :mod:`._dask` for the distributed
+:mod:`._local._lane` for the local process lane; :mod:`._dask._lane` for the distributed
 one, behind the :class:`~._backend.ProcessBackend` seam), how the
 ``concurrent.futures`` executors bridge threads to the loop
 (:mod:`._std_executors`), or resolving ``"auto"`` worker counts (the supervisor
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .._config import ConcurrencySettings
     from .._snapshot import MetricValue
     from ._backend import ProcessBackend
-    from ._cpu_budget import CpuBudget
+    from ._local._cpu_budget import CpuBudget
     from ._std_executors import _Bridge
 
     class _Backend(ProcessBackend, Protocol):
@@ -95,14 +95,14 @@ def _make_backend(
     """Build the process backend named by ``settings.backend`` (imported lazily)."""
     if settings.backend == "dask":
         try:
-            from ._dask import DaskLane  # lazily: keeps the dask extra optional
+            from ._dask._lane import DaskLane  # lazily: keeps the dask extra optional
         except ImportError as exc:
             raise ImportError(
                 "concurrency.backend 'dask' needs the 'dask' extra: "
                 "pip install 'resource-supervisor[dask]'"
             ) from exc
         return DaskLane(settings, max_workers=cpu_workers)
-    from ._processes import ProcessLane  # lazily: only built on entry
+    from ._local._lane import ProcessLane  # lazily: only built on entry
 
     return ProcessLane(settings, max_workers=cpu_workers, cpu_budget=cpu_budget)
 

@@ -5,8 +5,8 @@ Covers: :func:`map_chunked` (chunks formed lazily from an iterable or async
 iterable, at most ``max_in_flight`` chunks sent and not consumed, results in input
 order or as chunks complete), the automatic chunk size (:func:`next_chunksize`,
 pure) and the worker-side :func:`apply_chunk`. Generic: it knows nothing of
-processes; the local lane (:mod:`._processes`) and the Dask backend
-(:mod:`._dask`) pass their own ``run`` callable. Does not cover: where chunks run,
+processes; the local lane (:mod:`._local._lane`) and the Dask backend
+(:mod:`._dask._lane`) pass their own ``run`` callable. Does not cover: where chunks run,
 crash isolation or admission (the backend's ``run`` does that), pickling
 (:mod:`._pickling`).
 

@@ -5,13 +5,13 @@ Covers: :func:`pickle_call` (the ``(func, args)`` pair to bytes, the form the lo
 lane sends to its workers so the work is done once, not checked and then done
 again), :func:`estimate_call_bytes` and :func:`pickle_call_spilled` (big calls,
 pickled off the event loop), :func:`check_picklable` (the same check for backends
-that pickle on their own, such as :mod:`._dask`), :func:`load_call` (the worker
+that pickle on their own, such as :mod:`._dask._lane`), :func:`load_call` (the worker
 side, defined in :mod:`._call_loading` with :func:`discard_spill`, re-exported
 here), :func:`describe_callable` (a short name for error messages), and the
 opt-in by-value serializer (:func:`by_value_serializer`, :func:`prepare_call`:
 cloudpickle for lambdas and functions defined in ``__main__``). Does not
-cover: how results travel back (:mod:`._worker`) or where calls run
-(:mod:`._processes`).
+cover: how results travel back (:mod:`._local._worker`) or where calls run
+(:mod:`._local._lane`).
 
 Cost: one ``pickle.dumps`` of ``(func, args)`` with the standard library pickle
 (about 2-5 us for a module-level function and a few small arguments). Only when it
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from .._exceptions import UnpicklableError
 from ._call_loading import Spilled, discard_spill, load_call, rebuild_bytes, rebuild_text
-from ._spill import spill_prefix
+from ._local._spill import spill_prefix
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -6,7 +6,7 @@ Covers: :class:`LaneThreadExecutor` (a :class:`concurrent.futures.ThreadPoolExec
 subclass, so ``loop.set_default_executor`` accepts it) and
 :class:`LaneProcessExecutor` (a :class:`concurrent.futures.Executor`), their futures
 and how a call submitted from any thread reaches a lane. Does not cover: the lanes
-themselves (:mod:`._threads`, :mod:`._processes`, :mod:`._dask`) or installing the
+themselves (:mod:`._threads`, :mod:`._local._lane`, :mod:`._dask._lane`) or installing the
 loop's default executor (:meth:`._executors.Executors.set_default_executor`).
 
 How a call travels. ``submit`` never blocks and never waits for the event loop: it

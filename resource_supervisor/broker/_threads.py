@@ -3,7 +3,7 @@ The thread lane: blocking I/O calls run on anyio worker threads, off the event l
 
 Covers: :class:`ThreadLane` (``run``, ``statistics``, ``metrics``, ``aclose``) and
 :class:`ThreadLaneStatistics`. Does not cover: CPU-bound work in worker processes
-(:mod:`._processes`, :mod:`._dask`), how many threads the lane gets (the supervisor
+(:mod:`._local._lane`, :mod:`._dask._lane`), how many threads the lane gets (the supervisor
 resolves ``default_io_workers``; :func:`._executors.split_worker_budget` applies
 ``max_total_workers``), or the public facade (:mod:`._executors`).
 

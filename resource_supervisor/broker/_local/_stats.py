@@ -5,9 +5,9 @@ Covers: :class:`ProcessLaneStatistics` (the frozen view ``ProcessLane.statistics
 returns), :class:`LaneCounters` (the lane's running totals), :func:`lane_statistics`
 (counts a lane's slots and queue into a view) and :func:`lane_metrics` (the flat
 ``process_*`` metrics of a view). Pure: no I/O, clock or await. Does not cover:
-when the counters move (:mod:`._processes`), the slots themselves (:mod:`._slots`),
-the thread lane's statistics (:mod:`._threads`) or the Dask backend's
-(:mod:`._dask`). See also :mod:`..integrations.prometheus`, which exports these
+when the counters move (:mod:`._lane`), the slots themselves (:mod:`._slot`),
+the thread lane's statistics (:mod:`.._threads`) or the Dask backend's
+(:mod:`.._dask._lane`). See also :mod:`...integrations.prometheus`, which exports these
 metrics.
 """
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._slots import SlotState
+from ._slot import SlotState
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .._snapshot import MetricValue
-    from ._slots import Slot
+    from ..._snapshot import MetricValue
+    from ._slot import Slot
 
 __all__ = ("LaneCounters", "ProcessLaneStatistics", "lane_metrics", "lane_statistics")
 

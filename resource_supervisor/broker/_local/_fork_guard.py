@@ -3,8 +3,8 @@ Disarming the process lanes of a service in a child forked from it.
 
 Covers: :func:`guard_lane` (register a lane so that a child forked from the
 service forgets it) and the ``os.register_at_fork`` hook that does so. Does not
-cover: the lane itself (:mod:`._processes`), its lifeline (:mod:`._lifeline`) or
-its forkserver (:mod:`._forkserver`, :mod:`._slot_launcher`).
+cover: the lane itself (:mod:`._lane`), its lifeline (:mod:`._lifeline`) or
+its forkserver (:mod:`._forkserver`, :mod:`._launcher`).
 
 Why: ``os.fork()`` in the service (a pre-forking server, a library that forks a
 helper) copies every descriptor the lane holds. A child holding the write end

@@ -4,21 +4,21 @@ The local process lane: CPU work on single-worker ``ProcessPoolExecutor`` slots.
 Covers: :class:`ProcessLane` (``run``, ``map``, pressure, statistics, lifecycle):
 the queue, dispatching batches to slots, crash isolation, per-call timeouts,
 recycling and sizing decisions applied. Does not cover: a slot's state, channel
-and progress frames (:mod:`._slots`), starting and stopping slots off the loop
-(:mod:`._slot_launcher`), the lane's private forkserver (:mod:`._forkserver`),
+and progress frames (:mod:`._slot`), starting and stopping slots off the loop
+(:mod:`._launcher`), the lane's private forkserver (:mod:`._forkserver`),
 the pure rules for batches (:mod:`._dispatch`), sizing (:mod:`._sizing`) and
-recycling (:mod:`._recycling`), the statistics view (:mod:`._lane_stats`), chunked
-maps (:mod:`._mapping`), pickling (:mod:`._pickling`), the worker side
-(:mod:`._worker`), the thread lane (:mod:`._threads`) or the Dask backend
-(:mod:`._dask`); the public facade is ``Executors`` (:mod:`._executors`). Giving
+recycling (:mod:`._recycling`), the statistics view (:mod:`._stats`), chunked
+maps (:mod:`.._mapping`), pickling (:mod:`.._pickling`), the worker side
+(:mod:`._worker`), the thread lane (:mod:`.._threads`) or the Dask backend
+(:mod:`.._dask._lane`); the public facade is ``Executors`` (:mod:`.._executors`). Giving
 up calls and killing workers (cancellation, timeouts, memory relief) is the
-:class:`._lane_kills.LaneKills` mixin.
+:class:`._kills.LaneKills` mixin.
 
 Pickling: a call is pickled on the event loop when its arguments are estimated
-below :data:`._pickling.OFFLOAD_BYTES` (a few microseconds, cheaper than a thread
+below :data:`.._pickling.OFFLOAD_BYTES` (a few microseconds, cheaper than a thread
 handoff); bigger ones are pickled in a worker thread with their big buffers
 written to a temporary file in pieces, so the loop is not held (see
-:mod:`._pickling`). Either way an unpicklable call fails before it is queued.
+:mod:`.._pickling`). Either way an unpicklable call fails before it is queued.
 Outcomes up to 4 KiB are decoded on the loop; bigger ones come through a spill
 file and are loaded in the executor's manager thread (:mod:`._big_outcome`).
 
@@ -79,24 +79,15 @@ from typing import TYPE_CHECKING, Final, Self, TypeVar, cast
 
 import anyio
 
-from .._exceptions import (
+from ..._exceptions import (
     OverloadedError,
     SupervisorClosedError,
     WorkerCrashedError,
 )
-from .._lifecycle import AsyncClosable
-from .._snapshot import PressureLevel
-from . import _worker
-from ._big_outcome import BigOutcome, load_outcome
-from ._cpu_budget import tokens_wanted
-from ._dispatch import batch_size, sort_unfinished
-from ._fork_guard import guard_lane
-from ._headroom import MemoryHeadroom, startable_workers
-from ._lane_kills import LaneKills
-from ._lane_stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
-from ._lifeline import Lifeline
-from ._mapping import map_chunked
-from ._pickling import (
+from ..._lifecycle import AsyncClosable
+from ..._snapshot import PressureLevel
+from .._mapping import map_chunked
+from .._pickling import (
     OFFLOAD_BYTES,
     by_value_serializer,
     describe_callable,
@@ -106,11 +97,20 @@ from ._pickling import (
     pickle_call_spilled,
     prepare_call,
 )
+from . import _worker
+from ._big_outcome import BigOutcome, load_outcome
+from ._cpu_budget import tokens_wanted
+from ._dispatch import batch_size, sort_unfinished
+from ._fork_guard import guard_lane
+from ._headroom import MemoryHeadroom, startable_workers
+from ._kills import LaneKills
+from ._launcher import SlotLauncher, kill_worker, stop_reading
+from ._lifeline import Lifeline
 from ._recycling import calls_left, recycle_due, rss_bytes
 from ._sizing import admits, target_workers
-from ._slot_launcher import SlotLauncher, kill_worker, stop_reading
-from ._slots import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
+from ._slot import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
 from ._spill import sweep_spills
+from ._stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
 from ._worker_memory import OomKillCounter, measure_workers
 
 if TYPE_CHECKING:
@@ -124,8 +124,8 @@ if TYPE_CHECKING:
     )
     from concurrent.futures import Future
 
-    from .._config import ConcurrencySettings
-    from .._snapshot import MetricValue
+    from ..._config import ConcurrencySettings
+    from ..._snapshot import MetricValue
     from ._cpu_budget import CpuBudget
 
 __all__ = ("ProcessLane", "ProcessLaneStatistics")
@@ -301,7 +301,7 @@ class ProcessLane(LaneKills, AsyncClosable):
             items: Any iterable or async iterable, consumed as chunks are sent.
             ordered: Yield in input order (``True``) or as chunks complete.
             chunksize: Fixed items per chunk; ``None`` sizes chunks from the
-                measured time per item (see :func:`._mapping.map_chunked`).
+                measured time per item (see :func:`.._mapping.map_chunked`).
             max_in_flight: Chunks sent and not yet consumed; ``None`` = 2 x workers.
 
         Returns:

@@ -6,7 +6,7 @@ of the outcome itself), :func:`spill_outcome` (worker side: write the outcome to
 a spill file) and :func:`load_outcome` (parent side, in the executor's manager
 thread: read and decode it, remove the file). Does not cover: the atomic pipe
 frames of small outcomes (:mod:`._worker`), big call arguments
-(:mod:`._pickling`) or sweeping spill files of a dead service (:mod:`._spill`).
+(:mod:`.._pickling`) or sweeping spill files of a dead service (:mod:`._spill`).
 
 Why a file: an outcome sent through the executor's result queue is copied
 several times in the parent while the GIL is held (the queue's message buffer,

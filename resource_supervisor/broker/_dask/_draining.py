@@ -12,7 +12,7 @@ while it runs the lane sends new calls to the other workers. A worker that canno
 asked (gone, no answer within 5 s, or ``run`` blocked by the operator) ends the wait:
 its slot is freed.
 
-Does not cover: admission and submission (:mod:`._dask`).
+Does not cover: admission and submission (:mod:`._lane`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
-from .._lifecycle import AsyncClosable
+from ..._lifecycle import AsyncClosable
 
 if TYPE_CHECKING:
     from collections.abc import Callable

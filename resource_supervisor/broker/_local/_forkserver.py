@@ -4,7 +4,7 @@ A private ``multiprocessing`` forkserver per process lane, so the lane can stop 
 Covers: :class:`LaneForkServerContext`, a forkserver context whose processes are
 forked by a server that belongs to one lane (not the interpreter-wide one), and
 its :meth:`~LaneForkServerContext.stop`. Does not cover: the worker slots that use
-it (:mod:`._slots`), the lane (:mod:`._processes`) or what runs in the workers
+it (:mod:`._slot`), the lane (:mod:`._lane`) or what runs in the workers
 (:mod:`._worker`).
 
 Why private: ``fork`` copies a process that runs an event loop and threads (locks

@@ -4,8 +4,8 @@ Pure sizing and admission policy of the process lane.
 Covers: how many workers the lane should have given its queue, its busy and idle
 workers and the pressure level (:func:`target_workers`), and whether a new call
 is admitted (:func:`admits`). Pure: no I/O, clock or await; the lane passes the
-times in. Does not cover: starting or retiring workers (:mod:`._processes`), the
-pressure level itself (:mod:`.._policy`), chunk sizes of maps (:mod:`._mapping`).
+times in. Does not cover: starting or retiring workers (:mod:`._lane`), the
+pressure level itself (:mod:`..._policy`), chunk sizes of maps (:mod:`.._mapping`).
 
 Rules, in the order they apply:
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._snapshot import PressureLevel
+from ..._snapshot import PressureLevel
 
 __all__ = ("SizingDecision", "admits", "pressure_cap", "target_workers")
 

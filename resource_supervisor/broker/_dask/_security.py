@@ -23,8 +23,8 @@ Covers:
   key; validated by :class:`~.._config.DaskSecuritySettings`) for a connected
   scheduler.
 
-Does not cover: starting or closing clusters (:mod:`._dask_cluster`,
-:mod:`._dask_subprocess`). A process of the service's own user can read the
+Does not cover: starting or closing clusters (:mod:`._cluster`,
+:mod:`._subprocess`). A process of the service's own user can read the
 service's memory anyway; the credentials keep out every other user and every
 process without them.
 """
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from distributed.security import Security
 
-    from .._config import DaskSecuritySettings
+    from ..._config import DaskSecuritySettings
 
 __all__ = (
     "connect_security",
@@ -74,7 +74,7 @@ def private_config() -> dict[str, object]:
 
     Returns:
         No HTTP routes on the scheduler and the workers, and a worker saturation of
-        1.0 (see :mod:`._dask_cluster`).
+        1.0 (see :mod:`._cluster`).
     """
     return {
         "distributed.scheduler.http.routes": [],

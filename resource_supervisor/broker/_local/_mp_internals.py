@@ -6,8 +6,8 @@ interpreter's ``multiprocessing`` and ``concurrent.futures`` for the private
 pieces the lane was written against), and the two accessors that read private
 executor state only where the gate allows it (:func:`worker_process`,
 :func:`result_queue_writer`). Does not cover: the lane's forkserver that needs
-them (:mod:`._forkserver`), starting slots (:mod:`._slot_launcher`,
-:mod:`._slots`) or the lane (:mod:`._processes`).
+them (:mod:`._forkserver`), starting slots (:mod:`._launcher`,
+:mod:`._slot`) or the lane (:mod:`._lane`).
 
 What the lane relies on (CPython 3.11 to 3.13, checked rather than assumed from
 the version number):

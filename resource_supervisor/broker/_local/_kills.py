@@ -1,11 +1,11 @@
 """
 Cancellation, timeouts and kills of the local process lane.
 
-Covers: :class:`LaneKills`, the part of :class:`._processes.ProcessLane` that acts
+Covers: :class:`LaneKills`, the part of :class:`._lane.ProcessLane` that acts
 when a caller gives up (a cancelled call, an expired ``timeout=``), that kills a
 worker, and that kills the largest worker at CRITICAL pressure. Does not cover:
 the atomic decision whether a handed-over call is withdrawn or killed
-(:mod:`._stopping`), a worker's death once seen (:mod:`._processes`), or
+(:mod:`._stopping`), a worker's death once seen (:mod:`._lane`), or
 measuring worker memory and the OOM-kill counter (:mod:`._worker_memory`).
 """
 
@@ -16,9 +16,9 @@ import logging
 import os
 from typing import TYPE_CHECKING, Final, Protocol
 
-from .._exceptions import CallTimeoutError
+from ..._exceptions import CallTimeoutError
 from ._recycling import rss_bytes
-from ._slots import SlotState
+from ._slot import SlotState
 from ._stopping import Stop, stop_call
 from ._worker_memory import memory_victim
 
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     import asyncio
     import collections
 
-    from ._lane_stats import LaneCounters
-    from ._slot_launcher import SlotLauncher
-    from ._slots import Call, Slot
+    from ._launcher import SlotLauncher
+    from ._slot import Call, Slot
+    from ._stats import LaneCounters
 
 __all__ = ("LaneKills",)
 
@@ -62,7 +62,7 @@ class _Lane(Protocol):
 
 
 class LaneKills:
-    """Mixin of :class:`._processes.ProcessLane`: giving up calls and killing workers."""
+    """Mixin of :class:`._lane.ProcessLane`: giving up calls and killing workers."""
 
     # -- cancellation and timeouts ----------------------------------------------------
     def _cancel(self: _Lane, call: Call) -> None:

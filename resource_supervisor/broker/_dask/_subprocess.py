@@ -6,13 +6,13 @@ Covers: :func:`subprocess_cluster`, a ``SpecCluster`` of one scheduler and N nan
 each started as ``python -m dask spec`` on 127.0.0.1, like distributed's experimental
 ``SubprocessCluster``, with two differences: every process gets the cluster's TLS
 credentials and private config through its environment
-(:func:`._dask_security.subprocess_environment`; ``SubprocessCluster`` can pass only
+(:func:`._security.subprocess_environment`; ``SubprocessCluster`` can pass only
 JSON on the command line, which every local user can read), and the scheduler file
 lives in a private temporary directory that closing removes. The scheduler's stderr
 is the service's, as the workers' is (a pipe nobody reads would fill up and stall the
 scheduler after enough log lines).
 
-Does not cover: the in-process ``LocalCluster`` or the client (:mod:`._dask_cluster`).
+Does not cover: the in-process ``LocalCluster`` or the client (:mod:`._cluster`).
 """
 
 from __future__ import annotations

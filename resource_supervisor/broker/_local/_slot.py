@@ -7,7 +7,7 @@ channel shared with its worker, :meth:`Slot.hand_over` of a batch),
 :func:`open_slot` and :func:`shutdown_slot` (blocking: start and stop a slot's
 executor, from a worker thread), :func:`write_calls` (batch frames to the slot's call pipe,
 non-blocking) and :func:`read_frames` (outcome frames from the slot's result
-pipe). Does not cover: queueing, dispatching and sizing (:mod:`._processes`), the
+pipe). Does not cover: queueing, dispatching and sizing (:mod:`._lane`), the
 worker's half of the protocol (:mod:`._worker`) or the lane's forkserver
 (:mod:`._forkserver`).
 
@@ -72,7 +72,7 @@ class Call:
     future: asyncio.Future[object]
     kill_on_cancel: bool
     spill: str | None = None
-    """Temporary file holding the call's big buffers (see :mod:`._pickling`)."""
+    """Temporary file holding the call's big buffers (see :mod:`.._pickling`)."""
     seq: int = -1
     position: int = -1
     slot: Slot | None = None

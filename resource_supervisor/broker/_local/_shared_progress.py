@@ -5,7 +5,7 @@ Covers: :func:`shared_progress`, which returns :class:`SharedInt` (the sequence
 number of the call the worker runs) and :class:`SharedFlags` (one withdrawal flag
 per batch position) over one block of ``multiprocessing``'s shared heap. Does not
 cover: what the values mean and the lock that guards them (:mod:`._worker`,
-:mod:`._stopping`), or the slot that holds them (:mod:`._slots`).
+:mod:`._stopping`), or the slot that holds them (:mod:`._slot`).
 
 Why not ``RawValue`` and ``RawArray``: they need ``multiprocessing.sharedctypes``,
 which imports ``ctypes``, a few milliseconds in the service at its first process

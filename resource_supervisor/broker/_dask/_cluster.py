@@ -2,12 +2,12 @@
 Starting, connecting to, probing and closing the Dask cluster behind the Dask lane.
 
 Covers: :func:`open_cluster` (own a ``LocalCluster`` or a subprocess cluster
-(:mod:`._dask_subprocess`) on 127.0.0.1, or connect to an existing scheduler by
+(:mod:`._subprocess`) on 127.0.0.1, or connect to an existing scheduler by
 address or scheduler file, with ``dask.security`` credentials for ``tls://``),
 :func:`probe_scheduler` (the scheduler's retry setting and queue depth) and
 :func:`close_cluster` (client first, then an owned cluster under a timeout, never
-twice). Does not cover: admission, calls and maps (:mod:`._dask`) or grading the
-cluster's pressure (:mod:`._dask_pressure`).
+twice). Does not cover: admission, calls and maps (:mod:`._lane`) or grading the
+cluster's pressure (:mod:`._pressure`).
 
 Settings the owned scheduler must have, and how they are applied:
 
@@ -20,7 +20,7 @@ Settings the owned scheduler must have, and how they are applied:
   environment). With the lane's in-flight cap at the thread count it keeps a queued
   call from sitting behind a running one on a worker that may die.
 * Private (``dask.tls``, the default): TLS with credentials made for this cluster
-  on every comm port, and HTTP servers without routes (:mod:`._dask_security`).
+  on every comm port, and HTTP servers without routes (:mod:`._security`).
 * No dashboard: the scheduler's HTTP server is bound to a random port on 127.0.0.1
   instead of ``:8787``.
 
@@ -31,7 +31,7 @@ Settings the owned scheduler must have, and how they are applied:
   client (a public attribute of an undocumented object: skipped if it is absent;
   a reconnected client gets the stock 10 ms again).
 * The scheduler's batch interval to each worker (stock 5 ms): an owned scheduler
-  gets the :class:`._dask_streams.WorkerStreamInterval` plugin, which lowers it to
+  gets the :class:`._streams.WorkerStreamInterval` plugin, which lowers it to
   1 ms for every worker, restarted ones included. Connected schedulers are left as
   their operators configured them.
 
@@ -51,12 +51,12 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from .._exceptions import ConfigError
+from ..._exceptions import ConfigError
 
 if TYPE_CHECKING:
     from distributed.security import Security
 
-    from .._config import DaskSettings
+    from ..._config import DaskSettings
 
 __all__ = ("ClusterHandle", "SchedulerFacts", "close_cluster", "open_cluster", "probe_scheduler")
 
@@ -158,7 +158,7 @@ async def _own(settings: DaskSettings, n_workers: int, memory_limit: int | str) 
     import dask
     from distributed import Client, LocalCluster
 
-    from ._dask_security import owned_security, private_config, subprocess_environment
+    from ._security import owned_security, private_config, subprocess_environment
 
     # an RSA key takes tens of milliseconds of CPU: made off the event loop
     security = await anyio.to_thread.run_sync(owned_security) if settings.tls else None
@@ -175,7 +175,7 @@ async def _own(settings: DaskSettings, n_workers: int, memory_limit: int | str) 
     with dask.config.set(private_config()):
         with anyio.fail_after(settings.connect_timeout):
             if settings.scheduler_in_subprocess:
-                from ._dask_subprocess import subprocess_cluster
+                from ._subprocess import subprocess_cluster
 
                 cluster = await subprocess_cluster(
                     security=security,
@@ -228,7 +228,7 @@ def _tune_client(client: object) -> None:
 
 async def _tune_scheduler(client: object) -> None:
     """Shorten an owned scheduler's batch interval to its workers (best effort)."""
-    from ._dask_streams import WorkerStreamInterval
+    from ._streams import WorkerStreamInterval
 
     try:
         await client.register_plugin(WorkerStreamInterval())  # type: ignore[attr-defined]
@@ -265,7 +265,7 @@ async def open_cluster(
     _require_asyncio()
     target = _scheduler_address(settings)
     if target is not None:
-        from ._dask_security import connect_security
+        from ._security import connect_security
 
         security = connect_security(settings.security)
         return await _connect(*target, settings.connect_timeout, security)

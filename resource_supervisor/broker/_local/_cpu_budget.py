@@ -2,7 +2,7 @@
 One CPU budget for the process lanes of every server process of a container.
 
 Covers: :class:`CpuBudget`, a fixed set of tokens (``cpu-<i>.token`` files in the
-container's shared directory, see :mod:`.._peers`); a process holds one exclusive
+container's shared directory, see :mod:`..._peers`); a process holds one exclusive
 ``flock`` per lane worker it runs, so the lane workers of all processes together
 never exceed the tokens. The kernel releases a dead process's locks, so a token is
 never stale. A process that wants a token and finds none leaves a ``want-<pid>``
@@ -12,7 +12,7 @@ budget is shared by demand without two processes trading workers back and
 forth. Also :func:`tokens_wanted`, the pure rule of how many tokens a lane holds.
 
 Does not cover: when the lane starts or retires workers (:mod:`._sizing`,
-:mod:`._processes`).
+:mod:`._lane`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import fcntl
 import os
 from typing import TYPE_CHECKING
 
-from .._peers import lock_held
+from ..._peers import lock_held
 
 if TYPE_CHECKING:
     from pathlib import Path

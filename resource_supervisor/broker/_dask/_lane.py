@@ -9,10 +9,10 @@ fails before anything is submitted, in-flight work is bounded by the cluster's
 thread count, and at CRITICAL pressure calls beyond ``queue_limit`` are refused
 (:class:`OverloadedError`).
 
-Does not cover: starting or connecting to the cluster (:mod:`._dask_cluster`),
-grading the cluster's pressure (:mod:`._dask_pressure`), forming and windowing a
-map's chunks (:mod:`._mapping`, shared with the local lane), or the local lane
-(:mod:`._processes`).
+Does not cover: starting or connecting to the cluster (:mod:`._cluster`),
+grading the cluster's pressure (:mod:`._pressure`), forming and windowing a
+map's chunks (:mod:`.._mapping`, shared with the local lane), or the local lane
+(:mod:`.._local._lane`).
 
 Delivery: with ``dask.retries = 0`` (the default) an owned cluster's scheduler
 fails a task at the first worker death, and the lane never has more calls in
@@ -44,26 +44,26 @@ import psutil
 from distributed.client import FutureCancelledError  # ImportError without the extra
 from distributed.scheduler import KilledWorker
 
-from .._exceptions import (
+from ..._exceptions import (
     CallTimeoutError,
     ClusterConnectionLostError,
     OverloadedError,
     SupervisorClosedError,
     WorkerCrashedError,
 )
-from .._lifecycle import AsyncClosable
-from .._snapshot import PressureLevel
-from ._dask_cluster import ClusterHandle, close_cluster, open_cluster, probe_scheduler
-from ._dask_draining import Drains, running_worker
-from ._dask_pressure import ClusterReading, ClusterThresholds, grade_cluster, parse_identity
-from ._mapping import map_chunked
-from ._pickling import check_picklable, describe_callable
+from ..._lifecycle import AsyncClosable
+from ..._snapshot import PressureLevel
+from .._mapping import map_chunked
+from .._pickling import check_picklable, describe_callable
+from ._cluster import ClusterHandle, close_cluster, open_cluster, probe_scheduler
+from ._draining import Drains, running_worker
+from ._pressure import ClusterReading, ClusterThresholds, grade_cluster, parse_identity
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 
-    from .._config import ConcurrencySettings
-    from .._snapshot import MetricValue
+    from ..._config import ConcurrencySettings
+    from ..._snapshot import MetricValue
 
 __all__ = ("DaskLane",)
 
@@ -264,7 +264,7 @@ class DaskLane(AsyncClosable):
 
     def cluster_level(self) -> PressureLevel:
         """
-        The cluster's own level from the last poll (see :mod:`._dask_pressure`).
+        The cluster's own level from the last poll (see :mod:`._pressure`).
 
         Returns:
             NORMAL, WARNING or CRITICAL.
@@ -435,13 +435,13 @@ class DaskLane(AsyncClosable):
             for the result, cancellation cancels the Dask future (shielded): a queued
             task never runs and its slot is released at once; a running one finishes on
             its worker, its result is dropped, and its slot stays taken until it ends
-            (new calls go to the other workers meanwhile; see :mod:`._dask_draining`).
+            (new calls go to the other workers meanwhile; see :mod:`._draining`).
         """
         check_picklable(func, args)
         return await self._submit_and_wait(func, args, timeout)
 
     async def _run_chunk(self, func: Callable[..., object], args: tuple[object, ...]) -> object:
-        """The ``run`` of :func:`._mapping.map_chunked`: one chunk, one Dask task."""
+        """The ``run`` of :func:`.._mapping.map_chunked`: one chunk, one Dask task."""
         check_picklable(func, args)  # stdlib pickle: refuse what the local lane refuses
         return await self._submit_and_wait(func, args, None)
 
@@ -461,7 +461,7 @@ class DaskLane(AsyncClosable):
         whole input); automatic chunks start at one item and grow (at most 8x per
         chunk) until one takes about ``dask.target_chunk_seconds`` on its worker (the
         per-task cost is a few milliseconds), and near the end of an input of known length
-        shrink so the workers finish together (:func:`._mapping.balanced_chunksize`).
+        shrink so the workers finish together (:func:`.._mapping.balanced_chunksize`).
         Each chunk is admitted like a :meth:`run` call; its results are fetched and
         released at once.
 

@@ -4,7 +4,7 @@ A pipe that ties every worker process of a lane to the life of the service.
 Covers: :class:`Lifeline` (the service's side: a pipe whose write end only the
 service holds) and :func:`watch_lifeline` (the worker's side: a thread that ends
 the worker as soon as the pipe reads end of file). Does not cover: passing the
-read end to a worker (:func:`._slots.open_slot`), the worker's other start-up
+read end to a worker (:func:`._slot.open_slot`), the worker's other start-up
 (:func:`._worker.init_worker`), removing the dead service's spill files
 (:mod:`._spill`) or forgetting the lane in a forked child (:mod:`._fork_guard`).
 

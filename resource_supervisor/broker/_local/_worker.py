@@ -7,8 +7,8 @@ loop the lane submits to a slot's single-worker ``ProcessPoolExecutor``
 slot's call pipe (:func:`encode_batch`, :data:`STOP_FRAME`), the batch runner
 (:func:`run_batch`), the outcome frames it writes to the slot's result pipe
 (:func:`encode_outcome`, :func:`decode_outcome`, :func:`decode_frame`) and
-:class:`RemoteTraceback`. Does not cover: the parent side (:mod:`._processes`,
-:mod:`._slots`), pickling of calls (:mod:`._pickling`) or maps (:mod:`._mapping`).
+:class:`RemoteTraceback`. Does not cover: the parent side (:mod:`._lane`,
+:mod:`._slot`), pickling of calls (:mod:`.._pickling`) or maps (:mod:`.._mapping`).
 
 Calls travel on a pipe, not through the executor: :func:`serve` runs while calls
 come (until an idle spell or a big outcome, see below), reading one batch frame at a
@@ -20,7 +20,7 @@ the executor still owns the process: it started it, reports its death (the
 ``serve`` future breaks) and reaps it.
 
 Progress protocol, which is what makes batching exactly-once (see
-:mod:`._processes` for the parent's half). Per slot the parent shares:
+:mod:`._lane` for the parent's half). Per slot the parent shares:
 
 - ``progress``: a shared 64-bit value; the worker stores a call's sequence number
   in it just before running the call. After a crash, the call whose number is in
@@ -49,8 +49,8 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Final, Protocol
 
+from .._call_loading import load_call
 from ._big_outcome import BigOutcome, spill_outcome
-from ._call_loading import load_call
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

@@ -3,8 +3,8 @@ Stopping one handed-over call of the local process lane: withdraw it, or kill it
 
 Covers: :func:`stop_call`, the decision taken when a call handed to a slot is
 cancelled or times out, and :class:`Stop`, its outcome. Does not cover: what the
-lane does with the outcome (:mod:`._processes`), the slot and its shared progress
-channel (:mod:`._slots`), or the worker's half of the protocol (:mod:`._worker`).
+lane does with the outcome (:mod:`._lane`), the slot and its shared progress
+channel (:mod:`._slot`), or the worker's half of the protocol (:mod:`._worker`).
 
 Why atomic: a worker runs the calls of a batch one after the other. A call whose
 caller gives up may have finished a moment ago, with the worker already running
@@ -33,10 +33,10 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Final
 
-from ._slot_launcher import kill_worker
+from ._launcher import kill_worker
 
 if TYPE_CHECKING:
-    from ._slots import Call, Slot
+    from ._slot import Call, Slot
 
 __all__ = ("LOCK_WAIT_SECONDS", "Stop", "stop_call")
 

@@ -5,7 +5,7 @@ Covers: :func:`measure_workers` (each worker's resident memory, into its slot),
 :func:`memory_victim` (pure: which worker to kill at CRITICAL pressure) and
 :class:`OomKillCounter` (the memory cgroup's count of OOM kills, to tell a worker
 the kernel killed from one that crashed). Does not cover: killing and replacing
-the worker (:mod:`._processes`), the workers' ``oom_score_adj``
+the worker (:mod:`._lane`), the workers' ``oom_score_adj``
 (:func:`._worker.init_worker`), recycling by RSS between calls
 (:mod:`._recycling`) or the headroom for new workers (:mod:`._headroom`).
 
@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .._sources._cgroup import locate_cgroup
+from ..._sources._cgroup import locate_cgroup
 from ._recycling import rss_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from ._slots import Slot
+    from ._slot import Slot
 
 __all__ = ("OomKillCounter", "measure_workers", "memory_victim", "parse_oom_kills")
 

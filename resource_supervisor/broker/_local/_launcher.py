@@ -5,9 +5,9 @@ Covers: :class:`SlotLauncher` (the lane's ``multiprocessing`` context, created o
 first use, with a private forkserver for ``"forkserver"``; opening and shutting
 down slots in worker threads under a shield; stopping the forkserver),
 :func:`kill_worker` and :func:`stop_reading`. Does not cover: what a slot is and
-the blocking start and stop themselves (:mod:`._slots`), the forkserver
+the blocking start and stop themselves (:mod:`._slot`), the forkserver
 (:mod:`._forkserver`), the serving loop a stop frame ends (:mod:`._worker`), or
-when slots start, retire or die (:mod:`._processes`, :mod:`._sizing`).
+when slots start, retire or die (:mod:`._lane`, :mod:`._sizing`).
 
 The blocking work runs in threads of the launcher's own capacity limiter, so
 starting and reaping workers never waits behind the default thread pool.
@@ -32,21 +32,21 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from .._lifecycle import AsyncClosable
-from .._main_guard import UnguardedMainError, check_marker, clear_marker
+from ..._lifecycle import AsyncClosable
+from ..._main_guard import UnguardedMainError, check_marker, clear_marker
 from . import _forkserver, _lifeline, _shared_progress
 from ._forkserver import LaneForkServerContext
 from ._mp_internals import check_internals
-from ._slots import open_slot, shutdown_slot
+from ._slot import open_slot, shutdown_slot
 from ._worker import STOP_FRAME
 
 if TYPE_CHECKING:
     import asyncio
 
-    from .._snapshot import MetricValue
+    from ..._snapshot import MetricValue
     from ._lifeline import Lifeline
     from ._mp_internals import LaneInternals
-    from ._slots import OpenedSlot, Slot
+    from ._slot import OpenedSlot, Slot
 
 __all__ = ("WORKER_PRELOAD", "SlotLauncher", "kill_worker", "stop_reading")
 
@@ -204,13 +204,13 @@ class SlotLauncher(AsyncClosable):
         Start a slot's executor and worker and wait until the worker answers.
 
         Returns:
-            What :func:`._slots.open_slot` started.
+            What :func:`._slot.open_slot` started.
 
         Raises:
             UnguardedMainError: If a worker re-ran a main module without an
-                ``if __name__ == "__main__":`` guard (see :mod:`.._main_guard`);
+                ``if __name__ == "__main__":`` guard (see :mod:`..._main_guard`);
                 from then on every call raises it at once and starts nothing.
-            Exception: Whatever creating the context or :func:`._slots.open_slot`
+            Exception: Whatever creating the context or :func:`._slot.open_slot`
                 raised (e.g. ``TimeoutError``, ``BrokenProcessPool``).
 
         Cancellation:

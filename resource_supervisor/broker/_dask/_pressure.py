@@ -7,8 +7,8 @@ paused workers, worker memory against each worker's limit, scheduler queue depth
 :func:`grade_cluster` (reading -> level). Everything here is pure: no I/O, no clock,
 no await.
 
-Does not cover: polling the scheduler (:mod:`._dask_cluster`) or admission
-(:mod:`._dask`). The supervisor's own level is graded by :mod:`.._policy`; the Dask
+Does not cover: polling the scheduler (:mod:`._cluster`) or admission
+(:mod:`._lane`). The supervisor's own level is graded by :mod:`..._policy`; the Dask
 lane uses the worse of the two.
 
 The levels, with Dask's worker thresholds (fractions of each worker's
@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._snapshot import PressureLevel
+from ..._snapshot import PressureLevel
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -5,7 +5,7 @@ Covers: :func:`spill_prefix` (the name every spill file of a service starts with
 carrying the service's pid), :func:`sweep_spills` (remove the spill files of
 services that are no longer running) and :func:`remove_owned_spills` (remove the
 spill files of one service, as its workers do when it dies). Does not cover:
-writing and reading spill files (:mod:`._pickling`) or noticing the service's
+writing and reading spill files (:mod:`.._pickling`) or noticing the service's
 death (:mod:`._lifeline`).
 
 A file is removed only when all of these hold, so nothing else in a shared

@@ -4,9 +4,9 @@ How much memory is left for new worker processes of the local process lane.
 Covers: :class:`MemoryHeadroom` (bytes that can still be used: the host's
 ``MemAvailable``, and below a memory cgroup's limit what its working set leaves)
 and :func:`startable_workers` (how many more workers fit, pure). Does not cover:
-when the lane starts workers (:mod:`._processes`, :mod:`._sizing`), the
-supervisor's own memory figures and pressure levels (:mod:`.._sampler`,
-:mod:`.._policy`), or a worker's memory (:mod:`._worker_memory`).
+when the lane starts workers (:mod:`._lane`, :mod:`._sizing`), the
+supervisor's own memory figures and pressure levels (:mod:`..._sampler`,
+:mod:`..._policy`), or a worker's memory (:mod:`._worker_memory`).
 
 Why: every call that waits for a worker may start one, each costs tens of MiB
 before it runs anything, and a burst of calls in a small container could start
@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from .._sources._cgroup import CgroupMemoryReader
-from .._sources._proc import parse_meminfo, pread_all
+from ..._sources._cgroup import CgroupMemoryReader
+from ..._sources._proc import parse_meminfo, pread_all
 
 __all__ = ("WORKER_BYTES_FLOOR", "MemoryHeadroom", "startable_workers")
 
