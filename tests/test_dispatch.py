@@ -13,7 +13,7 @@ from resource_supervisor.broker._local._dispatch import (
     batch_size,
     sort_unfinished,
 )
-from resource_supervisor.broker._local._worker import MAX_BATCH
+from resource_supervisor.broker._local._protocol import MAX_BATCH
 
 SHORT = BATCH_MAX_CALL_SECONDS / 2
 

@@ -24,7 +24,7 @@ from resource_supervisor._exceptions import (
 )
 from resource_supervisor._snapshot import PressureLevel
 from resource_supervisor.broker._local._lane import ProcessLane
-from resource_supervisor.broker._local._worker import RemoteTraceback
+from resource_supervisor.broker._local._protocol import RemoteTraceback
 from tests import _workers
 from tests._leaks import child_pids
 

@@ -10,7 +10,7 @@ import anyio
 import psutil
 import pytest
 
-from resource_supervisor.broker._local import _worker
+from resource_supervisor.broker._local import _protocol, _worker
 from resource_supervisor.broker._local._launcher import SlotLauncher, kill_worker, stop_reading
 from resource_supervisor.broker._local._slot import Slot, SlotState, read_frames, write_calls
 from resource_supervisor.broker._pickling import pickle_call
@@ -85,14 +85,14 @@ async def test_a_serving_worker_runs_batches_and_stops_on_shutdown() -> None:
     slot.adopt(await launcher.open())
     assert slot.executor is not None
     serving = slot.executor.submit(_worker.serve)
-    slot.outgoing += _worker.encode_batch([(0, pickle_call(_workers.add, (2, 3)))])
+    slot.outgoing += _protocol.encode_batch([(0, pickle_call(_workers.add, (2, 3)))])
     assert write_calls(slot)
     frames: list[tuple[int, bytes]] = []
     with anyio.fail_after(20):  # hang guard: the worker lives in another process
         while not frames:
             frames += read_frames(slot)[0]
             await anyio.sleep(0.005)
-    (seq, status, _, value), *_ = [_worker.decode_frame(*f) for f in frames]
+    (seq, status, _, value), *_ = [_protocol.decode_frame(*f) for f in frames]
     assert (seq, status, value) == (0, 1, 5)
     assert slot.progress is not None
     assert slot.progress.value == 0

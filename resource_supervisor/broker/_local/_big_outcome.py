@@ -5,7 +5,7 @@ Covers: :class:`BigOutcome` (what a worker returns through its executor instead
 of the outcome itself), :func:`spill_outcome` (worker side: write the outcome to
 a spill file) and :func:`load_outcome` (parent side, in the executor's manager
 thread: read and decode it, remove the file). Does not cover: the atomic pipe
-frames of small outcomes (:mod:`._worker`), big call arguments
+frames of small outcomes (:mod:`._protocol`), big call arguments
 (:mod:`.._pickling`) or sweeping spill files of a dead service (:mod:`._spill`).
 
 Why a file: an outcome sent through the executor's result queue is copied
@@ -28,12 +28,11 @@ import pickle
 import tempfile
 from typing import Final, NamedTuple
 
+from ._protocol import Outcome, remote_outcome
 from ._spill import spill_prefix
 
 __all__ = ("BigOutcome", "load_outcome", "spill_outcome")
 
-_OK: Final = 1
-_ERROR: Final = 0
 _WRITE_PIECE: Final = 1024 * 1024
 
 
@@ -93,7 +92,7 @@ def _read_all(path: str, size: int) -> bytes:
         os.unlink(path)
 
 
-def load_outcome(big: BigOutcome) -> tuple[int, float, object]:
+def load_outcome(big: BigOutcome) -> tuple[Outcome, float, object]:
     """
     Read a spilled outcome and remove its file (parent side, off the event loop).
 
@@ -101,21 +100,14 @@ def load_outcome(big: BigOutcome) -> tuple[int, float, object]:
         big: What the worker returned.
 
     Returns:
-        ``(status, seconds, value)`` as :func:`._worker.decode_outcome`; a file that
+        ``(status, seconds, value)`` as :func:`._protocol.decode_outcome`; a file that
         cannot be read or decoded becomes the call's error.
     """
     try:
         data = _read_all(big.path, big.size)
         if big.raw:
-            return _OK, big.seconds, data
+            return Outcome.OK, big.seconds, data
         status, seconds, value = pickle.loads(data)
     except Exception as exc:  # noqa: BLE001 - e.g. the result's class is not importable here
-        return _ERROR, big.seconds, exc
-    if status == _ERROR:
-        error, tb = value
-        if tb:
-            from ._worker import RemoteTraceback
-
-            error.__cause__ = RemoteTraceback(tb)
-        value = error
-    return status, seconds, value
+        return Outcome.ERROR, big.seconds, exc
+    return remote_outcome(status, seconds, value)

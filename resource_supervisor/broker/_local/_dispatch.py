@@ -15,7 +15,7 @@ Rules for a batch, in the order they apply:
    worker-side call time is unknown or at least :data:`BATCH_MAX_CALL_SECONDS`, a
    batch is one call.
 2. The queue is shared among the free and starting slots (``ceil(queued / free)``,
-   at most :data:`._worker.MAX_BATCH`), so a batch never holds work another
+   at most :data:`._protocol.MAX_BATCH`), so a batch never holds work another
    worker could start.
 3. A worker near its ``max_tasks_per_worker`` quota takes only the calls it has
    left (at least one).
@@ -29,7 +29,7 @@ import itertools
 import math
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from . import _worker
+from . import _protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -72,13 +72,13 @@ def batch_size(
             for no quota.
 
     Returns:
-        0 for an empty queue, else between 1 and :data:`._worker.MAX_BATCH`.
+        0 for an empty queue, else between 1 and :data:`._protocol.MAX_BATCH`.
     """
     if not queue:
         return 0
     limit = 1
     if call_seconds is not None and call_seconds < BATCH_MAX_CALL_SECONDS:
-        limit = min(_worker.MAX_BATCH, math.ceil(len(queue) / free_slots))
+        limit = min(_protocol.MAX_BATCH, math.ceil(len(queue) / free_slots))
     if quota_left is not None:
         limit = max(1, min(limit, quota_left))
     if queue[0].timeout is not None:

@@ -30,12 +30,12 @@ pool and fails every pending future. So each worker *slot* is its own
 retiring slots, and a crash breaks only its own slot. The lane keeps the queue and
 hands a slot only what that slot runs next, so it always knows what runs where.
 
-Fast path (see :mod:`._worker` for the protocol): each worker runs a serving
-loop (one long executor item) that reads calls from the slot's call pipe, which
-the lane writes on the loop, so no call goes through the executor's threads and
-queues. A free slot receives the calls waiting at that moment (up to
-:data:`._worker.MAX_BATCH`, only while calls are measured to be short) as one
-batch frame. Each outcome comes back as one atomic frame on the slot's result
+Fast path (see :mod:`._protocol` for the wire format, :mod:`._worker` for the
+worker): each worker runs a serving loop (one long executor item) that reads calls
+from the slot's call pipe, which the lane writes on the loop, so no call goes
+through the executor's threads and queues. A free slot receives the calls waiting at
+that moment (up to :data:`._protocol.MAX_BATCH`, only while calls are measured to
+be short) as one batch frame. Each outcome comes back as one atomic frame on the slot's result
 pipe, read directly on the event loop, and the worker publishes the number of
 the call it is running in shared memory. After a crash the lane therefore knows
 which calls finished (delivered), which one was running (fails with
@@ -106,6 +106,7 @@ from ._headroom import MemoryHeadroom, startable_workers
 from ._kills import LaneKills
 from ._launcher import SlotLauncher, kill_worker, stop_reading
 from ._lifeline import Lifeline
+from ._protocol import Outcome, decode_frame
 from ._recycling import calls_left, recycle_due, rss_bytes
 from ._sizing import admits, target_workers
 from ._slot import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
@@ -606,7 +607,7 @@ class ProcessLane(LaneKills, AsyncClosable):
         slot: Slot,
         future: Future[tuple[int, BigOutcome] | None],
         broken: bool,  # noqa: FBT001
-        decoded: tuple[int, int, float, object] | None,
+        decoded: tuple[int, Outcome, float, object] | None,
     ) -> None:
         if self._closed or slot.state in (SlotState.DEAD, SlotState.RETIRING):
             return
@@ -641,10 +642,10 @@ class ProcessLane(LaneKills, AsyncClosable):
         """Deliver every complete frame on the slot's pipe; False at end of file."""
         frames, alive = read_frames(slot)
         for seq, frame in frames:
-            self._deliver(slot, _worker.decode_frame(seq, frame))
+            self._deliver(slot, decode_frame(seq, frame))
         return alive
 
-    def _deliver(self, slot: Slot, outcome: tuple[int, int, float, object]) -> None:
+    def _deliver(self, slot: Slot, outcome: tuple[int, Outcome, float, object]) -> None:
         seq, status, seconds, value = outcome
         while slot.in_flight and slot.in_flight[0].seq < seq:
             # cannot happen with in-order workers; never leave a caller waiting
@@ -653,14 +654,14 @@ class ProcessLane(LaneKills, AsyncClosable):
             return
         call = slot.in_flight.popleft()
         call.slot = None
-        if status == _worker.SKIPPED:
+        if status is Outcome.SKIPPED:
             if not call.future.done():  # flagged by a kill that then did not happen
                 self._requeue([call])
             return
         slot.calls_done += 1
         mean = self._call_seconds
         self._call_seconds = seconds if mean is None else mean + (seconds - mean) * 0.2
-        if status == 1:
+        if status is Outcome.OK:
             if self._finish(call, None, value):
                 self._counts.completed += 1
         else:

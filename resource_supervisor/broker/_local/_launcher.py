@@ -37,8 +37,8 @@ from ..._main_guard import UnguardedMainError, check_marker, clear_marker
 from . import _forkserver, _lifeline, _shared_progress
 from ._forkserver import LaneForkServerContext
 from ._mp_internals import check_internals
+from ._protocol import STOP_FRAME
 from ._slot import open_slot, shutdown_slot
-from ._worker import STOP_FRAME
 
 if TYPE_CHECKING:
     import asyncio

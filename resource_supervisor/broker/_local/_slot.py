@@ -8,7 +8,7 @@ channel shared with its worker, :meth:`Slot.hand_over` of a batch),
 executor, from a worker thread), :func:`write_calls` (batch frames to the slot's call pipe,
 non-blocking) and :func:`read_frames` (outcome frames from the slot's result
 pipe). Does not cover: queueing, dispatching and sizing (:mod:`._lane`), the
-worker's half of the protocol (:mod:`._worker`) or the lane's forkserver
+worker's side (:mod:`._worker`), the wire format (:mod:`._protocol`) or the lane's forkserver
 (:mod:`._forkserver`).
 
 Progress tracking: a batch handed to a slot gets consecutive sequence numbers;
@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.forkserver import ensure_running as ensure_std_forkserver
 from typing import TYPE_CHECKING, Final, Protocol
 
-from . import _worker
+from . import _protocol, _worker
 from ._forkserver import LaneForkServerContext
 from ._mp_internals import check_internals, result_queue_writer, worker_process
 from ._shared_progress import shared_progress
@@ -153,10 +153,10 @@ class Slot:
         Number *batch* for this slot, clear its withdrawal flags, add it to ``in_flight``.
 
         Args:
-            batch: Calls to run here in order, at most :data:`._worker.MAX_BATCH`.
+            batch: Calls to run here in order, at most :data:`._protocol.MAX_BATCH`.
 
         Returns:
-            The batch frame for the call pipe (:func:`._worker.encode_batch`).
+            The batch frame for the call pipe (:func:`._protocol.encode_batch`).
         """
         assert self.skip is not None
         items: list[tuple[int, bytes]] = []
@@ -168,7 +168,7 @@ class Slot:
             self.skip[position] = 0
             self.in_flight.append(call)
             items.append((call.seq, call.payload))
-        return _worker.encode_batch(items)
+        return _protocol.encode_batch(items)
 
 
 @dataclass(slots=True)
@@ -212,7 +212,7 @@ def open_slot(
     boot_server(ctx)
     reader, writer = ctx.Pipe(duplex=False)
     calls_reader, calls = ctx.Pipe(duplex=False)
-    progress, skip = shared_progress(-1, _worker.MAX_BATCH)  # no ctypes on the way
+    progress, skip = shared_progress(-1, _protocol.MAX_BATCH)  # no ctypes on the way
     lock = ctx.Lock()
     tie: Connection | None = None
     if lifeline is not None:  # (a worker started with fork closes its copy of the write
@@ -323,9 +323,8 @@ def read_frames(slot: Slot) -> tuple[list[tuple[int, bytes]], bool]:
         ``(sequence number, encoded outcome)`` pairs in order, and False once the
         pipe reached end of file (the worker is gone).
     """
-    frames: list[tuple[int, bytes]] = []
     if slot.reader_fd < 0:
-        return frames, True
+        return [], True
     alive = True
     while True:
         try:
@@ -338,15 +337,4 @@ def read_frames(slot: Slot) -> tuple[list[tuple[int, bytes]], bool]:
         slot.buffer += data
         if len(data) < _READ_SIZE:
             break
-    buffer = slot.buffer
-    header = _worker.FRAME_HEADER
-    offset = 0
-    while len(buffer) - offset >= header.size:
-        length, seq = header.unpack_from(buffer, offset)
-        end = offset + header.size + length
-        if end > len(buffer):
-            break
-        frames.append((seq, bytes(buffer[offset + header.size : end])))
-        offset = end
-    del buffer[:offset]
-    return frames, alive
+    return _protocol.split_frames(slot.buffer), alive
