@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --cov --cov-report=term
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --cov --cov-report=term
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

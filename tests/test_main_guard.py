@@ -45,6 +45,8 @@ async def main():
             errors = [r for r in results if isinstance(r, rs.WorkerCrashedError)]
             named = all('if __name__ == "__main__":' in str(e) for e in errors)
             print("failed", len(errors), "of", len(results), "named the fix", named)
+            if not named:  # say what they did say
+                print(sorted({{repr(e)[:300] for e in errors}}))
             if not errors:
                 print("results", results)
 
