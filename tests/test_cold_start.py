@@ -10,8 +10,10 @@ from typing import Literal
 import anyio
 import pytest
 
+from resource_supervisor import _exceptions
 from resource_supervisor._config import ConcurrencySettings, SupervisorSettings
 from resource_supervisor._supervisor import Supervisor
+from resource_supervisor.broker import _executors, _pickling
 from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._local._launcher import WORKER_PRELOAD
 from tests import _probe_workers, _workers
@@ -29,12 +31,13 @@ HEAVY = (
     "psutil",
     "ctypes",
     "multiprocessing.sharedctypes",
-    "resource_supervisor._config",
-    "resource_supervisor._supervisor",
-    "resource_supervisor.broker._local._lane",
-    "resource_supervisor.broker._executors",
-    "resource_supervisor.broker._pickling",  # the service's half; workers load _call_loading
-    "resource_supervisor._exceptions",
+    # the service's own modules, named from the modules themselves so a move keeps them pinned
+    ConcurrencySettings.__module__,
+    Supervisor.__module__,
+    ProcessLane.__module__,
+    _executors.__name__,
+    _pickling.__name__,  # the service's half; workers load _call_loading
+    _exceptions.__name__,
 )
 
 
