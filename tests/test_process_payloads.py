@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import pickle
 import tempfile
+import threading
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import pytest
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(90)
 
 MiB = 1024 * 1024
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -127,3 +129,60 @@ async def test_big_bytes_result_holds_the_loop_less_than_unpickling_it_there(
         assert size == 64 * MiB
         gaps.append(gap)
     assert min(gaps) < loop_gap / 2, (gaps, loop_gap)
+
+
+class _Heartbeat:
+    """A loop task that counts its ticks, and how many fell inside a thread's work."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.ticks_during_work: list[int] = []
+
+    def spy(self, work: Callable[..., T]) -> Callable[..., T]:
+        """Wrap the real *work*, off the loop, to count the ticks made while it runs."""
+
+        def spied(*args: object) -> T:
+            assert threading.current_thread() is not threading.main_thread()
+            before = self.ticks
+            try:
+                return work(*args)
+            finally:
+                self.ticks_during_work.append(self.ticks - before)
+
+        return spied
+
+    async def beat(self) -> None:
+        while True:
+            await asyncio.sleep(0.001)
+            self.ticks += 1
+
+
+async def test_a_200_mib_payload_crosses_while_the_loop_keeps_ticking(
+    lane: ProcessLane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a 200 MiB str argument is encoded and a 200 MiB bytes result is loaded
+    (the real functions, watched), the event loop keeps running a heartbeat task:
+    its ticks land inside that work, which therefore runs off the loop and lets go
+    of the GIL (work holding it for one long C call, such as pickling the str
+    in-band, lets at most a tick slip in at either edge). Ticks are counted, not timed."""
+    from resource_supervisor.broker._local import _lane
+    from resource_supervisor.broker._local._big_outcome import load_outcome
+    from resource_supervisor.broker._pickling import pickle_call_spilled
+
+    encode, load = _Heartbeat(), _Heartbeat()
+    monkeypatch.setattr(_lane, "pickle_call_spilled", encode.spy(pickle_call_spilled))
+    monkeypatch.setattr(_lane, "load_outcome", load.spy(load_outcome))
+    text = "x" * (200 * MiB)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(encode.beat)
+        tg.start_soon(load.beat)
+        assert await lane.run(len, (text,), timeout=None) == len(text)
+        del text
+        result = await lane.run(_workers.big_result, (200 * MiB,), timeout=None)
+        assert len(result) == 200 * MiB
+        del result
+        tg.cancel_scope.cancel()
+    assert len(encode.ticks_during_work) == len(load.ticks_during_work) == 1
+    assert encode.ticks_during_work[0] >= 3
+    assert load.ticks_during_work[0] >= 3
+    assert _spill_files() == []
