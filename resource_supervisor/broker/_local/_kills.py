@@ -116,13 +116,9 @@ class LaneKills:
             elif kill:  # the worker has held its lock for a second: it is stuck or dying
                 self._kill(slot, reason)
         elif outcome is Stop.KILLED:
-            slot.kill_reason = reason
-            slot.state = SlotState.KILLED
+            slot.mark_killed(reason)
             # flagged under the lock: they never start, so they run elsewhere
-            later = [c for c in slot.in_flight if c.seq > call.seq]
-            for c in later:
-                slot.in_flight.remove(c)
-            self._requeue(later)
+            self._requeue(slot.withdraw_after(call))
             self._dispatch()
             if self._queue:
                 self._resize()
@@ -141,10 +137,10 @@ class LaneKills:
     def _kill(self: _Lane, slot: Slot, reason: str) -> None:
         if slot.state in (SlotState.DEAD, SlotState.KILLED):
             return
-        slot.kill_reason = reason
         if slot.state is SlotState.STARTING:
-            return  # the start task sees the lane closed and shuts it down
-        slot.state = SlotState.KILLED
+            slot.kill_reason = reason  # the start task sees it and shuts the slot down
+            return
+        slot.mark_killed(reason)
         self._launcher.kill(slot)  # kill_workers() where the standard library has it
 
     def _relieve_memory(self: _Lane) -> None:

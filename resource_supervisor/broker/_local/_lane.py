@@ -106,10 +106,10 @@ from ._headroom import MemoryHeadroom, startable_workers
 from ._kills import LaneKills
 from ._launcher import SlotLauncher, kill_worker, stop_reading
 from ._lifeline import Lifeline
-from ._protocol import Outcome, decode_frame
+from ._protocol import Outcome
 from ._recycling import calls_left, recycle_due, rss_bytes
 from ._sizing import admits, target_workers
-from ._slot import LIVE_STATES, Call, Slot, SlotState, read_frames, write_calls
+from ._slot import LIVE_STATES, Call, Slot, SlotState
 from ._spill import sweep_spills
 from ._stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
 from ._worker_memory import OomKillCounter, measure_workers
@@ -566,16 +566,14 @@ class ProcessLane(LaneKills, AsyncClosable):
 
     def _send(self, slot: Slot, batch: list[Call]) -> None:
         assert self._loop is not None
-        frame = slot.hand_over(batch)
-        slot.state = SlotState.BUSY
+        slot.send(batch)
         if slot.serving is None and not self._serve(slot):
             return
-        slot.outgoing += frame
-        if not write_calls(slot):  # the rest goes as the worker reads
+        if not slot.flush():  # the rest goes as the worker reads
             self._loop.add_writer(slot.writer_fd, self._on_writable, slot)
 
     def _on_writable(self, slot: Slot) -> None:
-        if write_calls(slot) and self._loop is not None:
+        if slot.flush() and self._loop is not None:
             self._loop.remove_writer(slot.writer_fd)
 
     def _serve(self, slot: Slot) -> bool:
@@ -640,9 +638,9 @@ class ProcessLane(LaneKills, AsyncClosable):
 
     def _drain(self, slot: Slot) -> bool:
         """Deliver every complete frame on the slot's pipe; False at end of file."""
-        frames, alive = read_frames(slot)
-        for seq, frame in frames:
-            self._deliver(slot, decode_frame(seq, frame))
+        outcomes, alive = slot.read_outcomes()
+        for outcome in outcomes:
+            self._deliver(slot, outcome)
         return alive
 
     def _deliver(self, slot: Slot, outcome: tuple[int, Outcome, float, object]) -> None:
@@ -699,8 +697,7 @@ class ProcessLane(LaneKills, AsyncClosable):
         elif self._level > PressureLevel.NORMAL and self._live_count() > self._target:
             self._retire(slot)
         else:
-            slot.state = SlotState.IDLE
-            slot.idle_since = self._clock()
+            slot.mark_idle(self._clock())
             if self._sleep_until > slot.idle_since + settings.idle_timeout:
                 self._wake()  # the maintainer must wake for this slot's idle timeout
         if self._queue:
@@ -722,7 +719,7 @@ class ProcessLane(LaneKills, AsyncClosable):
             return
         self._drain(slot)
         intentional = slot.kill_reason is not None or slot.state is SlotState.RETIRING
-        slot.state = SlotState.DEAD
+        slot.mark_dead()
         self._stop_reading(slot)
         started = slot.progress.value if slot.progress is not None else -1
         running, not_started, lost = sort_unfinished(slot.in_flight, started)
@@ -765,13 +762,13 @@ class ProcessLane(LaneKills, AsyncClosable):
         self._wake()
 
     def _retire(self, slot: Slot) -> None:
-        slot.state = SlotState.RETIRING
+        slot.mark_retiring()
         self._stop_reading(slot)
         self._spawn(self._retire_slot(slot))
 
     async def _retire_slot(self, slot: Slot) -> None:
         await self._launcher.shutdown(slot, self._loop)
-        slot.state = SlotState.DEAD
+        slot.mark_dead()
         self._forget(slot)
 
     def _stop_reading(self, slot: Slot) -> None:
@@ -884,7 +881,7 @@ class ProcessLane(LaneKills, AsyncClosable):
         try:
             opened = await self._launcher.open()  # shielded: a started worker is never lost
         except Exception as exc:  # noqa: BLE001 - reported to the calls that waited for it
-            slot.state = SlotState.DEAD
+            slot.mark_dead()
             self._forget(slot)
             if not any(s.state is not SlotState.DEAD for s in self._slots):
                 error = WorkerCrashedError("<worker start>", detail=f"cannot start: {exc!r}")
@@ -896,14 +893,13 @@ class ProcessLane(LaneKills, AsyncClosable):
         slot.adopt(opened)
         slot.rss_bytes = rss_bytes(slot.pid)  # what the next worker is judged by
         if self._closed or slot.kill_reason is not None:
-            slot.state = SlotState.KILLED
+            slot.mark_killed(slot.kill_reason)
             kill_worker(slot.pid)
             await self._launcher.shutdown(slot, self._loop)
             self._forget(slot)
             return
         assert self._loop is not None
         self._loop.add_reader(slot.reader_fd, self._on_readable, slot)
-        slot.state = SlotState.IDLE
-        slot.idle_since = self._clock()
+        slot.mark_idle(self._clock())
         self._dispatch()
         self._wake()

@@ -3,7 +3,9 @@ One worker slot of the local process lane: its state, its channel and its calls.
 
 Covers: :class:`Call` (one queued or handed-over call), :class:`SlotState`,
 :class:`Slot` (a single-worker ``ProcessPoolExecutor``, the pipes and progress
-channel shared with its worker, :meth:`Slot.hand_over` of a batch),
+channel shared with its worker; every change of its state, checked against the
+moves its life allows, :class:`SlotStateError` otherwise; sending a batch,
+reading outcomes, withdrawing calls),
 :func:`open_slot` and :func:`shutdown_slot` (blocking: start and stop a slot's
 executor, from a worker thread), :func:`write_calls` (batch frames to the slot's call pipe,
 non-blocking) and :func:`read_frames` (outcome frames from the slot's result
@@ -45,12 +47,14 @@ if TYPE_CHECKING:
     from ._big_outcome import BigOutcome
     from ._lifeline import Lifeline
     from ._mp_internals import LaneInternals
+    from ._protocol import Outcome
 
 __all__ = (
     "Call",
     "OpenedSlot",
     "Slot",
     "SlotState",
+    "SlotStateError",
     "open_slot",
     "read_frames",
     "shutdown_slot",
@@ -93,6 +97,24 @@ class SlotState(enum.Enum):
 LIVE_STATES: Final = (SlotState.STARTING, SlotState.IDLE, SlotState.BUSY)
 """States of a slot that counts towards the lane's size."""
 
+_MOVES: Final[dict[SlotState, frozenset[SlotState]]] = {
+    SlotState.STARTING: frozenset({SlotState.IDLE, SlotState.KILLED, SlotState.DEAD}),
+    SlotState.IDLE: frozenset(
+        {SlotState.BUSY, SlotState.RETIRING, SlotState.KILLED, SlotState.DEAD}
+    ),
+    SlotState.BUSY: frozenset(
+        {SlotState.IDLE, SlotState.RETIRING, SlotState.KILLED, SlotState.DEAD}
+    ),
+    SlotState.KILLED: frozenset({SlotState.DEAD}),
+    SlotState.RETIRING: frozenset({SlotState.KILLED, SlotState.DEAD}),
+    SlotState.DEAD: frozenset(),
+}
+"""Where a slot may go from each state: the whole of a slot's life."""
+
+
+class SlotStateError(RuntimeError):
+    """A slot was asked to move where its life does not go (a bug in the lane)."""
+
 
 class _SharedInt(Protocol):  # typing shape of RawValue("q") and SharedInt
     value: int
@@ -132,6 +154,67 @@ class Slot:
     """The worker's resident memory when last measured (0 before)."""
     death_reason: str | None = None
     """Why the worker died, where known (``WorkerCrashedError.reason``)."""
+
+    # -- its life: every state change of a slot is one of these ---------------------
+    def _move(self, state: SlotState) -> None:
+        if state not in _MOVES[self.state]:
+            raise SlotStateError(f"a {self.state.value} slot cannot become {state.value}")
+        self.state = state
+
+    def mark_idle(self, now: float) -> None:
+        """Started, or done with its calls: it waits for a batch from *now* on."""
+        self._move(SlotState.IDLE)
+        self.idle_since = now
+
+    def mark_killed(self, reason: str | None) -> None:
+        """SIGKILL is sent for *reason* (``None``: the lane is closing, no reason kept)."""
+        if reason is not None:
+            self.kill_reason = reason
+        self._move(SlotState.KILLED)
+
+    def mark_retiring(self) -> None:
+        """Its executor is being shut down on purpose."""
+        self._move(SlotState.RETIRING)
+
+    def mark_dead(self) -> None:
+        """Its worker is gone (a second call is a no-op: deaths are seen by two paths)."""
+        if self.state is not SlotState.DEAD:
+            self._move(SlotState.DEAD)
+
+    # -- its channel -----------------------------------------------------------------
+    def send(self, batch: list[Call]) -> None:
+        """
+        Hand *batch* to this idle slot: it becomes busy and the batch frame waits in
+        ``outgoing`` until :meth:`flush` writes it.
+
+        Args:
+            batch: Calls to run here in order, at most :data:`._protocol.MAX_BATCH`.
+        """
+        frame = self.hand_over(batch)
+        self._move(SlotState.BUSY)
+        self.outgoing += frame
+
+    def flush(self) -> bool:
+        """Write what the call pipe takes now; True when nothing waits (see :func:`write_calls`)."""
+        return write_calls(self)
+
+    def read_outcomes(self) -> tuple[list[tuple[int, Outcome, float, object]], bool]:
+        """
+        Read and decode every complete outcome frame on the result pipe (non-blocking).
+
+        Returns:
+            ``(seq, status, seconds, value)`` per outcome in order, and False once
+            the pipe reached end of file (the worker is gone).
+        """
+        frames, alive = read_frames(self)
+        return [_protocol.decode_frame(seq, data) for seq, data in frames], alive
+
+    def withdraw_after(self, call: Call) -> list[Call]:
+        """Take the calls handed over after *call* back (they will never start here)."""
+        later = [c for c in self.in_flight if c.seq > call.seq]
+        for c in later:
+            self.in_flight.remove(c)
+        return later
 
     def adopt(self, opened: OpenedSlot) -> None:
         """Take over a started executor; the pipes' parent ends become non-blocking fds."""
