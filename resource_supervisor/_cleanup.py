@@ -37,7 +37,7 @@ import anyio
 from ._participants import absorb, describe, must_propagate, run_in_daemon_thread
 
 if TYPE_CHECKING:
-    from ._snapshot import MetricsSnapshot, PressureLevel
+    from ._snapshot import MetricsSnapshot, MetricValue, PressureLevel
 
 __all__ = (
     "Cleanup",
@@ -450,6 +450,14 @@ class CleanupDispatcher:
         else:
             outcome = HandlerOutcome(registration.name, "ok", duration)
         outcomes[index] = outcome
+
+    def metrics(self) -> dict[str, MetricValue]:
+        """The snapshot's cleanup counters (a :class:`~._contributions.MetricsContributor`)."""
+        return {
+            "cleanup_runs_total": self._runs,
+            "cleanup_handler_failures_total": self._handler_failures,
+            "cleanup_handler_timeouts_total": self._handler_timeouts,
+        }
 
     def statistics(self) -> CleanupStatistics:
         """Return the current counters (see :class:`CleanupStatistics`)."""

@@ -283,8 +283,8 @@ def resolved_auto(settings: SupervisorSettings) -> dict[str, str]:
         Dotted key (below ``resource_management``) to a short explanation, for the
         keys whose value is ``auto`` only.
     """
+    from ._running import resolve_io_workers
     from ._sources._cpus import usable_cpu_count
-    from ._supervisor import resolve_io_workers
     from .broker._executors import split_worker_budget
 
     c = settings.concurrency

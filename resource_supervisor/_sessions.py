@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 
     from ._cleanup import CleanupRequest
+    from ._snapshot import MetricValue
 
 __all__ = ("SessionRegistry", "SessionStatistics")
 
@@ -304,6 +305,14 @@ class SessionRegistry(AsyncClosable):
             del self._sessions[session_id]
         self._evicted_total += len(taken)
         return taken
+
+    def metrics(self) -> dict[str, MetricValue]:
+        """The snapshot's session keys (a :class:`~._contributions.MetricsContributor`)."""
+        return {
+            "active_sessions_rag": len(self._sessions),
+            "sessions_evicted_total": self._evicted_total,
+            "sessions_close_failures_total": self._close_failures,
+        }
 
     def statistics(self) -> SessionStatistics:
         """Return the current counters (see :class:`SessionStatistics`)."""

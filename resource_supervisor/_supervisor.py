@@ -13,121 +13,56 @@ snapshots and events. Does not cover: how each part works (see :mod:`._sampler`,
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import logging
-import math
 import os
 import time
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import anyio
-from anyio.lowlevel import RunVar
 
 from ._admission._cpu_stat import CpuStatReader
 from ._admission._settings import limiter_from_settings
-from ._cleanup import CleanupDispatcher, CleanupReport, CleanupRequest
+from ._cleanup import CleanupDispatcher, CleanupRequest
 from ._config import SupervisorSettings
 from ._container import Container
-from ._events import CleanupCompleted, CpuWarning, LevelChanged, SupervisorEvent
+from ._contributions import MetricsContributor, StreamMetrics, gather
+from ._decision import CpuAlert, CpuRecovery, Decision, PolicyState, decide, readings_from
+from ._events import CpuWarning, LevelChanged, SupervisorEvent
 from ._exceptions import NoSupervisorError, SupervisorClosedError
-from ._gpu import TorchGpuReclaimer, gpu_readings
+from ._gpu import TorchGpuReclaimer
 from ._lifecycle import AsyncClosable
 from ._main_guard import refuse_in_worker_bootstrap
 from ._memory import MemoryAdvisor
+from ._metric_source import MetricSource, WithGpu
 from ._participants import absorb, must_propagate
-from ._policy import Reading, Thresholds, cleanup_due, grade
+from ._registration import Registrations
+from ._running import _CURRENT, _RUNNING, _running_on_this_loop, resolve_io_workers
+from ._sample_timer import SampleTimer
 from ._sampler import Sampler
 from ._sessions import SessionRegistry
 from ._snapshot import MetricsSnapshot, MetricValue, PressureLevel
-from ._sources._arming import next_sample_at
 from ._sources._cpus import usable_cpu_count
 from ._sources._gpu import GpuSource
-from ._sources._notify import MemoryNotifier
-from ._streams import Broadcaster, Subscription
+from ._streams import Broadcaster
 from ._thread_limiter import DefaultThreadLimiter
 from .broker._executors import Executors
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    import contextvars
+    from collections.abc import Callable
 
     from anyio.abc import TaskGroup
 
     from ._admission._limiter import AdmissionLimiter
-    from ._cleanup import CleanupHandler
-    from ._peers import Peer
+    from ._policy import CleanupKind
 
 __all__ = ("MetricSource", "Supervisor")
 
 logger = logging.getLogger("resource_supervisor")
 
 
-class MetricSource(Protocol):
-    """
-    What a supervisor samples: the built-in sampler, or a test double such as
-    :class:`resource_supervisor.testing.ScriptedSource` that wraps it.
-    """
-
-    def open(self) -> None:
-        """Open files or handles; idempotent."""
-
-    def close(self) -> None:
-        """Release them; idempotent."""
-
-    def register_provider(
-        self,
-        name: str,
-        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
-    ) -> None:
-        """Add a named metrics provider."""
-
-    def unregister_provider(self, name: str) -> None:
-        """Remove a provider."""
-
-    async def sample(self) -> dict[str, MetricValue]:
-        """
-        Read every metric.
-
-        Cancellation:
-            A cancelled sample publishes nothing; the implementation decides what
-            its providers see (the built-in sampler cancels async providers and
-            abandons sync ones in their threads).
-        """
-        ...
-
-    def read_memory(self) -> tuple[int, int]:
-        """Working-set bytes and effective limit bytes, cheaply."""
-        ...
-
-
-_CURRENT: contextvars.ContextVar[Supervisor | None] = contextvars.ContextVar(
-    "resource_supervisor_current", default=None
-)
-# Supervisors running on this event loop, innermost last: found by current() from
-# tasks that did not inherit the entering task's context (e.g. ASGI request tasks
-# when the supervisor was entered in the lifespan task).
-_RUNNING: RunVar[list[Supervisor]] = RunVar("resource_supervisor_running")
-
-
-def _running_on_this_loop() -> list[Supervisor]:
-    try:
-        return _RUNNING.get()
-    except LookupError:
-        stack: list[Supervisor] = []
-        _RUNNING.set(stack)
-        return stack
-
-
-def resolve_io_workers(value: int | Literal["auto"], cpus: int) -> int:
-    """
-    Resolve ``default_io_workers``: ``auto`` follows CPython's thread-pool default,
-    ``min(32, cpus + 4)``: I/O waits rather than computes, so a few threads beyond
-    the CPU count keep the CPUs busy while bounding memory for thread stacks.
-    """
-    return min(32, cpus + 4) if value == "auto" else value
-
-
-class Supervisor(AsyncClosable):
+class Supervisor(Registrations, AsyncClosable):
     """
     Keeps a service inside its memory and CPU budget.
 
@@ -185,12 +120,14 @@ class Supervisor(AsyncClosable):
         self._usable_cpus = 1
         self._provider_names: list[str] = []
         self._metrics: MetricsSnapshot | None = None
-        self._levels: Mapping[str, PressureLevel] = {}
-        self._level = PressureLevel.NORMAL
-        self._last_cleanup_at: float | None = None
-        self._cpu_streak = False
-        self._sample_failures = 0
-        self._streams_refused = 0
+        # What decide() remembers between samples (levels, cooldown, CPU streak).
+        self._policy = PolicyState(
+            cooldown=s.cleanup_cooldown, cpu_threshold=s.warning_threshold_cpu
+        )
+        self._auto_cleanups: dict[CleanupKind, int] = {"normal": 0, "aggressive": 0}
+        self._stream_metrics = StreamMetrics(self._snapshots, self._events)
+        self._contributors: list[MetricsContributor] = []
+        self._timer = SampleTimer()  # when to sample next (interval, notifications)
         self._exit_callbacks: list[Callable[[], None]] = []
         self._cleanup_runs = 0
         self._lock = anyio.Lock()
@@ -198,11 +135,6 @@ class Supervisor(AsyncClosable):
         self._stack: contextlib.AsyncExitStack | None = None
         self._token: contextvars.Token[Supervisor | None] | None = None
         self._state: Literal["new", "running", "closed"] = "new"
-        # Kernel memory notifications wake the sampling loop early (see _start_notifier).
-        self._notifier: MemoryNotifier | None = None
-        self._sample_wanted: anyio.Event | None = None
-        self._last_sample_at: float | None = None
-        self._notified_samples = 0
 
     # -- lifecycle -------------------------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -233,6 +165,7 @@ class Supervisor(AsyncClosable):
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self._settings
+        base = self._source
         self._source.open()
         stack.callback(self._source.close)
         cpus = usable_cpu_count()
@@ -273,6 +206,7 @@ class Supervisor(AsyncClosable):
         if await anyio.to_thread.run_sync(gpu.open):
             self._gpu = gpu
             stack.callback(gpu.close)
+            self._source = WithGpu(base, gpu)  # GPU figures come with every sample
             self._cleanup.register(TorchGpuReclaimer(gpu), name="gpu")
 
         self._task_group = anyio.create_task_group()
@@ -284,55 +218,19 @@ class Supervisor(AsyncClosable):
         stack.callback(running.remove, self)
         self._token = _CURRENT.set(self)
 
-        self._start_notifier(stack)
+        # Each part contributes its own counters to every snapshot.
+        self._contributors = [
+            self._executors,
+            self._thread_limiter,
+            self._sessions,
+            self._stream_metrics,
+            self._cleanup,
+            self._timer,
+        ]
+        self._timer.start(s, base, stack)
         await self.update_metrics()
         if s.monitoring_enabled:
             self._task_group.start_soon(self._sample_loop, name="resource_supervisor.sampler")
-
-    # -- memory notifications --------------------------------------------------
-    def _start_notifier(self, stack: contextlib.AsyncExitStack) -> None:
-        # Only the built-in sampler reads the kernel figures a notification is about.
-        s = self._settings
-        source = self._source
-        if not (s.memory_notifications and s.monitoring_enabled and isinstance(source, Sampler)):
-            return
-        proc_root, cgroup_root, pid = source.target
-        notifier = MemoryNotifier(
-            self._request_sample,
-            levels_percent=(s.warning_threshold_memory, s.aggressive_threshold_memory),
-            proc_root=proc_root,
-            cgroup_root=cgroup_root,
-            pid=pid,
-        )
-        try:
-            notifier.start()
-        except (RuntimeError, NotImplementedError) as exc:  # not asyncio, or no add_reader
-            logger.debug("memory notifications unavailable on this loop (%s): polling", exc)
-            return
-        stack.callback(notifier.close)
-        self._notifier = notifier
-        self._sample_wanted = anyio.Event()
-
-    def _request_sample(self, source: str) -> None:
-        wanted = self._sample_wanted
-        if wanted is not None:
-            wanted.set()
-
-    async def _wait_for_sample(self, deadline: float) -> bool:
-        """Sleep until *deadline* or a notification (rate-limited); True when notified."""
-        if self._sample_wanted is None:
-            await anyio.sleep_until(deadline)
-            return False
-        with anyio.CancelScope(deadline=deadline):
-            await self._sample_wanted.wait()
-            self._sample_wanted = anyio.Event()  # before sampling: later ones wake again
-            now = anyio.current_time()
-            earliest = next_sample_at(self._last_sample_at, now)
-            if earliest > now:  # rate-limited; otherwise sample in this same step
-                await anyio.sleep_until(earliest)
-            self._notified_samples += 1
-            return True
-        return False
 
     async def aclose(self) -> None:
         """
@@ -436,7 +334,7 @@ class Supervisor(AsyncClosable):
     @property
     def level(self) -> PressureLevel:
         """The current pressure level."""
-        return self._level
+        return self._policy.level
 
     @property
     def executors(self) -> Executors:
@@ -474,117 +372,12 @@ class Supervisor(AsyncClosable):
         """The GPU source when NVML found devices, else ``None``."""
         return self._gpu
 
-    # -- registration ----------------------------------------------------------
-    def peers(self) -> list[Peer]:
-        """
-        The live supervised processes of this container with their latest snapshots,
-        this one included (multi-process mode, see ``multiprocess`` settings); empty
-        when the mode is off. Reads the shared directory: cheap, but not free.
-        """
-        return self._container.peers()
-
-    def register_cleanup(
-        self, handler: CleanupHandler, *, name: str | None = None, timeout: float | None = None
-    ) -> Callable[[], None]:
-        """
-        Register a cleanup handler: an object with ``async def cleanup(self, request)``
-        or an async callable taking a :class:`CleanupRequest`.
-
-        Args:
-            handler: The handler.
-            name: Its name in reports (defaults to the object's or function's name).
-            timeout: Its own timeout (defaults to ``cleanup_handler_timeout``).
-
-        Returns:
-            A function that unregisters the handler.
-
-        Raises:
-            TypeError: If *handler* is neither form.
-            ValueError: If the name is taken.
-        """
-        return self._cleanup.register(handler, name=name, timeout=timeout)
-
-    def register_metrics_provider(
-        self,
-        name: str,
-        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
-    ) -> None:
-        """
-        Register a sync or async provider whose metrics appear as ``<name>_<key>``.
-
-        A provider that raises or exceeds ``provider_timeout`` is skipped for that
-        sample, counted in ``provider_failures_total`` and logged once per streak.
-        Of each result, metrics that are not finite numbers with a valid name, and
-        those beyond 256 per provider, are left out and counted in
-        ``provider_metrics_dropped_total``.
-
-        Args:
-            name: A lower-case identifier.
-            provider: ``() -> Mapping[str, float | int]``, sync (run in a thread) or async.
-
-        Raises:
-            ValueError: If the name is invalid, taken, or a built-in namespace
-                (``cleanup``, ``memory``, ``process``...), whose metrics it could shadow.
-        """
-        self._source.register_provider(name, provider)
-        self._provider_names.append(name)
-
-    def unregister_metrics_provider(self, name: str) -> None:
-        """
-        Remove a provider registered with :meth:`register_metrics_provider`.
-
-        Args:
-            name: The provider's name.
-        """
-        self._source.unregister_provider(name)
-        self._provider_names.remove(name)
-
-    @property
-    def provider_names(self) -> tuple[str, ...]:
-        """Names of the registered metrics providers, in registration order."""
-        return tuple(self._provider_names)
-
-    # -- streams ---------------------------------------------------------------
-    def subscribe(
-        self, buffer: int | None = None, policy: Literal["drop_oldest", "latest"] = "drop_oldest"
-    ) -> Subscription[MetricsSnapshot]:
-        """
-        Subscribe to snapshots; use as ``async with sup.subscribe() as stream``.
-
-        Args:
-            buffer: Snapshots kept for a slow reader (default ``stream_buffer``);
-                when full the oldest is dropped and counted.
-            policy: ``"latest"`` keeps only the newest snapshot.
-
-        Returns:
-            A subscription: an async iterator that ends when the supervisor exits.
-        """
-        return self._snapshots.subscribe(
-            buffer=buffer if buffer is not None else self._settings.stream_buffer, policy=policy
-        )
-
-    def subscribe_events(self, buffer: int = 64) -> Subscription[SupervisorEvent]:
-        """
-        Subscribe to events: level changes, CPU warnings and cleanup reports.
-
-        Args:
-            buffer: Events kept for a slow reader; the oldest is dropped when full.
-
-        Returns:
-            A subscription, like :meth:`subscribe`.
-        """
-        return self._events.subscribe(buffer=buffer)
-
-    def _count_refused_stream(self) -> None:
-        """Count an event stream an integration refused over its cap (next snapshot)."""
-        self._streams_refused += 1
-
     # -- sampling --------------------------------------------------------------
     async def _sample_loop(self) -> None:
         interval = self._settings.monitoring_interval
         next_at = anyio.current_time() + interval
         while True:
-            notified = await self._wait_for_sample(next_at)
+            notified = await self._timer.wait(next_at)
             # A timer that fired just as the supervisor began closing: anyio delivers
             # the task group's cancellation to an already-woken task one loop
             # iteration late, so stop here rather than sample a closed supervisor.
@@ -602,7 +395,7 @@ class Supervisor(AsyncClosable):
                 if must_propagate(exc):
                     raise
                 absorb(exc)
-                self._sample_failures += 1
+                self._timer.failures += 1
                 logger.exception("sampling failed; will retry in %.3g s", interval, exc_info=exc)
 
     async def update_metrics(self) -> MetricsSnapshot:
@@ -625,18 +418,9 @@ class Supervisor(AsyncClosable):
         if self._state != "running":
             raise SupervisorClosedError
         async with self._lock:
-            self._last_sample_at = anyio.current_time()
+            self._timer.sampling()
             raw = await self._source.sample()
-            if self._notifier is not None:
-                self._notifier.update(
-                    str(raw["memory_limit_source"]), int(raw["memory_limit_bytes"])
-                )
-                raw.update(
-                    self._notifier.metrics(), memory_notified_samples_total=self._notified_samples
-                )
-            if self._gpu is not None:
-                # NVML calls cost microseconds to milliseconds per device: off the loop
-                raw.update(await anyio.to_thread.run_sync(self._gpu.read))
+            self._timer.sampled(raw)
             snapshot = self._build(raw)
         self._publish(snapshot)
         closing = self._sessions.expire()
@@ -645,184 +429,88 @@ class Supervisor(AsyncClosable):
         return snapshot
 
     def _build(self, raw: dict[str, MetricValue]) -> MetricsSnapshot:
-        s = self._settings
+        """Gather every part's metrics, decide (pure), build the snapshot, act."""
         data: dict[str, MetricValue] = dict(raw)
         data.setdefault("gpu_count", 0)
-        if self._executors is not None:
-            data.update(self._executors.metrics())
-        data.update(self._thread_limiter.metrics())
-        cleanup = self._cleanup.statistics()
-        snapshots = self._snapshots.statistics()
-        sessions = self._sessions.statistics()
-        data.update(
-            active_sessions_rag=self._sessions.active,
-            sessions_evicted_total=sessions.evicted_total,
-            sessions_close_failures_total=sessions.close_failures,
-            stream_subscribers=snapshots.subscribers,
-            stream_dropped_total=snapshots.dropped + self._events.statistics().dropped,
-            stream_refused_total=self._streams_refused,
-            cleanup_runs_total=cleanup.runs,
-            cleanup_handler_failures_total=cleanup.handler_failures,
-            cleanup_handler_timeouts_total=cleanup.handler_timeouts,
-            sample_failures_total=self._sample_failures,
+        gather(data, self._contributors)
+        running = self._auto_cleanups
+        readings = readings_from(
+            data,
+            self._settings,
+            cleanup_running=(
+                "aggressive" if running["aggressive"] else "normal" if running["normal"] else None
+            ),
         )
-        readings = [
-            Reading(
-                "memory",
-                float(data["memory_percent"]),
-                Thresholds(s.warning_threshold_memory, s.aggressive_threshold_memory, s.hysteresis),
-            )
-        ]
-        if s.psi_warning_some_avg10 is not None and "psi_memory_some_avg10" in data:
-            readings.append(
-                Reading(
-                    "psi",
-                    float(data["psi_memory_some_avg10"]),
-                    Thresholds(s.psi_warning_some_avg10, None, s.hysteresis),
-                )
-            )
-        if s.psi_critical_full_avg10 is not None and "psi_memory_full_avg10" in data:
-            readings.append(
-                Reading(
-                    "psi_full",
-                    float(data["psi_memory_full_avg10"]),
-                    Thresholds(None, s.psi_critical_full_avg10, s.hysteresis),
-                )
-            )
-        readings.extend(
-            gpu_readings(
-                data,
-                warning=s.warning_threshold_gpu_memory,
-                critical=s.aggressive_threshold_gpu_memory,
-                hysteresis=s.hysteresis,
-            )
-        )
-        graded = grade(self._levels, readings)
-        previous = self._level
-        self._levels = graded.levels
-        self._level = graded.level
-        data["pressure_level"] = graded.level
-        data["pressure_level_name"] = graded.level.name
+        decision = decide(self._policy, readings, self._clock())
+        data["pressure_level"] = decision.level
+        data["pressure_level_name"] = decision.level.name
         data.update(self._container.observe(data))
         self._admission.observe(data, usable_cpus=self._usable_cpus)
         data.update(self._admission.metrics())
         snapshot = MetricsSnapshot(data)
         self._metrics = snapshot
-        if self._executors is not None:
-            self._executors.set_pressure(graded.level)
-        self._thread_limiter.set_pressure(graded.level)
+        self._act(decision, snapshot)
+        return snapshot
 
-        if graded.level != previous:
-            trigger = graded.trigger
-            log = logger.warning if graded.level > previous else logger.info
+    def _act(self, decision: Decision, snapshot: MetricsSnapshot) -> None:
+        """Carry out *decision*: pressure to the lanes, log, publish, start cleanup."""
+        self._policy = decision.state
+        level = decision.level
+        if self._executors is not None:
+            self._executors.set_pressure(level)
+        self._thread_limiter.set_pressure(level)
+        change = decision.transition
+        if change is not None:
+            log = logger.warning if change.level > change.previous else logger.info
             log(
                 "pressure %s -> %s (memory %.1f%% of %d bytes, source %s)",
-                previous.name,
-                graded.level.name,
+                change.previous.name,
+                change.level.name,
                 snapshot.memory_percent,
                 snapshot.memory_limit_bytes,
                 snapshot.memory_limit_source,
             )
             self._events.publish(
                 LevelChanged(
-                    previous,
-                    graded.level,
-                    snapshot,
-                    trigger.resource if trigger else None,
-                    trigger.device if trigger else None,
+                    change.previous, change.level, snapshot, change.resource, change.device
                 )
             )
-        self._check_cpu(snapshot)
-        now = self._clock()
-        kind = cleanup_due(
-            previous,
-            graded.level,
-            now=now,
-            last_cleanup_at=self._last_cleanup_at,
-            cooldown=s.cleanup_cooldown,
+        cpu = decision.cpu
+        if isinstance(cpu, CpuAlert):
+            if cpu.first:
+                logger.warning(
+                    "system CPU at %.1f%% (warning threshold %g%%)", cpu.cpu_percent, cpu.threshold
+                )
+            self._events.publish(CpuWarning(cpu.cpu_percent, cpu.threshold, snapshot))
+        elif isinstance(cpu, CpuRecovery):
+            logger.info("system CPU back below %g%% (%.1f%%)", cpu.threshold, cpu.cpu_percent)
+        plan = decision.cleanup
+        if plan is None:
+            return
+        if self._task_group is None or not self._container.cleans(aggressive=plan.aggressive):
+            self._policy = decision.cleanup_not_started()
+            return
+        request = CleanupRequest(
+            aggressive=plan.aggressive,
+            level=plan.level,
+            reason=plan.reason,
+            snapshot=snapshot,
+            resource=plan.resource,
+            device=plan.device,
         )
-        if (
-            kind is not None
-            and self._task_group is not None
-            and self._container.cleans(aggressive=kind == "aggressive")
-        ):
-            self._last_cleanup_at = now
-            trigger = graded.trigger
-            request = CleanupRequest(
-                aggressive=kind == "aggressive",
-                level=graded.level,
-                reason=f"{trigger.resource if trigger else 'memory'} pressure {graded.level.name}",
-                snapshot=snapshot,
-                resource=trigger.resource if trigger else "memory",
-                device=trigger.device if trigger else None,
-            )
-            self._task_group.start_soon(
-                functools.partial(self._run_cleanup, request, automatic=True)
-            )
-        return snapshot
+        kind: CleanupKind = "aggressive" if plan.aggressive else "normal"
+        self._auto_cleanups[kind] += 1
+        self._task_group.start_soon(functools.partial(self._run_automatic, request, kind))
 
-    def _check_cpu(self, snapshot: MetricsSnapshot) -> None:
-        threshold = self._settings.warning_threshold_cpu
-        cpu = snapshot.system_cpu_percent
-        if not math.isnan(cpu) and cpu >= threshold:
-            if not self._cpu_streak:
-                self._cpu_streak = True
-                logger.warning("system CPU at %.1f%% (warning threshold %g%%)", cpu, threshold)
-            self._events.publish(CpuWarning(cpu, threshold, snapshot))
-        elif self._cpu_streak:
-            self._cpu_streak = False
-            logger.info("system CPU back below %g%% (%.1f%%)", threshold, cpu)
+    async def _run_automatic(self, request: CleanupRequest, kind: CleanupKind) -> None:
+        try:
+            await self._run_cleanup(request, automatic=True)
+        finally:
+            self._auto_cleanups[kind] -= 1
 
     def _publish(self, snapshot: MetricsSnapshot) -> None:
         self._snapshots.publish(snapshot)
         self._container.publish(snapshot)
 
-    # -- cleanup ---------------------------------------------------------------
-    async def _run_cleanup(self, request: CleanupRequest, *, automatic: bool) -> CleanupReport:
-        report = await self._cleanup.run(request)
-        self._events.publish(CleanupCompleted(report, automatic))
-        if not report.ok:
-            logger.warning(
-                "cleanup (%s) finished with failures: %s",
-                request.reason,
-                ", ".join(f"{o.name}={o.status}" for o in report.failures),
-            )
-        return report
-
-    async def request_cleanup(
-        self, *, aggressive: bool = False, reason: str = "manual"
-    ) -> CleanupReport:
-        """
-        Run every cleanup handler now and return the report.
-
-        Handlers run concurrently, each under its timeout; an error or timeout is
-        recorded in the report, never raised. A request arriving while a pass of
-        the same or higher severity runs joins that pass instead of stacking.
-
-        Args:
-            aggressive: Ask handlers to free as much as they can.
-            reason: Free text carried in the request and the report.
-
-        Returns:
-            The :class:`CleanupReport` with each handler's outcome and bytes freed.
-
-        Raises:
-            SupervisorClosedError: Outside ``async with``.
-
-        Cancellation:
-            Cancels the handlers of this pass (when no other caller shares it) and
-            propagates; handlers see the cancellation at their next await.
-        """
-        if self._state != "running":
-            raise SupervisorClosedError
-        request = CleanupRequest(
-            aggressive=aggressive,
-            level=self._level,
-            reason=reason,
-            snapshot=self._metrics,
-            resource="manual",
-        )
-        return await self._run_cleanup(request, automatic=False)
-
     def __repr__(self) -> str:
-        return f"<Supervisor state={self._state} level={self._level.name}>"
+        return f"<Supervisor state={self._state} level={self._policy.level.name}>"
