@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
+from itertools import repeat
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias, overload
 
@@ -42,6 +43,8 @@ class PressureLevel(enum.IntEnum):
 
 
 _REQUIRED: Final = REQUIRED_KEYS
+_REQUIRED_SET: Final = frozenset(REQUIRED_KEYS)
+_NUMBER_OR_STR: Final = (int, float, str)
 
 
 class MetricsSnapshot(Mapping[str, MetricValue]):
@@ -70,21 +73,28 @@ class MetricsSnapshot(Mapping[str, MetricValue]):
             ValueError: If a core metric is missing, a label key holds a number, or
                 another key holds a non-number.
         """
-        missing = [key for key in _REQUIRED if key not in data]
-        if missing:
+        copy = dict(data)
+        if not copy.keys() >= _REQUIRED_SET:
+            missing = [key for key in _REQUIRED if key not in copy]
             raise ValueError(f"snapshot is missing core metrics: {', '.join(missing)}")
-        level = data["pressure_level"]
-        labels = [k for k in LABEL_KEYS if k in data and not isinstance(data[k], str)]
-        numbers = [
-            k for k, v in data.items() if k not in LABEL_KEYS and not isinstance(v, int | float)
-        ]
-        if labels or numbers:
+        # One pass in C over the values (a snapshot is built on every sample): each is a
+        # number or a str, and the str ones are exactly the label keys present.
+        values = copy.values()
+        present = [k for k in LABEL_KEYS if k in copy]
+        if not (
+            all(map(isinstance, values, repeat(_NUMBER_OR_STR)))
+            and sum(map(isinstance, values, repeat(str))) == len(present)
+            and all(isinstance(copy[k], str) for k in present)
+        ):
+            labels = [k for k in present if not isinstance(copy[k], str)]
+            numbers = [
+                k for k, v in copy.items() if k not in LABEL_KEYS and not isinstance(v, int | float)
+            ]
             raise ValueError(
                 f"snapshot values of the wrong kind: labels {labels} must be str, "
                 f"metrics {numbers} must be numbers"
             )
-        copy = dict(data)
-        copy["pressure_level"] = PressureLevel(int(level))
+        copy["pressure_level"] = PressureLevel(int(copy["pressure_level"]))
         object.__setattr__(self, "_data", MappingProxyType(copy))
 
     # -- Mapping ---------------------------------------------------------------

@@ -183,3 +183,57 @@ def test_readings_from_a_snapshot_follow_the_settings() -> None:
     )
     assert [r.resource for r in psi.pressure] == ["memory", "psi", "psi_full"]
     assert psi.cleanup_running == "normal"
+
+
+async def test_supervisor_starts_no_automatic_cleanup_while_one_still_runs() -> None:
+    """
+    A real supervisor at WARNING past its cooldown starts no second automatic pass
+    while the first still runs; once it has ended, the next sample starts one.
+    """
+    import anyio
+
+    from resource_supervisor import CleanupCompleted, CleanupRequest, Supervisor
+    from resource_supervisor.testing import ManualClock, ScriptedSource
+    from tests.test_supervisor import quiet
+
+    clock = ManualClock()
+    source = ScriptedSource()
+    started = anyio.Event()
+    release = anyio.Event()
+    calls = 0
+
+    async def slow(request: CleanupRequest) -> None:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+
+    sup = Supervisor(
+        quiet(cleanup_cooldown=10.0, cleanup_handler_timeout=30.0), source=source, clock=clock
+    )
+    sup.register_cleanup(slow, name="slow")
+    async with sup:
+        source.set(memory_percent=80.0)
+        await sup.update_metrics()
+        with anyio.fail_after(10):
+            await started.wait()
+        clock.advance(11.0)  # past the cooldown, the first pass still running
+        await sup.update_metrics()
+        await anyio.wait_all_tasks_blocked()
+        assert calls == 1
+        # no request joined the running pass: none was made
+        assert sup._cleanup.statistics().coalesced == 0
+        async with sup.subscribe_events() as stream:
+            release.set()
+            with anyio.fail_after(10):
+                async for event in stream:  # the pass ends; no sample taken meanwhile
+                    if isinstance(event, CleanupCompleted):
+                        break
+        assert calls == 1
+        started = anyio.Event()
+        release = anyio.Event()
+        release.set()
+        await sup.update_metrics()  # the cooldown has passed and nothing runs
+        with anyio.fail_after(10):
+            await started.wait()
+        assert calls == 2
