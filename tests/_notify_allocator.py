@@ -1,6 +1,6 @@
 """
 A process that allocates memory on command, run inside a real memory cgroup by
-``tests/test_notify_cgroup.py`` and ``benchmarks/reaction.py``.
+``tests/sources/test_notify_cgroup.py`` and ``benchmarks/reaction.py``.
 
 Reads one command per stdin line and answers ``ok START END`` on stdout once it is
 done (``time.monotonic()`` when the command began and ended; the clock is the same

@@ -1,5 +1,6 @@
 """
-The service that ``tests/test_process_oom.py`` runs inside a real 300 MiB memory cgroup.
+The service that ``tests/broker/local/test_process_oom.py`` runs inside a real 300 MiB
+memory cgroup.
 
 Usage: ``python -m tests._oom_service``. It waits for one line on stdin (so the
 test can move it into the cgroup first), holds 150 MiB it never frees, then runs

@@ -1,5 +1,5 @@
 """
-The service that ``tests/test_process_orphans.py`` SIGKILLs while its workers are busy.
+The service that ``tests/broker/local/test_process_orphans.py`` SIGKILLs while its workers are busy.
 
 Usage: ``python -m tests._orphan_service START_METHOD``. It starts a process lane of
 two workers, keeps both busy (one spinning in Python, one sleeping), queues a call

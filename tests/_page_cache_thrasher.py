@@ -1,6 +1,6 @@
 """
 A process that makes real memory stall, run inside a small memory cgroup by
-``tests/test_notify_cgroup.py``.
+``tests/sources/test_notify_cgroup.py``.
 
 Usage: ``python tests/_page_cache_thrasher.py PATH THREADS``.
 

@@ -390,7 +390,7 @@ async def test_reclaimer_leaves_uninitialised_cuda_alone(fake_torch: FakeCuda) -
 
 async def test_reclaimer_empties_cache_off_the_loop_and_measures(fake_torch: FakeCuda) -> None:
     """With torch using CUDA: empty_cache then ipc_collect in a worker thread; bytes measured."""
-    from tests.test_gpu_source import FakeGpu, FakeNvml, FakeProcess
+    from tests.sources.test_gpu_source import FakeGpu, FakeNvml, FakeProcess
 
     me = os.getpid()
     gpus = [

@@ -24,7 +24,7 @@ The rule, and why each step:
 Whatever does not resolve inside an exempt prefix is shed: when in doubt, shed.
 
 Tied to a file server's resolution on purpose; do not loosen without a test that
-serves a file through the path (see ``tests/test_shedding.py``).
+serves a file through the path (see ``tests/integrations/test_shedding.py``).
 """
 
 from __future__ import annotations

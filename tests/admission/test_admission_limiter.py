@@ -26,8 +26,8 @@ from resource_supervisor._admission._limit import LimitParams
 from resource_supervisor._admission._limiter import serve_newest
 from resource_supervisor._admission._pressure import PressureAdjustment
 from resource_supervisor.testing import ManualClock, ScriptedSource
+from tests.strategies import make_snapshot
 
-from .strategies import make_snapshot
 from .test_admission_cpu_stat import _lay_out
 
 if TYPE_CHECKING:

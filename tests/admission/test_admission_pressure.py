@@ -15,8 +15,7 @@ from resource_supervisor._admission._pressure import (
     pressure_adjustment,
 )
 from resource_supervisor._snapshot import PressureLevel
-
-from .strategies import pressure_levels
+from tests.strategies import pressure_levels
 
 PARAMS = PressureParams()
 

@@ -1,7 +1,7 @@
 """
 Tests of the concurrent.futures executors over the lanes (broker._std_executors):
 real lanes, real threads and worker processes. CPython's own conformance cases run
-in tests/test_std_executor_conformance.py where the interpreter ships them.
+in tests/broker/test_std_executor_conformance.py where the interpreter ships them.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from resource_supervisor._exceptions import (
 from resource_supervisor._snapshot import PressureLevel
 from resource_supervisor.broker import Executors
 from resource_supervisor.broker._threads import THREAD_NAME
-
-from . import _workers
+from tests import _workers
 
 if TYPE_CHECKING:
     from collections.abc import Callable

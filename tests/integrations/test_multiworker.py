@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CPUS = 2
 PID_LABEL = re.compile(r'resource_supervisor_process_resident_memory_bytes\{[^}]*pid="(\d+)"')
 

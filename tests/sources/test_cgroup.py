@@ -26,7 +26,7 @@ from resource_supervisor._sources._cgroup import (
 )
 from resource_supervisor._sources._proc import HostMemory
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 PID = 4242
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -12,7 +12,7 @@ import pytest
 from resource_supervisor._sources._cgroup import read_cpu_quota
 from resource_supervisor._sources._cpus import usable_cpu_count
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def affinity() -> int:

@@ -2,7 +2,7 @@
 Tests of the memory notification source: the pure arming rules, cgroup v2
 ``memory.events`` through inotify against a directory laid out like a v2 cgroup, a
 real PSI trigger on ``/proc/pressure/memory``, every fallback, and no descriptor
-left behind. Real cgroup v1 thresholds are in ``tests/test_notify_cgroup.py``.
+left behind. Real cgroup v1 thresholds are in ``tests/sources/test_notify_cgroup.py``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from resource_supervisor._sources._arming import (
 )
 from resource_supervisor._sources._notify import DEFAULT_PSI_TRIGGER, MemoryNotifier
 from resource_supervisor.testing import ScriptedSource
-
-from ._leaks import open_fds
+from tests._leaks import open_fds
 
 if TYPE_CHECKING:
     from pathlib import Path

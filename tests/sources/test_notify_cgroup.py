@@ -29,9 +29,8 @@ from resource_supervisor import Supervisor, SupervisorSettings
 from resource_supervisor._sampler import Sampler
 from resource_supervisor._sources._arming import threshold_bytes
 from resource_supervisor._sources._notify import DEFAULT_PSI_TRIGGER, MemoryNotifier
-
-from ._leaks import open_fds
-from .test_container_limit import LIMIT_BYTES, memory_cgroup
+from tests._leaks import open_fds
+from tests.test_container_limit import LIMIT_BYTES, memory_cgroup
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,8 +43,8 @@ pytestmark = [pytest.mark.cgroup, pytest.mark.timeout(60)]
 __all__ = ("memory_cgroup",)  # the fixture, reused
 
 MiB = 2**20
-ALLOCATOR = Path(__file__).with_name("_notify_allocator.py")
-CHILD = Path(__file__).with_name("_cgroup_child.py")
+ALLOCATOR = Path(__file__).parents[1] / "_notify_allocator.py"
+CHILD = Path(__file__).parents[1] / "_cgroup_child.py"
 LEVELS = (75.0, 85.0)
 
 
@@ -223,7 +222,7 @@ async def test_defaults_start_cleanup_within_seconds_of_a_crossing(
 
 # -- a real PSI trigger that fires -------------------------------------------------
 
-THRASHER = Path(__file__).with_name("_page_cache_thrasher.py")
+THRASHER = Path(__file__).parents[1] / "_page_cache_thrasher.py"
 THRASH_LIMIT_BYTES = 16 * MiB
 THRASH_FILE_BYTES = 64 * MiB
 THRASH_THREADS = 4

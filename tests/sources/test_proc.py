@@ -21,7 +21,7 @@ from resource_supervisor._sources._proc import (
     pread_all,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 PROC = FIXTURES / "proc"
 PID = 4242
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")

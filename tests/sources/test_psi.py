@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from resource_supervisor._sources._psi import PsiMemory, PsiReader, parse_psi
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 PID = 4242
 V2_PROC = str(FIXTURES / "cgroup/v2/proc")
 V2_CGROUP = FIXTURES / "cgroup/v2/sys/fs/cgroup"

@@ -18,7 +18,7 @@ from resource_supervisor import Supervisor
 from resource_supervisor._config import build_settings
 from resource_supervisor._exceptions import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 # Installed as sitecustomize in the child: the package named by BLOCKED_PACKAGE (and
 # its submodules) cannot be imported there, exactly as if it were not installed.

@@ -25,13 +25,13 @@ from resource_supervisor._config import (
 from resource_supervisor._exceptions import ConfigError
 from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
-from tests.test_dask import no_leaks  # noqa: F401 - the fixture
+from tests.broker.dask.test_dask import no_leaks  # noqa: F401 - the fixture
 
 if TYPE_CHECKING:
     from distributed.security import Security
 
 MiB = 1024 * 1024
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 KEY = r"resource_management\.concurrency\.dask"
 
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(90)
 
 MiB = 1024 * 1024
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def _until(condition: object, limit: float = 20.0) -> None:

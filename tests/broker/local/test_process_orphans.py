@@ -28,7 +28,7 @@ from tests import _workers
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 GONE_WITHIN_SECONDS = 3.0
 
 

@@ -1,0 +1,1 @@
+"""Tests of resource_supervisor.integrations."""
