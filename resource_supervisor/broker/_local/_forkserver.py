@@ -22,20 +22,85 @@ process object. The server itself is never pickled to the child.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.popen_forkserver
 import multiprocessing.process
+import multiprocessing.util
 import os
+import shutil
+import tempfile
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = ("LaneForkServerContext",)
+
+
+_logger = logging.getLogger("resource_supervisor.broker")
+
+SOCKET_PATH_MAX: Final = 107
+"""Bytes a Unix socket path may have on Linux (``sun_path`` is 108, with its NUL)."""
+
+# The server listens on <tempdir>/listener-XXXXXXXX, and multiprocessing makes
+# <tempdir> as <base>/pymp-XXXXXXXX: the base may have this many bytes at most.
+_BASE_MAX: Final = SOCKET_PATH_MAX - len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+_SHORT_BASES: Final = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def short_socket_base(base: str) -> str | None:
+    """
+    Where to make multiprocessing's temporary directory instead of *base* (pure).
+
+    Args:
+        base: The temporary directory (``TMPDIR`` or the system default).
+
+    Returns:
+        None when the forkserver's socket fits under *base*; otherwise the first
+        system temporary directory under which it fits (the caller checks that it
+        exists and can be written), or None when none would.
+    """
+    if len(os.fsencode(base)) <= _BASE_MAX:
+        return None
+    return next((short for short in _SHORT_BASES if len(short) <= _BASE_MAX), None)
+
+
+def ensure_socket_fits() -> None:
+    """
+    Give ``multiprocessing`` a short private temporary directory if ``TMPDIR`` is
+    too long for the forkserver's Unix socket.
+
+    A long ``TMPDIR`` (deep CI work directories, per-user directories) would make
+    every worker start fail with ``OSError: AF_UNIX path too long``. Like newer
+    CPython releases, fall back to the system's temporary directory: a directory
+    made there by :func:`tempfile.mkdtemp` (mode 0700, so the socket stays private),
+    removed at interpreter exit like the one ``multiprocessing`` would have made.
+    Does nothing once ``multiprocessing`` has its directory, or when TMPDIR is short.
+    """
+    config = getattr(multiprocessing.process.current_process(), "_config", None)
+    if not isinstance(config, dict) or config.get("tempdir") is not None:
+        return
+    short = short_socket_base(tempfile.gettempdir())
+    if short is None:
+        return
+    try:
+        directory = tempfile.mkdtemp(prefix="pymp-", dir=short)
+    except OSError as exc:
+        _logger.debug("no short temporary directory for the forkserver socket: %s", exc)
+        return
+    multiprocessing.util.Finalize(
+        None, functools.partial(shutil.rmtree, directory, ignore_errors=True), exitpriority=-100
+    )
+    config["tempdir"] = directory
+    _logger.debug(
+        "TMPDIR is too long for a Unix socket: multiprocessing uses %s instead", directory
+    )
 
 
 class _LaneForkServerProcess(multiprocessing.context.ForkServerProcess):
@@ -122,6 +187,7 @@ class LaneForkServerContext(multiprocessing.context.ForkServerContext):
 
     def Process(self, *args: object, **kwargs: object) -> _LaneForkServerProcess:  # type: ignore[override]  # noqa: N802
         """Return a process forked by this context's server."""
+        ensure_socket_fits()  # before the server binds its socket
         process = _LaneForkServerProcess(*args, **kwargs)  # type: ignore[arg-type]
         process._lane_server = self.server
         return process
@@ -131,6 +197,7 @@ class LaneForkServerContext(multiprocessing.context.ForkServerContext):
         Start the server if it is not running (blocking, briefly: it returns once
         the server process is spawned, not once it has imported its preload).
         """
+        ensure_socket_fits()
         self.server.ensure_running()
 
     def stop(self) -> None:

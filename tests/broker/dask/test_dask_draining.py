@@ -33,7 +33,7 @@ async def _call(lane: DaskLane, func: Callable[..., object], args: tuple[object,
 
 
 async def _recorded(directory: Path, name: str) -> None:
-    with anyio.fail_after(20):
+    with anyio.fail_after(60):  # a hang guard: a loaded machine schedules slowly
         while w.count(directory, name) < 1:  # noqa: ASYNC110 - another process writes it
             await anyio.sleep(0.01)
 

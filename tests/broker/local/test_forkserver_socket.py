@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 import anyio
 import psutil
@@ -19,7 +22,11 @@ import pytest
 
 from resource_supervisor._config import build_settings
 from resource_supervisor._supervisor import Supervisor
+from resource_supervisor.broker._local._forkserver import short_socket_base
 from tests._workers import square
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 NOBODY = 65534
 
@@ -78,3 +85,56 @@ async def test_forkserver_socket_is_private_to_the_services_user() -> None:
         assert returncode == 3, "another user could connect to the forkserver"
         # The lane still works: nothing reached the server.
         assert await sup.executors.run_in_process(square, 8) == 64
+
+
+LONG_TMPDIR_SCRIPT = """
+import asyncio, multiprocessing.util, os, sys
+import resource_supervisor as rs
+
+def square(x):
+    return x * x
+
+async def main():
+    concurrency = rs.ConcurrencySettings(start_method="forkserver", default_cpu_workers=1)
+    settings = rs.SupervisorSettings(monitoring_enabled=False, concurrency=concurrency)
+    async with rs.Supervisor(settings) as sup:
+        print("result", await sup.executors.run_in_process(square, 7))
+        print("tempdir", multiprocessing.util.get_temp_dir())
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_tmpdir_too_long_for_a_unix_socket_still_starts_workers(tmp_path: Path) -> None:
+    """
+    With a TMPDIR whose path leaves no room for the forkserver's socket name, the lane
+    still starts workers: multiprocessing gets a private 0700 directory in the system
+    temporary directory instead, removed when the service exits.
+    """
+    deep = tmp_path.joinpath(*(["d" * 20] * 5))
+    deep.mkdir(parents=True)
+    assert short_socket_base(str(deep)) == "/tmp"
+    script = tmp_path / "service.py"
+    script.write_text(LONG_TMPDIR_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "TMPDIR": str(deep)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines["result"] == "49", result.stdout
+    used = lines["tempdir"]
+    assert os.path.dirname(used) == "/tmp"
+    assert not os.path.exists(used)  # removed at exit
+
+
+def test_a_short_tmpdir_is_kept() -> None:
+    """Where the socket fits (any usual TMPDIR), multiprocessing's own choice stands."""
+    assert short_socket_base("/tmp") is None
+    assert short_socket_base("/" + "x" * 74) is None
+    assert short_socket_base("/" + "x" * 75) == "/tmp"

@@ -41,6 +41,14 @@ async def _until(condition: Callable[[], bool], limit: float = 20.0) -> None:
             await anyio.sleep(0.01)
 
 
+def _gone(pid: int) -> bool:
+    """True once *pid* has exited (reaped, or a zombie waiting to be)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _settings(**values: object) -> ConcurrencySettings:
     return ConcurrencySettings(**{"idle_timeout": 30.0, **values})  # type: ignore[arg-type]
 
@@ -295,9 +303,7 @@ async def test_cancelled_running_call_kills_its_worker(tmp_path: Path) -> None:
             await _until(lambda: Path(f"{gate}.started").exists())
             victim = int(Path(f"{gate}.started").read_text())  # noqa: ASYNC240
             tg.cancel_scope.cancel()
-        await _until(
-            lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie"
-        )
+        await _until(lambda: _gone(victim))
         assert await lane.run(_workers.pid, (), timeout=None) != victim
         assert lane.statistics().crashed_total == 0
 
