@@ -47,3 +47,4 @@ class CleanupCompleted:
 
 
 SupervisorEvent: TypeAlias = LevelChanged | CpuWarning | CleanupCompleted
+"""Any event the supervisor publishes: a level change, a CPU warning or a finished cleanup."""

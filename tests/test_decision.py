@@ -194,7 +194,7 @@ async def test_supervisor_starts_no_automatic_cleanup_while_one_still_runs() -> 
 
     from resource_supervisor import CleanupCompleted, CleanupRequest, Supervisor
     from resource_supervisor.testing import ManualClock, ScriptedSource
-    from tests.test_supervisor import quiet
+    from tests._settings import quiet
 
     clock = ManualClock()
     source = ScriptedSource()

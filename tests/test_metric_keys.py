@@ -10,7 +10,6 @@ import typing
 
 import pytest
 
-from resource_supervisor import Supervisor
 from resource_supervisor._metric_keys import (
     CORE_NAMESPACES,
     LABEL_KEYS,
@@ -23,13 +22,16 @@ from resource_supervisor._provider_output import RESERVED_PROVIDER_NAMES
 from resource_supervisor._sampler import Sampler
 from resource_supervisor._snapshot import LabelKey, MetricsSnapshot
 from resource_supervisor.integrations.prometheus import PREFIX, describe_key
-from tests.test_supervisor import quiet
+
+if typing.TYPE_CHECKING:
+    from resource_supervisor import Supervisor
 
 
-async def test_a_real_snapshot_carries_every_registered_key_in_a_registered_namespace() -> None:
+async def test_a_real_snapshot_carries_every_registered_key_in_a_registered_namespace(
+    supervisor: Supervisor,
+) -> None:
     """Every registered key is in a real snapshot, and every key of it is a core key."""
-    async with Supervisor(quiet()) as sup:
-        snap = await sup.update_metrics()
+    snap = await supervisor.update_metrics()
     keys = set(snap)
     registered = SAMPLER_KEYS | SUPERVISOR_KEYS
     assert sorted(registered - keys) == []

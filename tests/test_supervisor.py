@@ -26,26 +26,15 @@ from resource_supervisor import (
     Supervisor,
     SupervisorClosedError,
 )
-from resource_supervisor._config import build_settings
 from resource_supervisor.testing import ManualClock, ScriptedSource
+from tests._settings import quiet
 
 from ._leaks import live_children
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from resource_supervisor import SupervisorEvent, SupervisorSettings
-
-
-def quiet(**overrides: object) -> SupervisorSettings:
-    """Settings for tests: no background sampling unless asked, tiny pools."""
-    values: dict[str, object] = {
-        "monitoring_enabled": False,
-        "cleanup_cooldown": 30.0,
-        "concurrency": {"default_cpu_workers": 1, "default_io_workers": 2},
-    }
-    values.update(overrides)
-    return build_settings(**values)
+    from resource_supervisor import SupervisorEvent
 
 
 async def measured_memory_percent() -> float:

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import WorkerCrashedError
 from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._mapping import (
@@ -20,6 +19,7 @@ from resource_supervisor.broker._mapping import (
     next_chunksize,
 )
 from tests import _workers
+from tests._settings import lane_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -283,7 +283,7 @@ async def test_first_error_is_raised_bare_and_rest_cancelled() -> None:
 
 async def test_map_on_worker_processes() -> None:
     """The lane's map returns every result in order, with automatic chunk sizes."""
-    settings = ConcurrencySettings(idle_timeout=30.0)
+    settings = lane_settings()
     async with ProcessLane(settings, max_workers=2) as lane:
         stream = lane.map(
             _workers.square, range(20_000), ordered=True, chunksize=None, max_in_flight=None
@@ -294,7 +294,7 @@ async def test_map_on_worker_processes() -> None:
 
 async def test_crash_in_a_chunk_fails_only_from_there() -> None:
     """A worker dying in a chunk raises WorkerCrashedError; earlier items came once, in order."""
-    settings = ConcurrencySettings(idle_timeout=30.0)
+    settings = lane_settings()
     async with ProcessLane(settings, max_workers=2) as lane:
         func = functools.partial(_workers.crash_on, bad=500)
         seen: list[int] = []
@@ -312,7 +312,7 @@ async def test_crash_in_a_chunk_fails_only_from_there() -> None:
 
 async def test_leaving_early_releases_workers() -> None:
     """Breaking out of a map drops queued chunks; running ones finish and free their workers."""
-    settings = ConcurrencySettings(idle_timeout=30.0)
+    settings = lane_settings()
     async with ProcessLane(settings, max_workers=2) as lane:
         stream = lane.map(_workers.sleep, [0.05] * 400, ordered=True, chunksize=1, max_in_flight=8)
         async for _ in stream:

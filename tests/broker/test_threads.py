@@ -45,7 +45,7 @@ def lane_thread_names() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name == THREAD_NAME]
 
 
-async def test_run_returns_result_of_positional_call() -> None:
+async def test_run_returns_result_of_positional_call(thread_lane: ThreadLane) -> None:
     """run(fn, *args) returns fn(*args), computed off the event-loop thread."""
     loop_thread = threading.get_ident()
 
@@ -53,9 +53,8 @@ async def test_run_returns_result_of_positional_call() -> None:
         current = threading.current_thread()
         return a * 2, b.upper(), threading.get_ident() != loop_thread, current.name
 
-    async with ThreadLane(2) as lane:
-        result = await lane.run(work, 21, "x")
-        keyword = await lane.run(functools.partial(int, base=16), "ff")
+    result = await thread_lane.run(work, 21, "x")
+    keyword = await thread_lane.run(functools.partial(int, base=16), "ff")
     assert result == (42, "X", True, THREAD_NAME)
     assert keyword == 255
 

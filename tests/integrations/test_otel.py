@@ -22,18 +22,10 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from resource_supervisor.integrations.otel import SEMANTIC_METRICS, instrument
+from tests._settings import quiet
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import Metric
-
-    from resource_supervisor import SupervisorSettings
-
-
-def quiet() -> SupervisorSettings:
-    return build_settings(
-        monitoring_enabled=False,
-        concurrency={"default_cpu_workers": 1, "default_io_workers": 2},
-    )
 
 
 @pytest.fixture

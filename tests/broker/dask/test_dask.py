@@ -29,6 +29,7 @@ from resource_supervisor._snapshot import PressureLevel
 from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
 from tests._leaks import child_pids
+from tests._settings import dask_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,16 +37,6 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[3]
 DASK = Path(sys.executable).with_name("dask")
-
-
-def _settings(**dask: object) -> ConcurrencySettings:
-    values: dict[str, object] = {
-        "n_workers": 2,
-        "memory_limit_bytes": 600 * MiB,
-        "connect_timeout": 30.0,  # hang guard: a cluster starts slowly on a busy machine
-    }
-    values.update(dask)
-    return ConcurrencySettings(backend="dask", dask=DaskSettings.model_validate(values))
 
 
 def _listening() -> set[tuple[str, int]]:
@@ -71,7 +62,7 @@ def no_leaks() -> Iterator[None]:
 @pytest.fixture
 async def lane(no_leaks: None) -> AsyncIterator[DaskLane]:
     """An owned two-worker LocalCluster, one thread per worker."""
-    async with DaskLane(_settings(poll_interval=0.2), max_workers=2) as started:
+    async with DaskLane(dask_settings(poll_interval=0.2), max_workers=2) as started:
         yield started
 
 
@@ -195,7 +186,7 @@ async def test_crash_fails_only_that_call(lane: DaskLane, tmp_path: Path) -> Non
 
 async def test_memory_kill_is_a_crash(no_leaks: None) -> None:
     """A call that grows past its worker's memory limit is killed: WorkerCrashedError."""
-    settings = _settings(n_workers=1, memory_limit_bytes=300 * MiB, poll_interval=0.2)
+    settings = dask_settings(n_workers=1, memory_limit_bytes=300 * MiB, poll_interval=0.2)
     async with DaskLane(settings, max_workers=1) as lane:
         with anyio.fail_after(30), pytest.raises(WorkerCrashedError):
             await lane.run(w.grow_memory, (25 * MiB, 40, 0.05), timeout=None)
@@ -248,7 +239,7 @@ async def test_timeout_kills_the_owned_worker(lane: DaskLane, tmp_path: Path) ->
 
 async def test_scheduler_in_subprocess(no_leaks: None) -> None:
     """scheduler_in_subprocess=True runs calls; closing leaves no process or port."""
-    settings = _settings(n_workers=1, scheduler_in_subprocess=True)
+    settings = dask_settings(n_workers=1, scheduler_in_subprocess=True)
     async with DaskLane(settings, max_workers=1) as lane:
         assert lane.metrics()["dask_workers"] == 1
         assert await lane.run(w.add, (3, 4), timeout=None) == 7
@@ -347,7 +338,7 @@ async def test_retries_and_closed_lane(no_leaks: None) -> None:
     dask.retries > 0 is reported as at-least-once; after aclose() (idempotent) a
     call raises SupervisorClosedError.
     """
-    lane = DaskLane(_settings(n_workers=1, retries=1), max_workers=1)
+    lane = DaskLane(dask_settings(n_workers=1, retries=1), max_workers=1)
     async with lane:
         assert lane.metrics()["process_lane_delivery"] == "at-least-once"
     await lane.aclose()
@@ -358,7 +349,7 @@ async def test_retries_and_closed_lane(no_leaks: None) -> None:
 async def test_unreachable_address_is_a_config_error() -> None:
     """An address where no scheduler listens raises ConfigError naming dask.address."""
     with socket_reserved() as port:
-        settings = _settings(address=f"tcp://127.0.0.1:{port}", connect_timeout=0.5)
+        settings = dask_settings(address=f"tcp://127.0.0.1:{port}", connect_timeout=0.5)
         with pytest.raises(ConfigError, match=r"concurrency\.dask\.address"):
             async with DaskLane(settings, max_workers=1):
                 pass
@@ -442,7 +433,7 @@ async def test_connect_mode_leaves_the_scheduler_running(
     at-most-once (the scheduler's allowed-failures is 0), and aclose() leaves the
     scheduler and its workers running.
     """
-    settings = _settings(scheduler_file=str(external_scheduler), poll_interval=0.2)
+    settings = dask_settings(scheduler_file=str(external_scheduler), poll_interval=0.2)
     async with DaskLane(settings, max_workers=1) as lane:
         with anyio.fail_after(30):
             while int(lane.metrics()["dask_workers"]) < 2:  # noqa: ASYNC110 - polled figures
@@ -456,7 +447,7 @@ async def test_connect_mode_leaves_the_scheduler_running(
         stats = lane.metrics()
         assert stats["process_lane_delivery"] == "at-most-once"
         assert stats["dask_threads"] == 2
-    settings = _settings(scheduler_file=str(external_scheduler))
+    settings = dask_settings(scheduler_file=str(external_scheduler))
     async with DaskLane(settings, max_workers=1) as again:
         assert await again.run(w.add, (1, 1), timeout=None) == 2
         assert again.metrics()["dask_workers"] == 2
@@ -482,7 +473,7 @@ async def test_lost_scheduler_fails_the_running_call(tmp_path: Path, no_leaks: N
             while not scheduler_file.exists():  # noqa: ASYNC110 - another process writes it
                 await anyio.sleep(0.05)
         worker = _start(["worker", "--nthreads", "1", *common], env)
-        settings = _settings(scheduler_file=str(scheduler_file), close_timeout=3.0)
+        settings = dask_settings(scheduler_file=str(scheduler_file), close_timeout=3.0)
         async with DaskLane(settings, max_workers=1) as lane:
             with anyio.fail_after(30):
                 while int(lane.metrics()["dask_workers"]) < 1:  # noqa: ASYNC110 - polled
@@ -533,7 +524,7 @@ async def test_connect_mode_warns_when_scheduler_retries(retrying_scheduler: Pat
     Connected to a scheduler whose allowed-failures is above 0, a lane asked for
     at-most-once warns and reports at-least-once.
     """
-    settings = _settings(scheduler_file=str(retrying_scheduler))
+    settings = dask_settings(scheduler_file=str(retrying_scheduler))
     with pytest.warns(RuntimeWarning, match="allowed-failures is 3"):
         lane = await DaskLane(settings, max_workers=1).__aenter__()
     try:

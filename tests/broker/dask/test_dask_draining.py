@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings, DaskSettings
 from resource_supervisor.broker._dask._draining import Drains
 from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
+from tests._settings import dask_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -19,13 +19,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(90)
 
 MiB = 1024 * 1024
-
-
-def _settings() -> ConcurrencySettings:
-    return ConcurrencySettings(
-        backend="dask",
-        dask=DaskSettings(n_workers=2, memory_limit_bytes=600 * MiB, poll_interval=0.2),
-    )
 
 
 async def _call(lane: DaskLane, func: Callable[..., object], args: tuple[object, ...]) -> None:
@@ -41,7 +34,7 @@ async def _recorded(directory: Path, name: str) -> None:
 async def test_slot_is_freed_when_the_cancelled_call_kills_its_worker(tmp_path: Path) -> None:
     """A cancelled call that then kills its worker frees its slot (the worker is gone)."""
     release = tmp_path / "release"
-    async with DaskLane(_settings(), max_workers=2) as lane:
+    async with DaskLane(dask_settings(poll_interval=0.2), max_workers=2) as lane:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_call, lane, w.block_then_exit, (str(tmp_path), "doomed", str(release)))
             await _recorded(tmp_path, "doomed")

@@ -18,13 +18,13 @@ import yaml
 
 from resource_supervisor._config import (
     ConcurrencySettings,
-    DaskSettings,
     build_settings,
     load_settings,
 )
 from resource_supervisor._exceptions import ConfigError
 from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
+from tests._settings import dask_settings
 from tests.broker.dask.test_dask import no_leaks  # noqa: F401 - the fixture
 
 if TYPE_CHECKING:
@@ -36,13 +36,8 @@ KEY = r"resource_management\.concurrency\.dask"
 
 
 def _settings(**dask: object) -> ConcurrencySettings:
-    values: dict[str, object] = {
-        "n_workers": 1,
-        "memory_limit_bytes": 600 * MiB,
-        "connect_timeout": 30.0,  # hang guard: a cluster starts slowly on a busy machine
-    }
-    values.update(dask)
-    return ConcurrencySettings(backend="dask", dask=DaskSettings.model_validate(values))
+    """One worker (the shared builder's defaults otherwise); *dask* overrides any of it."""
+    return dask_settings(**{"n_workers": 1, **dask})
 
 
 def _listening_tree() -> dict[int, str]:

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings, DaskSettings
 from resource_supervisor._exceptions import WorkerCrashedError
 from resource_supervisor.broker._dask._lane import DaskLane
 from resource_supervisor.broker._dask._streams import WORKER_BATCH_SECONDS
 from tests import _dask_workers as w
+from tests._settings import dask_settings
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,10 +33,7 @@ async def test_owned_scheduler_streams_are_shortened_also_for_restarted_workers(
 ) -> None:
     """Every worker stream of an owned scheduler runs at 1 ms, a worker that replaced a
     crashed one included (the stock interval is 5 ms)."""
-    settings = ConcurrencySettings(
-        backend="dask",
-        dask=DaskSettings(n_workers=2, memory_limit_bytes=600 * MiB, poll_interval=0.2),
-    )
+    settings = dask_settings(poll_interval=0.2)
     async with DaskLane(settings, max_workers=2) as lane:
         before = await _intervals(lane)
         assert len(before) == 2

@@ -18,6 +18,7 @@ from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._local._launcher import WORKER_PRELOAD
 from tests import _probe_workers, _workers
 from tests._leaks import child_pids
+from tests._settings import lane_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,11 +122,11 @@ async def test_prestart_starts_one_worker_when_the_lane_starts() -> None:
     """With ``prestart_process_lane`` a worker is running before the first call, the
     call is served by it, and closing leaves nothing behind; without it none starts."""
     before = child_pids()
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=2) as cold:
+    async with ProcessLane(lane_settings(), max_workers=2) as cold:
         await anyio.sleep(0.2)
         assert cold.statistics().workers_live == 0
         assert child_pids() == before
-    settings = ConcurrencySettings(idle_timeout=30.0, prestart_process_lane=True)
+    settings = lane_settings(prestart_process_lane=True)
     async with ProcessLane(settings, max_workers=2) as lane:
         with anyio.fail_after(20):  # hang guard: the worker starts in the background
             while not lane.statistics().worker_pids:  # noqa: ASYNC110 - a lane task starts it
@@ -140,7 +141,7 @@ async def test_prestarted_lane_closed_at_once_leaves_nothing() -> None:
     """Closing a prestarted lane while its worker is still starting waits for the start
     and reaps the worker and the forkserver."""
     before = child_pids()
-    settings = ConcurrencySettings(idle_timeout=30.0, prestart_process_lane=True)
+    settings = lane_settings(prestart_process_lane=True)
     async with ProcessLane(settings, max_workers=1):
         pass
     assert child_pids() == before

@@ -9,7 +9,6 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor.broker._local import _worker
 from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._local._launcher import SlotLauncher
@@ -22,6 +21,7 @@ from resource_supervisor.broker._local._mp_internals import (
 from resource_supervisor.broker._local._slot import Slot
 from tests import _workers
 from tests._leaks import child_pids
+from tests._settings import lane_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,7 +85,7 @@ async def test_forced_fallback_lane_still_works_and_says_so(
     assert not internals.result_writer
     caplog.set_level(logging.WARNING, logger="resource_supervisor.broker")
     try:
-        async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=2) as lane:
+        async with ProcessLane(lane_settings(), max_workers=2) as lane:
             assert await lane.run(_workers.add, (2, 3), timeout=None) == 5
             with pytest.raises(KeyError):
                 await lane.run(_workers.raise_key_error, ("k",), timeout=None)

@@ -20,10 +20,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import CallTimeoutError
 from resource_supervisor.broker._local._lane import ProcessLane
 from tests import _workers
+from tests._settings import lane_settings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -79,7 +79,7 @@ async def test_cancel_seen_after_its_call_finished_spares_the_next_call_of_the_b
     killed: the second call returns its result and no worker was replaced.
     """
     first_gate, second_gate = tmp_path / "first", tmp_path / "second"
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         first, second = await _batch_of_two(lane, first_gate, second_gate)
         (worker,) = lane.statistics().worker_pids
         first_gate.write_text("go")
@@ -104,7 +104,7 @@ async def test_cancel_of_the_running_call_kills_it_and_requeues_the_rest_of_its_
     which never started, runs on a new worker and returns its result.
     """
     first_gate, second_gate = tmp_path / "first", tmp_path / "second"
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         first, second = await _batch_of_two(lane, first_gate, second_gate)
         (worker,) = lane.statistics().worker_pids
         first.cancel()
@@ -129,7 +129,7 @@ async def test_cancellation_storm_fails_no_call_that_was_not_given_up() -> None:
     results = {"ok": 0, "given_up": 0}
     failures: list[BaseException] = []
 
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=2) as lane:
+    async with ProcessLane(lane_settings(), max_workers=2) as lane:
         # both workers up first: the storm is about giving up calls, not cold starts
         await asyncio.gather(*(lane.run(_workers.sleep, (0.2,), timeout=None) for _ in range(2)))
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor.broker._local._lane import ProcessLane
 from tests import _workers
 from tests._leaks import child_pids
+from tests._settings import lane_settings
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(30)
 
 async def test_call_from_a_second_event_loop_is_refused_before_it_runs(tmp_path: Path) -> None:
     """A call made on another thread's event loop raises RuntimeError and never runs."""
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         assert await lane.run(_workers.square, (2,), timeout=None) == 4
         raised: list[BaseException] = []
 
@@ -59,7 +59,7 @@ async def test_fork_of_the_service_neither_hangs_its_close_nor_uses_its_lane() -
     alive), and the child's calls are refused with RuntimeError.
     """
     before = child_pids()
-    lane = ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1)
+    lane = ProcessLane(lane_settings(), max_workers=1)
     assert await lane.run(_workers.square, (3,), timeout=None) == 9
     go_r, go_w = os.pipe()
     report_r, report_w = os.pipe()
@@ -99,7 +99,7 @@ async def test_a_forgotten_lane_refuses_calls_and_its_workers_exit() -> None:
     import psutil
 
     before = child_pids()
-    lane = ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1)
+    lane = ProcessLane(lane_settings(), max_workers=1)
     assert await lane.run(_workers.square, (5,), timeout=None) == 25
     started = [psutil.Process(pid) for pid in child_pids() - before]
     assert started

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import WorkerCrashedError
 from resource_supervisor._snapshot import PressureLevel
 from resource_supervisor.broker._local._lane import ProcessLane
@@ -31,6 +30,7 @@ from resource_supervisor.broker._local._worker_memory import (
     parse_oom_kills,
 )
 from tests import _workers
+from tests._settings import lane_settings
 from tests.test_container_limit import memory_cgroup as memory_cgroup  # the fixture
 
 if TYPE_CHECKING:
@@ -84,9 +84,9 @@ def test_oom_kill_counter_sees_the_count_rise(tmp_path: Path) -> None:
 
 async def test_workers_raise_their_oom_score_adj() -> None:
     """Workers run with the configured oom_score_adj (500 by default)."""
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         assert await lane.run(_workers.oom_score_adj, (), timeout=None) == 500
-    settings = ConcurrencySettings(idle_timeout=30.0, worker_oom_score_adj=None)
+    settings = lane_settings(worker_oom_score_adj=None)
     async with ProcessLane(settings, max_workers=1) as lane:
         inherited = int(Path("/proc/self/oom_score_adj").read_text())  # noqa: ASYNC240
         assert await lane.run(_workers.oom_score_adj, (), timeout=None) == inherited
@@ -103,7 +103,7 @@ async def test_metrics_carry_worker_rss_and_critical_kills_the_fat_worker(
     gate = tmp_path / "gate"
     service = _workers.rss_self()
     fat = service + 200 * MiB
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=2) as lane:
+    async with ProcessLane(lane_settings(), max_workers=2) as lane:
         assert await lane.run(_workers.square, (2,), timeout=None) == 4
         async with anyio.create_task_group() as tg:
             failure: list[BaseException] = []

@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._local._spill import SPILL_PREFIX, spill_prefix, sweep_spills
 from tests import _workers
+from tests._settings import lane_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -144,6 +144,6 @@ async def test_a_new_lane_sweeps_spill_files_a_dead_service_left(
     monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
     stale = tmp_path / f"{spill_prefix(_dead_pid())}abc123"
     stale.write_bytes(b"old")
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         assert await lane.run(_workers.square, (3,), timeout=None) == 9
     assert not stale.exists()

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._local._spill import spill_prefix
 from tests import _workers
+from tests._settings import lane_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 @pytest.fixture
 async def lane() -> AsyncIterator[ProcessLane]:
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         assert await lane.run(_workers.square, (2,), timeout=None) == 4  # worker started
         yield lane
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor.broker._local._headroom import WORKER_BYTES_FLOOR, MemoryHeadroom
 from resource_supervisor.broker._local._lane import ProcessLane
 from tests import _workers
+from tests._settings import lane_settings
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -60,13 +60,13 @@ async def _peak_workers(
 
 async def test_three_calls_start_at_most_three_of_eight_workers() -> None:
     """Three concurrent calls on a lane of 8 start at most 3 workers."""
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=8) as lane:
+    async with ProcessLane(lane_settings(), max_workers=8) as lane:
         assert await _peak_workers(lane, 3, 0.3) <= 3
 
 
 async def test_twenty_calls_start_at_most_twenty_of_a_thousand_workers() -> None:
     """Twenty concurrent calls on a lane of 1000 start at most 20 workers."""
-    async with ProcessLane(ConcurrencySettings(idle_timeout=30.0), max_workers=1000) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1000) as lane:
         assert await _peak_workers(lane, 20, 0.3) <= 20
 
 
@@ -102,9 +102,7 @@ async def test_no_headroom_keeps_a_single_worker(tmp_path: Path) -> None:
     """
     proc, cgroup = _fake_roots(tmp_path, limit=1024 * MiB, usage=1024 * MiB)
     headroom = MemoryHeadroom(proc_root=proc, cgroup_root=cgroup)
-    async with ProcessLane(
-        ConcurrencySettings(idle_timeout=30.0), max_workers=1000, headroom=headroom
-    ) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1000, headroom=headroom) as lane:
         assert await _peak_workers(lane, 20, 0.01) == 1
 
 
@@ -117,7 +115,5 @@ async def test_workers_starting_at_once_are_bounded_by_the_headroom(tmp_path: Pa
     usage = 1024 * MiB - 3 * WORKER_BYTES_FLOOR
     proc, cgroup = _fake_roots(tmp_path, limit=1024 * MiB, usage=usage)
     headroom = MemoryHeadroom(proc_root=proc, cgroup_root=cgroup)
-    async with ProcessLane(
-        ConcurrencySettings(idle_timeout=30.0), max_workers=1000, headroom=headroom
-    ) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1000, headroom=headroom) as lane:
         assert await _peak_workers(lane, 20, 0.05, starting=True) <= 3

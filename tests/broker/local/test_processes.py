@@ -14,7 +14,6 @@ import anyio
 import psutil
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import (
     CallTimeoutError,
     OverloadedError,
@@ -27,9 +26,10 @@ from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._local._protocol import RemoteTraceback
 from tests import _workers
 from tests._leaks import child_pids
+from tests._settings import lane_settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,26 +49,24 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _settings(**values: object) -> ConcurrencySettings:
-    return ConcurrencySettings(**{"idle_timeout": 30.0, **values})  # type: ignore[arg-type]
-
-
-async def _call(lane: ProcessLane, func: Callable[..., object], args: tuple[object, ...]) -> None:
+async def _call(
+    process_lane: ProcessLane, func: Callable[..., object], args: tuple[object, ...]
+) -> None:
     """Run a call for a task group; its result is not needed."""
-    await lane.run(func, args, timeout=None)
+    await process_lane.run(func, args, timeout=None)
 
 
 async def _crash_among_innocents(
-    lane: ProcessLane, directory: Path, *, innocents: int
+    process_lane: ProcessLane, directory: Path, *, innocents: int
 ) -> WorkerCrashedError:
     """Run *innocents* recorded calls with one ``os._exit(7)`` among them; check that
     each innocent returned and ran exactly once; return the crash's error."""
     calls = [
-        lane.run(_workers.record, (str(directory), f"c{i}", i), timeout=None)
+        process_lane.run(_workers.record, (str(directory), f"c{i}", i), timeout=None)
         for i in range(innocents)
     ]
     middle = innocents // 2
-    calls.insert(middle, lane.run(_workers.exit_now, (7,), timeout=None))  # type: ignore[arg-type]
+    calls.insert(middle, process_lane.run(_workers.exit_now, (7,), timeout=None))  # type: ignore[arg-type]
     results = await asyncio.gather(*calls, return_exceptions=True)
     crash = results.pop(middle)
     assert isinstance(crash, WorkerCrashedError)
@@ -78,16 +76,10 @@ async def _crash_among_innocents(
     return crash
 
 
-@pytest.fixture
-async def lane() -> AsyncIterator[ProcessLane]:
-    async with ProcessLane(_settings(), max_workers=2) as lane:
-        yield lane
-
-
 async def test_lazy_start_and_no_leak_after_close() -> None:
     """No process before the first call; after aclose no worker and no forkserver remain."""
     before = child_pids()
-    lane = ProcessLane(_settings(), max_workers=2)
+    lane = ProcessLane(lane_settings(), max_workers=2)
     assert lane.statistics().workers_live == 0
     assert child_pids() == before
     assert await lane.run(_workers.add, (2, 3), timeout=None) == 5
@@ -115,7 +107,7 @@ async def test_other_start_methods_keep_the_contract(start_method: str, tmp_path
     with contextlib.ExitStack() as stack:
         if start_method == "fork":  # deprecated (see test_fork_start_method_is_deprecated)
             stack.enter_context(pytest.warns(DeprecationWarning, match="'fork' is deprecated"))
-        lane = ProcessLane(_settings(start_method=start_method), max_workers=2)
+        lane = ProcessLane(lane_settings(start_method=start_method), max_workers=2)
     async with lane:
         assert await lane.run(_workers.add, (2, 3), timeout=None) == 5
         with pytest.raises(KeyError):
@@ -127,31 +119,31 @@ async def test_other_start_methods_keep_the_contract(start_method: str, tmp_path
     assert child_pids() == before
 
 
-async def test_many_concurrent_calls_each_answered_once(lane: ProcessLane) -> None:
+async def test_many_concurrent_calls_each_answered_once(process_lane: ProcessLane) -> None:
     """Concurrent callers (batched onto two workers) each get their own result."""
     results = await asyncio.gather(
-        *(lane.run(_workers.square, (i,), timeout=None) for i in range(60))
+        *(process_lane.run(_workers.square, (i,), timeout=None) for i in range(60))
     )
     assert results == [i * i for i in range(60)]
-    stats = lane.statistics()
+    stats = process_lane.statistics()
     assert stats.completed_total == 60
     assert stats.workers_live <= 2
 
 
-async def test_remote_exception_keeps_type_and_traceback(lane: ProcessLane) -> None:
+async def test_remote_exception_keeps_type_and_traceback(process_lane: ProcessLane) -> None:
     """A KeyError raised in the worker stays a KeyError, with the worker's traceback as cause."""
     with pytest.raises(KeyError) as info:
-        await lane.run(_workers.raise_key_error, ("missing",), timeout=None)
+        await process_lane.run(_workers.raise_key_error, ("missing",), timeout=None)
     assert info.value.args == ("missing",)
     assert isinstance(info.value.__cause__, RemoteTraceback)
     assert "raise_key_error" in str(info.value.__cause__)
-    assert lane.statistics().failed_total == 1
+    assert process_lane.statistics().failed_total == 1
 
 
 async def test_unpicklable_fails_fast_without_starting_a_process() -> None:
     """A lambda or a lock argument raises UnpicklableError and starts no process."""
     before = child_pids()
-    async with ProcessLane(_settings(), max_workers=2) as lane:
+    async with ProcessLane(lane_settings(), max_workers=2) as lane:
         with pytest.raises(UnpicklableError, match="the function"):
             await lane.run(lambda: None, (), timeout=None)
         with pytest.raises(UnpicklableError, match=r"argument 2 \(type _thread.lock\)"):
@@ -160,17 +152,17 @@ async def test_unpicklable_fails_fast_without_starting_a_process() -> None:
         assert lane.statistics().workers_live == 0
 
 
-async def test_big_result_returns_through_the_executor(lane: ProcessLane) -> None:
+async def test_big_result_returns_through_the_executor(process_lane: ProcessLane) -> None:
     """A result above the pipe frame limit arrives whole, and later calls still run."""
     results = await asyncio.gather(
-        lane.run(_workers.big_result, (200_000,), timeout=None),
-        *(lane.run(_workers.square, (i,), timeout=None) for i in range(10)),
+        process_lane.run(_workers.big_result, (200_000,), timeout=None),
+        *(process_lane.run(_workers.square, (i,), timeout=None) for i in range(10)),
     )
     assert results[0] == b"x" * 200_000
     assert results[1:] == [i * i for i in range(10)]
 
 
-async def test_calls_bigger_than_the_call_pipe_arrive_whole(lane: ProcessLane) -> None:
+async def test_calls_bigger_than_the_call_pipe_arrive_whole(process_lane: ProcessLane) -> None:
     """
     Calls pickled on the loop but bigger than a pipe's buffer (64 KiB) are written
     to the call pipe as the worker drains it, and each arrives whole, alone or batched.
@@ -182,11 +174,11 @@ async def test_calls_bigger_than_the_call_pipe_arrive_whole(lane: ProcessLane) -
     blobs = [os.urandom(100 * 1024) for _ in range(8)]
     assert estimate_call_bytes(_workers.checksum, (blobs[0],)) <= OFFLOAD_BYTES  # on the loop
     assert len(pickle_call(_workers.checksum, (blobs[0],))) > 65536
-    assert await lane.run(_workers.checksum, (blobs[0],), timeout=None) == (
+    assert await process_lane.run(_workers.checksum, (blobs[0],), timeout=None) == (
         "bytes", len(blobs[0]), zlib.crc32(blobs[0]),
     )  # fmt: skip
     results = await asyncio.gather(
-        *(lane.run(_workers.checksum, (blob,), timeout=None) for blob in blobs)
+        *(process_lane.run(_workers.checksum, (blob,), timeout=None) for blob in blobs)
     )
     assert results == [("bytes", len(b), zlib.crc32(b)) for b in blobs]
 
@@ -198,7 +190,7 @@ async def test_worker_serves_again_after_an_idle_spell_and_a_big_result() -> Non
     """
     from resource_supervisor.broker._local._worker import SERVE_IDLE_SECONDS
 
-    async with ProcessLane(_settings(), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         first = await lane.run(_workers.pid, (), timeout=None)
         await anyio.sleep(3 * SERVE_IDLE_SECONDS)  # not a race: any wait must pass
         assert await lane.run(_workers.pid, (), timeout=None) == first
@@ -209,17 +201,17 @@ async def test_worker_serves_again_after_an_idle_spell_and_a_big_result() -> Non
         assert stats.completed_total == 4
 
 
-async def test_crash_fails_only_the_running_call(lane: ProcessLane, tmp_path: Path) -> None:
+async def test_crash_fails_only_the_running_call(process_lane: ProcessLane, tmp_path: Path) -> None:
     """os._exit in a worker fails that call with its exit code; every innocent runs exactly once."""
-    crash = await _crash_among_innocents(lane, tmp_path, innocents=12)
+    crash = await _crash_among_innocents(process_lane, tmp_path, innocents=12)
     assert crash.exitcode == 7
     assert crash.function == "tests._workers.exit_now"
-    stats = lane.statistics()
+    stats = process_lane.statistics()
     assert stats.crashed_total == 1
-    assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
+    assert await process_lane.run(_workers.add, (1, 1), timeout=None) == 2
 
 
-async def test_sigkill_from_outside(lane: ProcessLane, tmp_path: Path) -> None:
+async def test_sigkill_from_outside(process_lane: ProcessLane, tmp_path: Path) -> None:
     """A worker SIGKILLed mid-call fails that call with the signal; queued calls still run once."""
     gate = tmp_path / "gate"
     async with anyio.create_task_group() as tg:
@@ -227,14 +219,15 @@ async def test_sigkill_from_outside(lane: ProcessLane, tmp_path: Path) -> None:
 
         async def victim() -> None:
             try:
-                await lane.run(_workers.wait_for_file, (str(gate),), timeout=None)
+                await process_lane.run(_workers.wait_for_file, (str(gate),), timeout=None)
             except WorkerCrashedError as exc:
                 outcome["error"] = exc
 
         tg.start_soon(victim)
         await _until(lambda: Path(f"{gate}.started").exists())
         innocents = [
-            lane.run(_workers.record, (str(tmp_path), f"i{i}", i), timeout=None) for i in range(6)
+            process_lane.run(_workers.record, (str(tmp_path), f"i{i}", i), timeout=None)
+            for i in range(6)
         ]
         pending = asyncio.gather(*innocents)
         os.kill(int(Path(f"{gate}.started").read_text()), signal.SIGKILL)  # noqa: ASYNC240
@@ -252,7 +245,7 @@ async def test_worker_killed_mid_result_is_reaped() -> None:
     channel fails that call with the signal once it is reaped (the executor reads
     end of file, not a message that never ends); the lane goes on with a new worker.
     """
-    async with ProcessLane(_settings(), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         victim = await lane.run(_workers.pid, (), timeout=None)
         with anyio.fail_after(20), pytest.raises(WorkerCrashedError) as info:  # hang guard
             await lane.run(_workers.die_mid_result, (), timeout=None)
@@ -261,14 +254,14 @@ async def test_worker_killed_mid_result_is_reaped() -> None:
         assert lane.statistics().crashed_total == 1
 
 
-async def test_timeout_kills_and_replaces_only_that_worker(lane: ProcessLane) -> None:
-    """timeout= raises CallTimeoutError, kills the call's worker, and the lane goes on."""
-    first = await lane.run(_workers.pid, (), timeout=None)
+async def test_timeout_kills_and_replaces_only_that_worker(process_lane: ProcessLane) -> None:
+    """timeout= raises CallTimeoutError, kills the call's worker, and the process_lane goes on."""
+    first = await process_lane.run(_workers.pid, (), timeout=None)
     with pytest.raises(CallTimeoutError):
-        await lane.run(_workers.sleep, (30.0,), timeout=0.5)
-    await _until(lambda: lane.statistics().workers_busy == 0)
-    assert await lane.run(_workers.add, (2, 2), timeout=5.0) == 4
-    stats = lane.statistics()
+        await process_lane.run(_workers.sleep, (30.0,), timeout=0.5)
+    await _until(lambda: process_lane.statistics().workers_busy == 0)
+    assert await process_lane.run(_workers.add, (2, 2), timeout=5.0) == 4
+    stats = process_lane.statistics()
     assert stats.timeouts_total == 1
     assert stats.crashed_total == 0
     assert first in stats.worker_pids or len(stats.worker_pids) >= 1
@@ -277,7 +270,7 @@ async def test_timeout_kills_and_replaces_only_that_worker(lane: ProcessLane) ->
 async def test_cancelled_queued_call_never_runs(tmp_path: Path) -> None:
     """A call cancelled while queued behind a busy worker is removed and never runs."""
     gate = tmp_path / "gate"
-    async with ProcessLane(_settings(), max_workers=1) as lane, anyio.create_task_group() as tg:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane, anyio.create_task_group() as tg:
         tg.start_soon(_call, lane, _workers.wait_for_file, (str(gate),))
         await _until(lambda: Path(f"{gate}.started").exists())
         scope = anyio.CancelScope()
@@ -297,7 +290,7 @@ async def test_cancelled_queued_call_never_runs(tmp_path: Path) -> None:
 async def test_cancelled_running_call_kills_its_worker(tmp_path: Path) -> None:
     """Cancelling a running call kills and replaces its worker; it is not counted as a crash."""
     gate = tmp_path / "gate"
-    async with ProcessLane(_settings(), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_call, lane, _workers.wait_for_file, (str(gate),))
             await _until(lambda: Path(f"{gate}.started").exists())
@@ -310,7 +303,7 @@ async def test_cancelled_running_call_kills_its_worker(tmp_path: Path) -> None:
 
 async def test_idle_workers_retire_and_children_follow() -> None:
     """Workers idle past idle_timeout retire; psutil children and statistics agree."""
-    async with ProcessLane(_settings(idle_timeout=0.3), max_workers=2) as lane:
+    async with ProcessLane(lane_settings(idle_timeout=0.3), max_workers=2) as lane:
         pids = set(
             await asyncio.gather(
                 *(lane.run(_workers.sleep_pid, (0.2,), timeout=None) for _ in range(4))
@@ -326,7 +319,7 @@ async def test_idle_workers_retire_and_children_follow() -> None:
 async def test_critical_shrinks_refuses_and_recovers(tmp_path: Path) -> None:
     """At CRITICAL the lane keeps one worker and refuses beyond queue_limit; NORMAL admits again."""
     gate = tmp_path / "gate"
-    settings = _settings(queue_limit=1)
+    settings = lane_settings(queue_limit=1)
     async with ProcessLane(settings, max_workers=2, settle_seconds=0.0) as lane:
         await asyncio.gather(*(lane.run(_workers.sleep, (0.2,), timeout=None) for _ in range(2)))
         assert lane.statistics().workers_live == 2
@@ -350,7 +343,7 @@ async def test_critical_shrinks_refuses_and_recovers(tmp_path: Path) -> None:
 
 async def test_recycle_after_max_tasks() -> None:
     """A worker retires after max_tasks_per_worker calls and is counted as recycled."""
-    async with ProcessLane(_settings(max_tasks_per_worker=2), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(max_tasks_per_worker=2), max_workers=1) as lane:
         pids = [await lane.run(_workers.pid, (), timeout=None) for _ in range(4)]
         assert pids[0] == pids[1]
         assert pids[2] == pids[3]
@@ -361,7 +354,7 @@ async def test_recycle_after_max_tasks() -> None:
 async def test_recycle_above_max_rss() -> None:
     """A worker whose RSS exceeds worker_max_rss_bytes retires between calls."""
     limit = 120 * 1024 * 1024
-    async with ProcessLane(_settings(worker_max_rss_bytes=limit), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(worker_max_rss_bytes=limit), max_workers=1) as lane:
         fat = await lane.run(_workers.allocate, (limit + 20 * 1024 * 1024,), timeout=None)
         await _until(lambda: lane.statistics().recycled_total == 1)
         assert await lane.run(_workers.pid, (), timeout=None) != fat
@@ -371,7 +364,7 @@ async def test_close_fails_waiting_calls(tmp_path: Path) -> None:
     """aclose makes running and queued calls raise SupervisorClosedError, and reaps the workers."""
     before = child_pids()
     gate = tmp_path / "gate"
-    lane = ProcessLane(_settings(), max_workers=1)
+    lane = ProcessLane(lane_settings(), max_workers=1)
     errors: list[BaseException] = []
 
     async def call(func: Callable[..., object], *args: object) -> None:
@@ -390,10 +383,10 @@ async def test_close_fails_waiting_calls(tmp_path: Path) -> None:
     assert child_pids() == before
 
 
-async def test_metrics_names(lane: ProcessLane) -> None:
+async def test_metrics_names(process_lane: ProcessLane) -> None:
     """metrics() has every process_* key and names the backend."""
-    await lane.run(_workers.add, (1, 1), timeout=None)
-    metrics = lane.metrics()
+    await process_lane.run(_workers.add, (1, 1), timeout=None)
+    metrics = process_lane.metrics()
     assert metrics["process_lane_backend"] == "local"
     assert metrics["process_completed_total"] == 1
     assert {
@@ -429,7 +422,7 @@ async def _worst_lag(work: Callable[[], Awaitable[object]]) -> tuple[float, obje
     return probe.worst, result
 
 
-async def test_big_argument_is_pickled_off_the_loop(lane: ProcessLane) -> None:
+async def test_big_argument_is_pickled_off_the_loop(process_lane: ProcessLane) -> None:
     """
     A 64 MiB argument is pickled off the event loop: a 1 ms ticker's worst gap while
     the call runs stays well below the gap that pickling it on the loop causes, and
@@ -440,13 +433,13 @@ async def test_big_argument_is_pickled_off_the_loop(lane: ProcessLane) -> None:
 
     data = os.urandom(1024) * (64 * 1024)
     expected = ("bytes", len(data), zlib.crc32(data))
-    assert await lane.run(_workers.add, (1, 1), timeout=None) == 2  # workers started
+    assert await process_lane.run(_workers.add, (1, 1), timeout=None) == 2  # workers started
 
     async def on_loop() -> object:
         return len(pickle.dumps((_workers.checksum, (data,)), protocol=5))
 
     async def in_lane() -> object:
-        return await lane.run(_workers.checksum, (data,), timeout=None)
+        return await process_lane.run(_workers.checksum, (data,), timeout=None)
 
     in_loop_gap, _ = await _worst_lag(on_loop)
     lane_gaps = []
@@ -456,6 +449,6 @@ async def test_big_argument_is_pickled_off_the_loop(lane: ProcessLane) -> None:
         lane_gaps.append(gap)
     assert min(lane_gaps) < in_loop_gap / 2, (lane_gaps, in_loop_gap)
     mutable = bytearray(data[: 4 * 1024 * 1024])
-    result = await lane.run(_workers.checksum, (mutable,), timeout=None)
+    result = await process_lane.run(_workers.checksum, (mutable,), timeout=None)
     assert result == ("bytearray", len(mutable), zlib.crc32(mutable))
-    assert lane.statistics().completed_total == 5
+    assert process_lane.statistics().completed_total == 5

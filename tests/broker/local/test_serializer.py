@@ -8,18 +8,14 @@ import threading
 
 import pytest
 
-from resource_supervisor._config import ConcurrencySettings
 from resource_supervisor._exceptions import UnpicklableError
 from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._pickling import by_value_serializer, pickle_call, prepare_call
 from tests import _probe_workers, _workers
 from tests._leaks import child_pids
+from tests._settings import lane_settings
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _settings(serializer: str) -> ConcurrencySettings:
-    return ConcurrencySettings(idle_timeout=30.0, serializer=serializer)  # type: ignore[arg-type]
 
 
 async def test_cloudpickle_sends_lambdas_and_callable_arguments() -> None:
@@ -27,7 +23,7 @@ async def test_cloudpickle_sends_lambdas_and_callable_arguments() -> None:
     argument run in the worker; module-level functions still work; nothing is left."""
     before = child_pids()
     offset = 10
-    async with ProcessLane(_settings("cloudpickle"), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(serializer="cloudpickle"), max_workers=1) as lane:
         assert await lane.run(lambda x: x * 3, (7,), timeout=None) == 21
         assert await lane.run(lambda: offset + 1, (), timeout=None) == 11
         doubled = await lane.run(_probe_workers.call_with, (lambda v: v * 2, 4), timeout=None)
@@ -41,7 +37,7 @@ async def test_cloudpickle_sends_lambdas_and_callable_arguments() -> None:
 async def test_default_pickle_still_refuses_a_lambda_before_any_worker_starts() -> None:
     """The default serializer keeps sending functions by reference: a lambda fails fast."""
     before = child_pids()
-    async with ProcessLane(_settings("pickle"), max_workers=1) as lane:
+    async with ProcessLane(lane_settings(serializer="pickle"), max_workers=1) as lane:
         with pytest.raises(UnpicklableError, match="the function"):
             await lane.run(lambda: 1, (), timeout=None)
         assert child_pids() == before
@@ -63,7 +59,7 @@ def test_missing_cloudpickle_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
     """Without cloudpickle installed, asking for it raises ImportError naming the extra."""
     monkeypatch.setitem(sys.modules, "cloudpickle", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"resource-supervisor\[cloudpickle\]"):
-        ProcessLane(_settings("cloudpickle"), max_workers=1)
+        ProcessLane(lane_settings(serializer="cloudpickle"), max_workers=1)
     assert by_value_serializer("pickle") is None
 
 
