@@ -210,6 +210,9 @@ class ThreadLane(AsyncClosable):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task_group: TaskGroup | None = None
         self._stopped: anyio.Event | None = None
+        # Worker threads started (pruned as they end): aclose() waits for the last
+        # moments of those that stopped, so none is alive once it returns.
+        self._workers: set[threading.Thread] = set()
 
     # -- lifecycle --------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -296,6 +299,11 @@ class ThreadLane(AsyncClosable):
             assert self._stopped is not None
             with anyio.move_on_after(self._close_timeout, shield=True):
                 await self._stopped.wait()
+                # Each stopped worker has only its return left: wait for it, so no
+                # lane thread is alive when aclose() returns.
+                while any(worker.is_alive() for worker in self._workers):  # noqa: ASYNC110 - a thread ending sets no event
+                    await anyio.sleep(0.001)
+                self._workers.clear()
             # Give up on the calls still running: their callers get
             # SupervisorClosedError instead of waiting for calls that may never end.
             for call in list(self._waiting):
@@ -472,6 +480,8 @@ class ThreadLane(AsyncClosable):
     def _start_worker(self) -> None:
         """Start one worker on a new daemon thread (counted by the caller)."""
         thread = threading.Thread(target=self._serve, name=THREAD_NAME, daemon=True)
+        self._workers = {worker for worker in self._workers if worker.is_alive()}
+        self._workers.add(thread)
         try:
             thread.start()
         except BaseException:

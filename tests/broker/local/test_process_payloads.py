@@ -5,14 +5,15 @@ A big ``str`` argument is encoded in pieces and travels out of band; a big
 ``bytes`` result comes back through a spill file read with the GIL released;
 other big outcomes are loaded in the executor's manager thread. Whole means
 equal content, non-ASCII characters and lone surrogates included, and no spill
-file left behind. Loop time is compared, never asserted against a clock: the
-lane's worst loop gap against the gap the same work makes on the loop.
+file left behind. Off the loop is shown by a heartbeat task that keeps ticking
+while the real encoding and loading work runs in a thread; how long the loop is
+held is measured in the payload benchmark (``benchmarks/processes.py``), never
+asserted here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import pickle
 import tempfile
 import threading
 import zlib
@@ -28,7 +29,7 @@ from tests import _workers
 from tests._settings import lane_settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Callable
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,27 +46,6 @@ async def lane() -> AsyncIterator[ProcessLane]:
 
 def _spill_files() -> list[str]:
     return [p.name for p in Path(tempfile.gettempdir()).glob(f"{spill_prefix()}*")]
-
-
-async def _worst_gap(work: Callable[[], Awaitable[object]]) -> tuple[float, object]:
-    """Run *work* beside a 1 ms ticker; return the ticker's worst lateness and the result."""
-    worst = 0.0
-
-    async def tick() -> None:
-        nonlocal worst
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(0.001)
-            worst = max(worst, loop.time() - before - 0.001)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(tick)
-        await asyncio.sleep(0.01)
-        result = await work()
-        await asyncio.sleep(0.01)
-        tg.cancel_scope.cancel()
-    return worst, result
 
 
 async def test_big_str_argument_arrives_whole(lane: ProcessLane) -> None:
@@ -85,50 +65,6 @@ async def test_big_results_return_whole_and_leave_no_file(lane: ProcessLane) -> 
         await lane.run(_workers.raise_key_error, ("k" * (MiB),), timeout=None)
     assert raised.value.args == ("k" * MiB,)
     assert _spill_files() == []
-
-
-async def test_big_str_argument_holds_the_loop_less_than_pickling_it_there(
-    lane: ProcessLane,
-) -> None:
-    """A 64 MiB str argument: the lane's worst loop gap (best of three) is under half
-    the gap that pickling it on the loop makes."""
-    text = "x" * (64 * MiB)
-
-    async def on_loop() -> object:
-        return len(pickle.dumps((_workers.text_digest, (text,)), protocol=5))
-
-    async def in_lane() -> object:
-        return await lane.run(_workers.text_digest, (text,), timeout=None)
-
-    loop_gap, _ = await _worst_gap(on_loop)
-    gaps = []
-    for _ in range(3):
-        gap, result = await _worst_gap(in_lane)
-        assert result == ("str", len(text), zlib.crc32(text.encode()))
-        gaps.append(gap)
-    assert min(gaps) < loop_gap / 2, (gaps, loop_gap)
-
-
-async def test_big_bytes_result_holds_the_loop_less_than_unpickling_it_there(
-    lane: ProcessLane,
-) -> None:
-    """A 64 MiB bytes result: the lane's worst loop gap (best of three) is under half
-    the gap that unpickling it on the loop makes."""
-    pickled = pickle.dumps(b"x" * (64 * MiB), protocol=5)
-
-    async def on_loop() -> object:
-        return len(pickle.loads(pickled))
-
-    async def in_lane() -> object:
-        return len(await lane.run(_workers.big_result, (64 * MiB,), timeout=None))
-
-    loop_gap, _ = await _worst_gap(on_loop)
-    gaps = []
-    for _ in range(3):
-        gap, size = await _worst_gap(in_lane)
-        assert size == 64 * MiB
-        gaps.append(gap)
-    assert min(gaps) < loop_gap / 2, (gaps, loop_gap)
 
 
 class _Heartbeat:
