@@ -81,6 +81,11 @@ def _emit(line: str) -> None:
     sys.stdout.flush()
 
 
+LEVELS_SEEN: set[str] = set()
+"""Every level the supervisor changed to, from its event stream (a level may last
+less than a step, so the level at each step line can miss it)."""
+
+
 def _line(
     step: int, allocated: int, cache: Cache, sup: Supervisor | None, elapsed: float = 0.0
 ) -> str:
@@ -103,6 +108,7 @@ def _line(
             memory_limit_bytes=snap["memory_limit_bytes"],
             memory_limit_source=snap["memory_limit_source"],
             notified_samples=snap.get("memory_notified_samples_total", 0),
+            levels_seen=sorted(LEVELS_SEEN),
         )
     return json.dumps(record)
 
@@ -156,12 +162,23 @@ async def ramp(
                 "concurrency": {"default_cpu_workers": 1, "default_io_workers": 2},
             }
         )
-        async with Supervisor(settings) as sup:
+        from resource_supervisor import LevelChanged
+
+        async def watch(sup: Supervisor) -> None:
+            async with sup.subscribe_events() as events:
+                async for event in events:
+                    if isinstance(event, LevelChanged):
+                        LEVELS_SEEN.add(event.level.name)
+
+        async with Supervisor(settings) as sup, anyio.create_task_group() as tg:
+            tg.start_soon(watch, sup)
             sup.register_cleanup(cache, name="cache")
             _emit(_line(0, 0, cache, sup))
             await grow(sup)
             await sup.update_metrics()
+            await anyio.sleep(0.05)  # the watcher takes the last events
             _emit(_line(step, allocated, cache, sup))
+            tg.cancel_scope.cancel()
     _emit('{"done": true}')
 
 

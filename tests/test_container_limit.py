@@ -107,7 +107,10 @@ def test_supervised_service_reads_the_cgroup_limit_cleans_up_and_survives(
         assert record["memory_limit_bytes"] == LIMIT_BYTES
         assert record["memory_limit_source"] == expected_source
     assert steps[-1]["allocated_bytes"] == TARGET_BYTES
-    levels = {record["level"] for record in steps}
+    # the level at each step, and every level changed to (one may last less than a step)
+    seen = steps[-1]["levels_seen"]
+    assert isinstance(seen, list)
+    levels = {record["level"] for record in steps} | set(seen)
     assert {"WARNING", "CRITICAL"} <= levels, levels
     final = steps[-1]
     assert isinstance(final["cleanups"], int)
