@@ -325,7 +325,9 @@ async def test_real_psi_trigger_fires_on_memory_stall_and_a_sample_follows(
         windows = elapsed / (trigger.window_us / 1e6) + 1
         needed_us = windows * trigger.stall_us
         assert stall_us < needed_us, (
-            f"{stall_us / 1e3:.0f} ms of memory stall in {elapsed:.1f} s and no PSI wake"
+            f"{stall_us / 1e3:.0f} ms of memory stall in {elapsed:.1f} s and no PSI wake "
+            f"(notifications {after['memory_notifications_total']}, "
+            f"triggers armed {after['memory_notify_psi_triggers_armed']})"
         )
         pytest.skip(
             f"only {stall_us / 1e3:.0f} ms of memory stall in {elapsed:.1f} s here "
