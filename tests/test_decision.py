@@ -130,7 +130,8 @@ def test_decide_is_deterministic(sequence: list[tuple]) -> None:  # type: ignore
         now += dt
         r = readings(memory, gpu, cpu, running)
         first, second = decide(state, r, now), decide(state, r, now)
-        assert first == second
+        # repr, not ==: a NaN reading is carried into the decision, and NaN != NaN
+        assert repr(first) == repr(second)
         state = first.state
 
 
