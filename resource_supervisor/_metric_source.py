@@ -3,7 +3,8 @@ The seam through which a supervisor samples, and the GPU readings layered on it.
 
 Covers: :class:`MetricSource`, what a supervisor samples (the built-in
 :class:`~._sampler.Sampler`, or a test double such as
-:class:`~resource_supervisor.testing.ScriptedSource`), and :class:`WithGpu`, a
+:class:`~resource_supervisor.testing.ScriptedSource`), :class:`WrappingSource`, the
+delegation a source around another one shares, and :class:`WithGpu`, a
 source that adds the GPU figures of a :class:`~._sources._gpu.GpuSource` to every
 sample of another source, read off the event loop. Does not cover: reading the
 figures themselves (:mod:`._sampler`, :mod:`._sources`).
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ._snapshot import MetricValue
     from ._sources._gpu import GpuSource
 
-__all__ = ("MetricSource", "WithGpu")
+__all__ = ("MetricSource", "WithGpu", "WrappingSource")
 
 
 class MetricSource(Protocol):
@@ -62,7 +63,37 @@ class MetricSource(Protocol):
         ...
 
 
-class WithGpu:
+class WrappingSource:
+    """
+    A :class:`MetricSource` around another one: opening, closing and providers go
+    to *base*; a subclass defines ``sample`` (and whatever else it changes).
+    """
+
+    def __init__(self, base: MetricSource) -> None:
+        self._base = base
+
+    def open(self) -> None:
+        """Open the wrapped source."""
+        self._base.open()
+
+    def close(self) -> None:
+        """Close the wrapped source."""
+        self._base.close()
+
+    def register_provider(
+        self,
+        name: str,
+        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
+    ) -> None:
+        """Register a provider on the wrapped source."""
+        self._base.register_provider(name, provider)
+
+    def unregister_provider(self, name: str) -> None:
+        """Unregister a provider from the wrapped source."""
+        self._base.unregister_provider(name)
+
+
+class WithGpu(WrappingSource):
     """
     A :class:`MetricSource` that adds an open GPU source's figures to *base*'s samples.
 
@@ -72,28 +103,8 @@ class WithGpu:
     """
 
     def __init__(self, base: MetricSource, gpu: GpuSource) -> None:
-        self._base = base
+        super().__init__(base)
         self._gpu = gpu
-
-    def open(self) -> None:
-        """Open the base source."""
-        self._base.open()
-
-    def close(self) -> None:
-        """Close the base source."""
-        self._base.close()
-
-    def register_provider(
-        self,
-        name: str,
-        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
-    ) -> None:
-        """Add a provider to the base source."""
-        self._base.register_provider(name, provider)
-
-    def unregister_provider(self, name: str) -> None:
-        """Remove a provider from the base source."""
-        self._base.unregister_provider(name)
 
     async def sample(self) -> dict[str, MetricValue]:
         """

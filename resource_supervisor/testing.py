@@ -16,10 +16,11 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ._cgroup_sandbox import CgroupUnavailableError, MemoryCgroup, memory_cgroup
+from ._metric_source import WrappingSource
 from ._sampler import Sampler
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
 
     from ._snapshot import MetricValue
     from ._supervisor import MetricSource
@@ -63,7 +64,7 @@ class ManualClock:
         self._now += seconds
 
 
-class ScriptedSource:
+class ScriptedSource(WrappingSource):
     """
     The real sampler with some metrics overridden by a script.
 
@@ -84,7 +85,7 @@ class ScriptedSource:
         *,
         base: MetricSource | None = None,
     ) -> None:
-        self._base: MetricSource = base if base is not None else Sampler()
+        super().__init__(base if base is not None else Sampler())
         self._script: deque[Mapping[str, MetricValue]] = deque(script)
         self._fixed: dict[str, MetricValue] = {}
         self.samples = 0
@@ -118,26 +119,6 @@ class ScriptedSource:
             overrides: One mapping per future sample.
         """
         self._script.extend(overrides)
-
-    def open(self) -> None:
-        """Open the wrapped source."""
-        self._base.open()
-
-    def close(self) -> None:
-        """Close the wrapped source."""
-        self._base.close()
-
-    def register_provider(
-        self,
-        name: str,
-        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
-    ) -> None:
-        """Register a provider on the wrapped source."""
-        self._base.register_provider(name, provider)
-
-    def unregister_provider(self, name: str) -> None:
-        """Unregister a provider from the wrapped source."""
-        self._base.unregister_provider(name)
 
     async def sample(self) -> dict[str, MetricValue]:
         """
