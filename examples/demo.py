@@ -56,11 +56,12 @@ from resource_supervisor import (
     PressureLevel,
     Supervisor,
     SupervisorSettings,
+    WrappingSource,
 )
 from resource_supervisor.testing import ScriptedSource
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from resource_supervisor import MetricValue
 
@@ -71,7 +72,7 @@ CRITICAL_PERCENT = 85.0
 STEP_TIMEOUT = 15.0  # seconds any phase may wait for the level it expects (a loaded machine)
 
 
-class BudgetSource:
+class BudgetSource(WrappingSource):
     """
     The built-in sampler, with memory measured as this process tree's RSS against a
     fixed budget, as a container limit would be (``memory_limit_source: demo_budget``).
@@ -82,7 +83,7 @@ class BudgetSource:
     """
 
     def __init__(self, headroom_bytes: int) -> None:
-        self._base = ScriptedSource()  # the built-in sampler, nothing overridden
+        super().__init__(ScriptedSource())  # the built-in sampler, nothing overridden
         self._me = psutil.Process()
         self._headroom = headroom_bytes
         self.budget_bytes: int | None = None
@@ -104,26 +105,6 @@ class BudgetSource:
 
     def _limit(self, used: int) -> int:
         return self.budget_bytes if self.budget_bytes is not None else used + self._headroom
-
-    def open(self) -> None:
-        """Open the sampler's files."""
-        self._base.open()
-
-    def close(self) -> None:
-        """Close them."""
-        self._base.close()
-
-    def register_provider(
-        self,
-        name: str,
-        provider: Callable[[], Mapping[str, float | int] | Awaitable[Mapping[str, float | int]]],
-    ) -> None:
-        """Add a metrics provider (the RAG service's)."""
-        self._base.register_provider(name, provider)
-
-    def unregister_provider(self, name: str) -> None:
-        """Remove one."""
-        self._base.unregister_provider(name)
 
     async def sample(self) -> dict[str, MetricValue]:
         """

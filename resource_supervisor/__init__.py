@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._exceptions import SupervisorClosedError as SupervisorClosedError
     from ._exceptions import UnpicklableError as UnpicklableError
     from ._exceptions import WorkerCrashedError as WorkerCrashedError
+    from ._metric_source import WrappingSource as WrappingSource
     from ._peers import Peer as Peer
     from ._snapshot import MetricsSnapshot as MetricsSnapshot
     from ._snapshot import MetricValue as MetricValue
@@ -90,6 +91,7 @@ _LAZY: dict[str, str] = {
     "PressureLevel": "._snapshot",
     "MetricSource": "._supervisor",
     "Supervisor": "._supervisor",
+    "WrappingSource": "._metric_source",
 }
 
 __version__ = "0.1.0"
@@ -129,6 +131,7 @@ __all__ = (
     "SupervisorSettings",
     "UnpicklableError",
     "WorkerCrashedError",
+    "WrappingSource",
     "load_settings",
 )
 
