@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import operator
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 import anyio
@@ -45,6 +47,10 @@ def lane_int(executors: Executors, key: str) -> int:
 
 def make_executors(cpu: int = 1, io: int = 2, **settings: object) -> Executors:
     return Executors(ConcurrencySettings.model_validate(settings), cpu_workers=cpu, io_workers=io)
+
+
+class _Dummy:
+    """A result that can be weakly referenced."""
 
 
 def thread_name() -> str:
@@ -186,6 +192,74 @@ async def test_shutdown_cancel_futures_cancels_only_what_has_not_started() -> No
             assert done == set(rest)  # cancelled futures count as done for waiters
             assert await executors.run_in_thread(abs, -4) == 4
         assert ran == []
+
+
+async def test_process_calls_within_max_workers_are_running_from_submit() -> None:
+    """As ProcessPoolExecutor: a process call that got one of the executor's slots is
+    RUNNING as soon as ``submit`` returns, before the loop has run at all, so
+    ``shutdown(cancel_futures=True)`` right after the submits cancels only the rest and
+    the admitted calls finish (CPython's test_cancel_futures relies on this)."""
+    async with make_executors(cpu=2) as executors:
+        executor = executors.process_executor(max_workers=2)
+        # The loop's own thread: nothing scheduled here can run before shutdown.
+        futures = [executor.submit(operator.neg, i) for i in range(10)]
+        assert [f.running() for f in futures] == [True, True] + [False] * 8
+        executor.shutdown(wait=False, cancel_futures=True)
+        assert [f.cancelled() for f in futures] == [False, False] + [True] * 8
+        with anyio.fail_after(GUARD):
+            await executor.ashutdown()
+        assert [f.result() for f in futures[:2]] == [0, -1]
+
+
+async def test_a_slot_freed_by_a_finished_call_goes_to_the_next_waiting_one() -> None:
+    """With more calls than slots, each finished call hands its slot on in submission
+    order, skipping cancelled ones, until all have run."""
+    async with make_executors(cpu=2) as executors:
+        executor = executors.process_executor(max_workers=2)
+        futures = [executor.submit(operator.neg, i) for i in range(12)]
+        for future in futures[4:8]:
+            assert future.cancel()
+        with anyio.fail_after(GUARD):
+            await executor.ashutdown()
+        ran = futures[:4] + futures[8:]
+        assert [f.result() for f in ran] == [-i for i in (*range(4), *range(8, 12))]
+        assert all(f.cancelled() for f in futures[4:8])
+
+
+async def test_thread_shutdown_cancel_futures_spares_the_calls_holding_a_slot() -> None:
+    """A thread call moves to RUNNING in the lane thread, but one holding a slot is
+    already in the lane: shutdown(cancel_futures=True) right after the submits cancels
+    only the calls waiting for a slot, even before the loop has run."""
+    async with make_executors(io=2) as executors:
+        executor = executors.thread_executor(max_workers=2)
+        futures = [executor.submit(operator.neg, i) for i in range(10)]
+        assert not any(f.running() for f in futures)  # the loop has not run yet
+        executor.shutdown(wait=False, cancel_futures=True)
+        assert [f.cancelled() for f in futures] == [False, False] + [True] * 8
+        with anyio.fail_after(GUARD):
+            await executor.ashutdown()
+        assert [f.result() for f in futures[:2]] == [0, -1]
+
+
+async def test_a_thread_call_holds_no_reference_to_its_result_once_settled() -> None:
+    """Once a call's future is settled, only the future holds the result: a caller
+    (here another thread, as in CPython's test_free_reference) that drops the future
+    frees the result."""
+    async with make_executors(io=2) as executors:
+        executor = executors.thread_executor(max_workers=2)
+
+        def freed() -> list[bool]:
+            outcomes = []
+            for _ in range(20):
+                future = executor.submit(_Dummy)
+                ref = weakref.ref(future.result(GUARD))
+                del future
+                gc.collect()
+                outcomes.append(ref() is None)
+            return outcomes
+
+        with anyio.fail_after(GUARD):
+            assert await asyncio.to_thread(freed) == [True] * 20
 
 
 async def test_map_timeout_raises_and_cancels_the_rest() -> None:
