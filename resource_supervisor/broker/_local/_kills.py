@@ -5,7 +5,7 @@ Covers: :class:`LaneKills`, the part of :class:`._lane.ProcessLane` that acts
 when a caller gives up (a cancelled call, an expired ``timeout=``), that kills a
 worker, and that kills the largest worker at CRITICAL pressure. Does not cover:
 the atomic decision whether a handed-over call is withdrawn or killed
-(:mod:`._stopping`), a worker's death once seen (:mod:`._lane`), or
+(:mod:`._stopping`), a worker's death once seen (:mod:`._slot_life`), or
 measuring worker memory and the OOM-kill counter (:mod:`._worker_memory`).
 """
 

@@ -101,13 +101,13 @@ async def test_a_200_mib_payload_crosses_while_the_loop_keeps_ticking(
     its ticks land inside that work, which therefore runs off the loop and lets go
     of the GIL (work holding it for one long C call, such as pickling the str
     in-band, lets at most a tick slip in at either edge). Ticks are counted, not timed."""
-    from resource_supervisor.broker._local import _lane
+    from resource_supervisor.broker._local import _delivery, _submission
     from resource_supervisor.broker._local._big_outcome import load_outcome
     from resource_supervisor.broker._pickling import pickle_call_spilled
 
     encode, load = _Heartbeat(), _Heartbeat()
-    monkeypatch.setattr(_lane, "pickle_call_spilled", encode.spy(pickle_call_spilled))
-    monkeypatch.setattr(_lane, "load_outcome", load.spy(load_outcome))
+    monkeypatch.setattr(_submission, "pickle_call_spilled", encode.spy(pickle_call_spilled))
+    monkeypatch.setattr(_delivery, "load_outcome", load.spy(load_outcome))
     text = "x" * (200 * MiB)
     async with anyio.create_task_group() as tg:
         tg.start_soon(encode.beat)
