@@ -1,8 +1,11 @@
 """
 The thread lane: blocking I/O calls run on anyio worker threads, off the event loop.
 
-Covers: :class:`ThreadLane` (``run``, ``statistics``, ``metrics``, ``aclose``) and
-:class:`ThreadLaneStatistics`. Does not cover: CPU-bound work in worker processes
+Covers: :class:`ThreadLane` (``run``, ``statistics``, ``metrics``, ``aclose``):
+queueing a call, waiting for it or abandoning it, and closing the lane. Its worker
+threads and the hand-back of outcomes are :mod:`._thread_workers`, a call and its
+states :mod:`._thread_call`, :class:`ThreadLaneStatistics` :mod:`._thread_stats`
+(both names are re-exported here). Does not cover: CPU-bound work in worker processes
 (:mod:`._local._lane`, :mod:`._dask._lane`), how many threads the lane gets (the supervisor
 resolves ``default_io_workers``; :func:`._executors.split_worker_budget` applies
 ``max_total_workers``), or the public facade (:mod:`._executors`).
@@ -30,13 +33,10 @@ entered on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-import dataclasses
 import math
 import queue
 import threading
-from typing import TYPE_CHECKING, Final, Self, TypeVar, TypeVarTuple, cast
+from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, cast
 
 import anyio
 import anyio.lowlevel
@@ -44,118 +44,26 @@ import anyio.to_thread
 
 from .._exceptions import CallTimeoutError, SupervisorClosedError
 from .._lifecycle import AsyncClosable
+from ._thread_call import DROPPED, QUEUED, ThreadCall
+from ._thread_stats import ThreadLaneStatistics, thread_lane_metrics
+from ._thread_workers import THREAD_NAME, ThreadLaneWorkers
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from types import TracebackType
 
     from anyio.abc import TaskGroup
 
     from .._snapshot import MetricValue
 
-__all__ = ("ThreadLane", "ThreadLaneStatistics")
-
-
-@contextlib.contextmanager
-def _anyio_worker(loop: asyncio.AbstractEventLoop | None) -> Iterator[None]:
-    """
-    Mark this thread as a worker thread of *loop* for anyio, as anyio's own worker
-    threads are, so that calls in the lane can use ``anyio.from_thread.run()`` and
-    ``run_sync()`` (and the sync facade finds the supervisor). anyio keeps that
-    marker in private thread-locals; without them the calls still run, only
-    ``from_thread`` does not.
-    """
-    try:
-        from anyio._core._eventloop import (
-            claim_worker_thread,
-            get_async_backend,
-            threadlocals,
-        )
-    except ImportError:  # pragma: no cover - another anyio layout
-        yield
-        return
-    with claim_worker_thread(get_async_backend("asyncio"), loop):
-        threadlocals.current_cancel_scope = None  # from_thread.check_cancelled(): never
-        try:
-            yield
-        finally:
-            del threadlocals.current_cancel_scope
+__all__ = ("THREAD_NAME", "ThreadLane", "ThreadLaneStatistics")
 
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-THREAD_NAME: Final = "resource-supervisor thread lane"
-"""Name a lane worker's thread carries while it serves the lane (restored after)."""
 
-# Call states; every transition happens under the lane's lock.
-_QUEUED: Final = 0  # in the queue, not taken by a worker
-_RUNNING: Final = 1  # taken by a worker; it will run to the end
-_DROPPED: Final = 2  # cancelled while queued, or failed by aclose(); never runs
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ThreadLaneStatistics:
-    """
-    A point-in-time view of a :class:`ThreadLane`.
-
-    Attributes:
-        capacity: Most lane threads that may exist at once.
-        busy: Calls running in a lane thread now (abandoned ones included).
-        queued: Calls waiting for a lane thread.
-        threads: Lane threads alive now (busy or idle).
-        completed: Calls that returned, since the lane started.
-        failed: Calls that raised, since the lane started.
-        abandoned: Calls still running whose caller left (``timeout=`` expired, or
-            cancelled with ``abandon_on_cancel=True``); each holds a lane thread.
-        abandoned_total: Calls ever abandoned, since the lane started.
-    """
-
-    capacity: int
-    busy: int
-    queued: int
-    threads: int
-    completed: int
-    failed: int
-    abandoned: int = 0
-    abandoned_total: int = 0
-
-
-class _Call:
-    """One queued call and, once it ran, its outcome."""
-
-    __slots__ = (
-        "abandoned",
-        "args",
-        "closed_out",
-        "context",
-        "error",
-        "finished",
-        "func",
-        "future",
-        "state",
-        "value",
-    )
-
-    def __init__(
-        self,
-        func: Callable[..., object],
-        args: tuple[object, ...],
-        future: asyncio.Future[None],
-    ) -> None:
-        self.func = func
-        self.args = args
-        self.context = contextvars.copy_context()
-        self.future = future
-        self.state = _QUEUED
-        self.finished = False  # outcome delivered on the event loop
-        self.abandoned = False  # its caller left while it ran (loop thread only)
-        self.closed_out = False  # still running when aclose() gave up on it
-        self.value: object = None
-        self.error: BaseException | None = None
-
-
-class ThreadLane(AsyncClosable):
+class ThreadLane(ThreadLaneWorkers, AsyncClosable):
     """
     Runs blocking calls on anyio worker threads under the lane's own limiter.
 
@@ -190,16 +98,16 @@ class ThreadLane(AsyncClosable):
         self._capacity = capacity
         self._idle_timeout = idle_timeout
         self._close_timeout = close_timeout
-        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ThreadCall | None] = queue.SimpleQueue()
         # Guards every counter below and each call's state; held for a few
         # bytecodes only, by the loop thread and the lane threads.
         self._lock = threading.Lock()
-        self._queued = 0  # calls in state _QUEUED
+        self._queued = 0  # calls in state QUEUED
         self._threads = 0  # workers started and not yet retired
         self._idle = 0  # workers waiting for a call (counted from their start)
         self._closing = False
-        self._done: list[_Call] = []  # finished calls not yet handed to the loop
-        self._waiting: set[_Call] = set()  # calls whose caller still waits for them
+        self._done: list[ThreadCall] = []  # finished calls not yet handed to the loop
+        self._waiting: set[ThreadCall] = set()  # calls whose caller still waits for them
         self._flush_scheduled = False
         # Loop-thread-only state.
         self._completed = 0
@@ -271,7 +179,7 @@ class ThreadLane(AsyncClosable):
         self._state = "closed"
         if not opened:
             return
-        dropped: list[_Call] = []
+        dropped: list[ThreadCall] = []
         # Fail what is still queued. A call is popped either here or by a worker;
         # its state decides who owns it.
         while True:
@@ -282,9 +190,9 @@ class ThreadLane(AsyncClosable):
             if call is None:
                 continue
             with self._lock:
-                if call.state != _QUEUED:
+                if call.state != QUEUED:
                     continue
-                call.state = _DROPPED
+                call.state = DROPPED
                 self._queued -= 1
             dropped.append(call)
         for call in dropped:
@@ -364,7 +272,7 @@ class ThreadLane(AsyncClosable):
         await anyio.lowlevel.checkpoint_if_cancelled()
         loop = self._loop
         assert loop is not None
-        call = _Call(cast("Callable[..., object]", func), args, loop.create_future())
+        call = ThreadCall(cast("Callable[..., object]", func), args, loop.create_future())
         with self._lock:
             self._queued += 1
             start = self._queued > self._idle and self._threads < self._capacity
@@ -382,9 +290,9 @@ class ThreadLane(AsyncClosable):
                     await call.future
                 except asyncio.CancelledError:
                     with self._lock:
-                        queued = call.state == _QUEUED
+                        queued = call.state == QUEUED
                         if queued:
-                            call.state = _DROPPED
+                            call.state = DROPPED
                             self._queued -= 1
                     if not queued and not call.finished:
                         if abandon_on_cancel or deadline.cancel_called:
@@ -411,13 +319,13 @@ class ThreadLane(AsyncClosable):
         finally:
             self._waiting.discard(call)
 
-    def _abandon(self, call: _Call) -> None:
+    def _abandon(self, call: ThreadCall) -> None:
         """Count *call* as abandoned until it returns (loop thread)."""
         call.abandoned = True
         self._abandoned += 1
         self._abandoned_total += 1
 
-    async def _wait_finished(self, call: _Call) -> None:
+    async def _wait_finished(self, call: ThreadCall) -> None:
         """Wait, shielded, until *call*'s outcome reaches the loop."""
         loop = self._loop
         assert loop is not None
@@ -464,125 +372,4 @@ class ThreadLane(AsyncClosable):
             ``thread_lane_failed_total``, ``thread_lane_abandoned`` and
             ``thread_lane_abandoned_total``.
         """
-        stats = self.statistics()
-        return {
-            "thread_lane_busy": stats.busy,
-            "thread_lane_capacity": stats.capacity,
-            "thread_lane_queued": stats.queued,
-            "thread_lane_threads": stats.threads,
-            "thread_lane_completed_total": stats.completed,
-            "thread_lane_failed_total": stats.failed,
-            "thread_lane_abandoned": stats.abandoned,
-            "thread_lane_abandoned_total": stats.abandoned_total,
-        }
-
-    # -- workers --------------------------------------------------------------------
-    def _start_worker(self) -> None:
-        """Start one worker on a new daemon thread (counted by the caller)."""
-        thread = threading.Thread(target=self._serve, name=THREAD_NAME, daemon=True)
-        self._workers = {worker for worker in self._workers if worker.is_alive()}
-        self._workers.add(thread)
-        try:
-            thread.start()
-        except BaseException:
-            # No thread (RuntimeError: can't start new thread): undo its count; the
-            # queued call waits for another worker, or fails at close.
-            with self._lock:
-                self._threads -= 1
-                self._idle -= 1
-                stopped = self._closing and self._threads == 0
-            if stopped:
-                self._set_stopped()
-            raise
-
-    def _serve(self) -> None:
-        """The worker loop: run queued calls until told to stop or idle too long."""
-        with _anyio_worker(self._loop):
-            stopped = self._serve_calls()
-        if stopped:
-            self._post(self._set_stopped)
-
-    def _serve_calls(self) -> bool:
-        """Run calls until told to stop or idle; True if the last worker stopped at close."""
-        lock = self._lock
-        get = self._queue.get
-        timeout = self._idle_timeout
-        stopped = False
-        while True:
-            try:
-                call = get(timeout=timeout)
-            except queue.Empty:
-                with lock:
-                    if self._queued:
-                        continue  # a call arrived as the wait timed out
-                    stopped = self._retire()
-                break
-            if call is None:
-                with lock:
-                    stopped = self._retire()
-                break
-            with lock:
-                if call.state != _QUEUED:
-                    continue  # cancelled while queued, or failed by aclose()
-                call.state = _RUNNING
-                self._queued -= 1
-                self._idle -= 1
-            try:
-                call.value = call.context.run(call.func, *call.args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
-                call.error = exc
-            with lock:
-                self._idle += 1
-                self._done.append(call)
-                flush = not self._flush_scheduled
-                self._flush_scheduled = True
-            del call  # the loop owns it now
-            if flush:
-                self._post(self._flush)
-        return stopped
-
-    def _retire(self) -> bool:
-        """Count this worker out (lock held); True if it was the last one at close."""
-        self._threads -= 1
-        self._idle -= 1
-        return self._closing and self._threads == 0
-
-    def _post(self, callback: Callable[[], object]) -> None:
-        """Schedule *callback* on the lane's loop from a lane thread."""
-        assert self._loop is not None
-        # RuntimeError: the loop is closed; an abandoned call outlived it, nobody waits.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(callback)
-
-    def _set_stopped(self) -> None:
-        assert self._stopped is not None
-        self._stopped.set()
-
-    # -- completions (event loop) ---------------------------------------------
-    def _flush(self) -> None:
-        """Hand every finished call's outcome to its caller (one batch)."""
-        with self._lock:
-            self._flush_scheduled = False
-            batch = self._done
-            self._done = []
-        for call in batch:
-            if call.error is None:
-                self._completed += 1
-            else:
-                self._failed += 1
-            if call.abandoned:
-                self._abandoned -= 1
-            self._deliver(call)
-
-    def _deliver(self, call: _Call) -> None:
-        call.finished = True
-        self._waiting.discard(call)
-        future = call.future
-        if not future.done():
-            future.set_result(None)
-
-    @staticmethod
-    def _deliver_closed_out(call: _Call) -> None:
-        future = call.future
-        if not future.done():
-            future.set_result(None)
+        return thread_lane_metrics(self.statistics())
