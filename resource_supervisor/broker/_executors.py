@@ -2,21 +2,22 @@
 The executor broker's facade, ``sup.executors``: one object over both lanes.
 
 Covers: :class:`Executors` (``run_in_thread``, ``run_in_process``,
-``map_in_processes``, the standard-library executors ``thread_executor``,
-``process_executor`` and ``set_default_executor``, ``set_pressure``, ``metrics``,
-``aclose``) and :func:`split_worker_budget`, the pure rule that applies
-``max_total_workers``. Does not cover: how the lanes work (:mod:`._threads`;
-:mod:`._local._lane` for the local process lane; :mod:`._dask._lane` for the distributed
-one, behind the :class:`~._backend.ProcessBackend` seam), how the
-``concurrent.futures`` executors bridge threads to the loop
-(:mod:`._std_executors`), or resolving ``"auto"`` worker counts (the supervisor
-does that and passes ints).
+``map_in_processes``, ``set_pressure``, ``metrics``, ``aclose``): building the
+process backend named by the settings, entering and closing both lanes, and
+forwarding calls to them. The standard-library executors it hands out
+(``thread_executor``, ``process_executor``, ``set_default_executor``) are
+:mod:`._std_handout`; :func:`split_worker_budget`, the pure rule that applies
+``max_total_workers``, is :mod:`._worker_budget` (re-exported here). Does not
+cover: how the lanes work (:mod:`._threads`; :mod:`._local._lane` for the local
+process lane; :mod:`._dask._lane` for the distributed one, behind the
+:class:`~._backend.ProcessBackend` seam), how the ``concurrent.futures`` executors
+bridge threads to the loop (:mod:`._std_executors`), or resolving ``"auto"``
+worker counts (the supervisor does that and passes ints).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar, TypeVarTuple
@@ -26,10 +27,12 @@ import anyio
 from .._exceptions import SupervisorClosedError
 from .._lifecycle import AsyncClosable
 from .._snapshot import PressureLevel
-from ._std_executors import LaneProcessExecutor, LaneThreadExecutor
+from ._std_handout import StdExecutorHandout
 from ._threads import ThreadLane
+from ._worker_budget import split_worker_budget
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
     from types import TracebackType
 
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
     from .._snapshot import MetricValue
     from ._backend import ProcessBackend
     from ._local._cpu_budget import CpuBudget
-    from ._std_executors import _Bridge
+    from ._std_executors import LaneThreadExecutor, _Bridge
 
     class _Backend(ProcessBackend, Protocol):
         """A process backend that is also an async context manager."""
@@ -59,36 +62,6 @@ R = TypeVar("R")
 Ts = TypeVarTuple("Ts")
 
 
-def split_worker_budget(cpu: int, io: int, cap: int | None) -> tuple[int, int]:
-    """
-    Fit ``cpu`` worker processes and ``io`` lane threads under a total *cap*.
-
-    Pure. Within the cap (or without one) the counts are returned unchanged. Over
-    it, both are scaled down in proportion, keeping at least one of each (so a cap
-    of 1 still gives one of each); the CPU share is rounded down and the I/O share
-    takes the rest, so together they use the whole cap.
-
-    Args:
-        cpu: Worker processes wanted (at least 1).
-        io: Lane threads wanted (at least 1).
-        cap: ``max_total_workers``, or ``None`` for no cap.
-
-    Returns:
-        ``(cpu_workers, io_workers)``.
-
-    Raises:
-        ValueError: If *cpu*, *io* or *cap* is below 1.
-    """
-    if cpu < 1 or io < 1:
-        raise ValueError(f"worker counts must be at least 1, got cpu={cpu} io={io}")
-    if cap is None or cpu + io <= cap:
-        return cpu, io
-    if cap < 1:
-        raise ValueError(f"max_total_workers must be at least 1, got {cap}")
-    cpu_share = max(1, cpu * cap // (cpu + io))
-    return cpu_share, max(1, cap - cpu_share)
-
-
 def _make_backend(
     settings: ConcurrencySettings, cpu_workers: int, cpu_budget: CpuBudget | None = None
 ) -> _Backend:
@@ -107,7 +80,7 @@ def _make_backend(
     return ProcessLane(settings, max_workers=cpu_workers, cpu_budget=cpu_budget)
 
 
-class Executors(AsyncClosable):
+class Executors(StdExecutorHandout, AsyncClosable):
     """
     The executor broker: a thread lane for blocking I/O and a process lane for CPU work.
 
@@ -382,141 +355,6 @@ class Executors(AsyncClosable):
             func, items, ordered=ordered, chunksize=chunksize, max_in_flight=max_in_flight
         )
 
-    # -- standard-library executors ------------------------------------------------
-    _CLOSE_TIMEOUT = 10.0  # seconds aclose() waits for the standard executors' tasks
-
-    def _forget(self, bridge: _Bridge) -> None:
-        with self._std_lock:
-            self._std.discard(bridge)
-
-    def _keep(self, bridge: _Bridge) -> None:
-        with self._std_lock:
-            kept = self._state == "open"
-            if kept:
-                self._std.add(bridge)
-        if not kept:  # closed meanwhile, from another thread
-            bridge._abort()
-            raise SupervisorClosedError("executors")
-
-    def thread_executor(self, *, max_workers: int | None = None) -> LaneThreadExecutor:
-        """
-        Return a new :class:`concurrent.futures.ThreadPoolExecutor` backed by the thread lane.
-
-        For libraries that take an executor (``loop.run_in_executor``, helpers in data
-        libraries). It starts no thread of its own: calls run in the lane, under its
-        capacity and in its metrics. Usable from any thread; in the event loop's
-        thread, ``submit`` works and a blocking wait raises instead of hanging (see
-        :class:`LaneThreadExecutor`). Shut it down, or leave it to the supervisor's
-        exit.
-
-        Args:
-            max_workers: Most of this executor's calls in the lane at once;
-                ``None`` = the lane's capacity.
-
-        Returns:
-            The executor.
-
-        Raises:
-            SupervisorClosedError: If the executors are not open.
-            ValueError: If *max_workers* is below 1.
-        """
-        self._check_open()
-        assert self._loop is not None
-        lane = self._threads
-        executor = LaneThreadExecutor(
-            loop=self._loop,
-            loop_thread=self._loop_thread,
-            max_workers=self._io_workers if max_workers is None else max_workers,
-            run=lane.run,
-            on_shutdown=self._forget,
-        )
-        self._keep(executor)
-        return executor
-
-    def process_executor(self, *, max_workers: int | None = None) -> LaneProcessExecutor:
-        """
-        Return a new :class:`concurrent.futures.Executor` backed by the process lane.
-
-        Each call is a ``run_in_process`` call, with its crash isolation
-        (:class:`WorkerCrashedError` fails only that future) and admission
-        (:class:`OverloadedError` at CRITICAL); ``map(..., chunksize=N)`` sends N
-        items per call. Usable from any thread, like :meth:`thread_executor`.
-
-        Args:
-            max_workers: Most of this executor's calls in the lane at once;
-                ``None`` = the lane's worker count.
-
-        Returns:
-            The executor.
-
-        Raises:
-            SupervisorClosedError: If the executors are not open.
-            ValueError: If *max_workers* is below 1.
-        """
-        self._check_open()
-        assert self._loop is not None
-        backend = self._backend
-        assert backend is not None
-
-        async def run(call: Callable[[], object]) -> object:
-            return await backend.run(call, (), timeout=None)
-
-        executor = LaneProcessExecutor(
-            loop=self._loop,
-            loop_thread=self._loop_thread,
-            max_workers=self._cpu_workers if max_workers is None else max_workers,
-            run=run,
-            on_shutdown=self._forget,
-        )
-        self._keep(executor)
-        return executor
-
-    def set_default_executor(self, *, max_workers: int | None = None) -> LaneThreadExecutor:
-        """
-        Make a :meth:`thread_executor` the running loop's default executor.
-
-        Afterwards ``loop.run_in_executor(None, ...)`` and ``asyncio.to_thread``
-        run in the thread lane. The loop's previous default executor is restored
-        when the executors close (at the supervisor's exit); when it had none, a
-        fresh ``ThreadPoolExecutor`` (which starts no thread until used) takes the
-        place, as asyncio would create one. Calling it again while installed
-        returns the installed executor.
-
-        Args:
-            max_workers: As for :meth:`thread_executor`.
-
-        Returns:
-            The installed executor.
-
-        Raises:
-            SupervisorClosedError: If the executors are not open.
-            RuntimeError: If not called in the supervisor's event loop.
-        """
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            raise RuntimeError("set_default_executor() must be called in the supervisor's loop")
-        if self._default is not None:
-            return self._default[2]
-        executor = self.thread_executor(max_workers=max_workers)
-        # asyncio has no public getter for the default executor: read it to restore it.
-        previous = getattr(loop, "_default_executor", None)
-        loop.set_default_executor(executor)
-        self._default = (loop, previous, executor)
-        return executor
-
-    def _restore_default_executor(self) -> None:
-        installed, self._default = self._default, None
-        if installed is None:
-            return
-        loop, previous, ours = installed
-        if getattr(loop, "_default_executor", ours) is not ours:
-            return  # someone installed another one since: leave theirs
-        if not isinstance(previous, concurrent.futures.ThreadPoolExecutor):
-            previous = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
-        loop.set_default_executor(previous)
-
-    # -- pressure and metrics -------------------------------------------------------
     def set_pressure(self, level: PressureLevel) -> None:
         """
         Tell the process backend the supervisor's pressure level (admission, sizing).

@@ -7,7 +7,7 @@ threads and the hand-back of outcomes are :mod:`._thread_workers`, a call and it
 states :mod:`._thread_call`, :class:`ThreadLaneStatistics` :mod:`._thread_stats`
 (both names are re-exported here). Does not cover: CPU-bound work in worker processes
 (:mod:`._local._lane`, :mod:`._dask._lane`), how many threads the lane gets (the supervisor
-resolves ``default_io_workers``; :func:`._executors.split_worker_budget` applies
+resolves ``default_io_workers``; :func:`._worker_budget.split_worker_budget` applies
 ``max_total_workers``), or the public facade (:mod:`._executors`).
 
 How it works. The lane keeps its own queue of calls. Its workers are long-lived
