@@ -9,10 +9,13 @@ fails before anything is submitted, in-flight work is bounded by the cluster's
 thread count, and at CRITICAL pressure calls beyond ``queue_limit`` are refused
 (:class:`OverloadedError`).
 
-Does not cover: starting or connecting to the cluster (:mod:`._cluster`),
-grading the cluster's pressure (:mod:`._pressure`), forming and windowing a
-map's chunks (:mod:`.._mapping`, shared with the local lane), or the local lane
-(:mod:`.._local._lane`).
+The lane itself holds its lifecycle, admission, ``run``, ``map`` and metrics;
+running one call as one Dask task (its slot, outcome, cancellation and timeout)
+is :mod:`._tasks`, and polling the cluster (its figures, level and the lane's
+cap) is :mod:`._polling`. Does not cover: starting or connecting to the cluster
+(:mod:`._cluster`), grading the cluster's pressure (:mod:`._pressure`), forming
+and windowing a map's chunks (:mod:`.._mapping`, shared with the local lane), or
+the local lane (:mod:`.._local._lane`).
 
 Delivery: with ``dask.retries = 0`` (the default) an owned cluster's scheduler
 fails a task at the first worker death, and the lane never has more calls in
@@ -33,31 +36,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import os
-import uuid
-import warnings
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-import psutil
-from distributed.client import FutureCancelledError  # ImportError without the extra
-from distributed.scheduler import KilledWorker
 
-from ..._exceptions import (
-    CallTimeoutError,
-    ClusterConnectionLostError,
-    OverloadedError,
-    SupervisorClosedError,
-    WorkerCrashedError,
-)
+from ..._exceptions import OverloadedError, SupervisorClosedError
 from ..._lifecycle import AsyncClosable
 from ..._snapshot import PressureLevel
 from .._mapping import map_chunked
-from .._pickling import check_picklable, describe_callable
-from ._cluster import ClusterHandle, close_cluster, open_cluster, probe_scheduler
-from ._draining import Drains, running_worker
-from ._pressure import ClusterReading, ClusterThresholds, grade_cluster, parse_identity
+from .._pickling import check_picklable
+from ._cluster import ClusterHandle, close_cluster, open_cluster
+from ._draining import Drains
+from ._polling import ClusterPolling, worker_thresholds
+from ._pressure import ClusterReading, ClusterThresholds
+from ._tasks import DaskTasks
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -70,44 +62,8 @@ __all__ = ("DaskLane",)
 T = TypeVar("T")
 R = TypeVar("R")
 
-_LOG = logging.getLogger("resource_supervisor.broker.dask")
 
-
-def _worker_thresholds() -> ClusterThresholds:
-    """The workers' spill and pause fractions, as Dask's config gives them to our workers."""
-    import dask
-
-    def fraction(key: str, default: float) -> float | None:
-        value = dask.config.get(f"distributed.worker.memory.{key}", default)
-        if value is False or value is None:
-            return None
-        return float(value)
-
-    return ClusterThresholds(spill=fraction("spill", 0.7), pause=fraction("pause", 0.8))
-
-
-class _Slot:
-    """One call's token of the lane's limiter; released exactly once, by any task."""
-
-    __slots__ = ("_held", "_limiter", "draining")
-
-    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
-        self._limiter = limiter
-        self._held = True
-        self.draining = False  # a drain waits for the call's end and releases it
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._limiter.release_on_behalf_of(self)
-
-    def drain(self, drains: Drains, client: object, key: str, worker: str) -> None:
-        """Keep the token until *worker* has finished task *key*; the drain releases it."""
-        self.draining = True
-        drains.start(client, key, worker, self.release)
-
-
-class DaskLane(AsyncClosable):
+class DaskLane(DaskTasks, ClusterPolling, AsyncClosable):
     """
     The process lane on a Dask cluster: an owned ``LocalCluster`` on 127.0.0.1, or an
     existing scheduler (``dask.address`` / ``dask.scheduler_file``) that it never closes.
@@ -175,7 +131,7 @@ class DaskLane(AsyncClosable):
         """
         if self._closed or self._handle is not None:
             raise SupervisorClosedError("dask process lane")
-        self._thresholds = _worker_thresholds()
+        self._thresholds = worker_thresholds()
         handle = await open_cluster(
             self._settings.dask, n_workers=self._n_workers, memory_limit_bytes=self._memory_limit
         )
@@ -215,44 +171,6 @@ class DaskLane(AsyncClosable):
                 await close_cluster(handle, close_seconds=self._settings.dask.close_timeout)
 
     # -- pressure ----------------------------------------------------------------
-    async def _poll_once(self, *, first: bool = False) -> None:
-        handle = self._handle
-        if handle is None:
-            return
-        identity = await handle.client.scheduler.identity(n_workers=-1)  # type: ignore[attr-defined]
-        facts = await probe_scheduler(handle.client)
-        reading = parse_identity(identity, queue_depth=facts.queue_depth or 0)
-        self._reading = reading
-        workers = identity.get("workers") if isinstance(identity, dict) else None
-        self._workers = tuple(str(address) for address in workers) if workers else ()
-        self._cluster_level = grade_cluster(reading, self._thresholds)
-        # The cap follows the cluster's threads (workers come, go, or are scaled).
-        self._limiter.total_tokens = max(1, reading.threads)
-        if first and not handle.owned:
-            self._check_delivery(facts.allowed_failures)
-
-    def _check_delivery(self, allowed_failures: int | None) -> None:
-        if self._settings.dask.retries > 0 or allowed_failures == 0:
-            return
-        self._at_least_once = True
-        seen = "cannot be read" if allowed_failures is None else f"is {allowed_failures}"
-        warnings.warn(
-            f"the Dask scheduler's allowed-failures {seen}: a call whose worker dies may "
-            "run again elsewhere (at-least-once); set distributed.scheduler.allowed-failures"
-            " to 0 on the scheduler for at-most-once",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-    async def _poll_forever(self) -> None:
-        interval = self._settings.dask.poll_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._poll_once()
-            except Exception as exc:  # noqa: BLE001 - keep the last reading; try again
-                _LOG.debug("polling the Dask cluster failed: %r", exc)
-
     def set_pressure(self, level: PressureLevel) -> None:
         """
         Set the supervisor's own level; admission uses the worse of it and the cluster's.
@@ -291,111 +209,6 @@ class DaskLane(AsyncClosable):
         ):
             self._refused += 1
             raise OverloadedError("process", self._waiting, limit, level.name)
-
-    async def _submit_and_wait(
-        self, func: Callable[..., T], args: tuple[object, ...], limit_seconds: float | None
-    ) -> T:
-        """Admit, wait for a slot, submit, await, release: one Dask task."""
-        client = self._client()
-        self._admit()
-        slot = _Slot(self._limiter)
-        self._waiting += 1
-        try:
-            await self._limiter.acquire_on_behalf_of(slot)
-        finally:
-            self._waiting -= 1
-        try:
-            return await self._run_task(client, func, args, limit_seconds, slot)
-        finally:
-            if not slot.draining:
-                slot.release()
-
-    async def _run_task(
-        self,
-        client: object,
-        func: Callable[..., T],
-        args: tuple[object, ...],
-        limit_seconds: float | None,
-        slot: _Slot,
-    ) -> T:
-        name = describe_callable(func)
-        key = f"{getattr(func, '__name__', 'call')}-{uuid.uuid4().hex}"
-        placement: dict[str, object] = {}
-        busy = self._drains.busy_workers
-        if busy:
-            # Workers still running a cancelled call look idle to the scheduler:
-            # prefer the others (loosely, so a call still runs if they all go away).
-            free = [address for address in self._workers if address not in busy]
-            if free:
-                placement = {"workers": free, "allow_other_workers": True}
-        try:
-            future = client.submit(func, *args, key=key, pure=False, **placement)  # type: ignore[attr-defined]
-        except Exception as exc:
-            if getattr(client, "status", "running") != "running":
-                self._crashed += 1
-                raise ClusterConnectionLostError(name, detail=f"dask: {exc!r}") from exc
-            raise
-        try:
-            with anyio.move_on_after(limit_seconds) as scope:
-                result: T = await future
-        except KilledWorker as exc:
-            self._crashed += 1
-            raise WorkerCrashedError(name, detail=f"dask: {exc}") from exc
-        except FutureCancelledError as exc:
-            self._crashed += 1
-            raise ClusterConnectionLostError(name, detail=f"dask: {exc}") from exc
-        except Exception:
-            self._failed += 1
-            raise
-        except BaseException:
-            # The caller was cancelled: a queued task is dropped; a running one ends
-            # on its worker (its result is discarded) and keeps its slot until then.
-            with anyio.CancelScope(shield=True):
-                worker = await running_worker(client, key)
-                with contextlib.suppress(Exception):
-                    await client.cancel([future])  # type: ignore[attr-defined]
-            if worker is not None:
-                slot.drain(self._drains, client, key, worker)
-            raise
-        else:
-            if scope.cancelled_caught:
-                self._failed += 1
-                with anyio.CancelScope(shield=True):
-                    worker = await self._abandon(client, future, key)
-                if worker is not None:
-                    slot.drain(self._drains, client, key, worker)
-                raise CallTimeoutError(name, limit_seconds or 0.0)
-            self._completed += 1
-            return result
-        finally:
-            future.release()
-
-    async def _abandon(self, client: object, future: object, key: str) -> str | None:
-        """
-        After a timeout: cancel the task; on an owned cluster kill its worker too.
-
-        Returns the address of a worker still running it (a connected cluster's, or
-        one that could not be killed), whose slot must wait until it ends.
-        """
-        worker = await running_worker(client, key)
-        pids: list[int] = []
-        with contextlib.suppress(Exception):
-            if worker is not None and self._handle_owned():
-                found = await client.run(os.getpid, workers=[worker])  # type: ignore[attr-defined]
-                pids = [pid for pid in found.values() if isinstance(pid, int)]
-        with contextlib.suppress(Exception):
-            await client.cancel([future])  # type: ignore[attr-defined]
-        # One thread per worker: killing it stops exactly this call, as the local lane
-        # replaces a timed-out worker; its nanny starts a new one. Only our own
-        # descendants are killed, never a process of a shared cluster.
-        ours = {child.pid for child in psutil.Process().children(recursive=True)}
-        killed = False
-        for pid in pids:
-            if pid in ours:
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).kill()
-                    killed = True
-        return None if killed else worker
 
     async def run(
         self,
