@@ -12,7 +12,7 @@ budget is shared by demand without two processes trading workers back and
 forth. Also :func:`tokens_wanted`, the pure rule of how many tokens a lane holds.
 
 Does not cover: when the lane starts or retires workers (:mod:`._sizing`,
-:mod:`._lane`).
+:mod:`._resizing`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Covers: how many queued calls a free slot takes as one batch (:func:`batch_size`
 and, once a slot's worker is gone, which of its calls was running and which never
 started (:func:`sort_unfinished`). Pure: no I/O, clock or await; the lane passes
 in its queue, the measured call time and the worker's progress number. Does not
-cover: sending a batch or reading its outcomes (:mod:`._lane`), the progress
+cover: sending a batch (:mod:`._lane`) or reading its outcomes (:mod:`._delivery`), the progress
 channel itself (:mod:`._slot`), the worker's half (:mod:`._worker`) or how many
 slots the lane has (:mod:`._sizing`).
 

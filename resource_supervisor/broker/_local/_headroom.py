@@ -4,7 +4,7 @@ How much memory is left for new worker processes of the local process lane.
 Covers: :class:`MemoryHeadroom` (bytes that can still be used: the host's
 ``MemAvailable``, and below a memory cgroup's limit what its working set leaves)
 and :func:`startable_workers` (how many more workers fit, pure). Does not cover:
-when the lane starts workers (:mod:`._lane`, :mod:`._sizing`), the
+when the lane starts workers (:mod:`._resizing`, :mod:`._sizing`), the
 supervisor's own memory figures and pressure levels (:mod:`..._sampler`,
 :mod:`..._policy`), or a worker's memory (:mod:`._worker_memory`).
 

@@ -7,7 +7,7 @@ down slots in worker threads under a shield; stopping the forkserver),
 :func:`kill_worker` and :func:`stop_reading`. Does not cover: what a slot is and
 the blocking start and stop themselves (:mod:`._slot`), the forkserver
 (:mod:`._forkserver`), the serving loop a stop frame ends (:mod:`._worker`), or
-when slots start, retire or die (:mod:`._lane`, :mod:`._sizing`).
+when slots start, retire or die (:mod:`._slot_life`, :mod:`._resizing`).
 
 The blocking work runs in threads of the launcher's own capacity limiter, so
 starting and reaping workers never waits behind the default thread pool.

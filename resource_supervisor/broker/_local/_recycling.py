@@ -4,9 +4,9 @@ When the local process lane recycles a worker.
 Covers: the ``max_tasks_per_worker`` and ``worker_max_rss_bytes`` rules
 (:func:`recycle_due`, :func:`calls_left`) and reading a worker's resident memory
 (:func:`rss_bytes`, psutil). Does not cover: retiring the worker and starting its
-replacement (:mod:`._lane`), how many workers the lane keeps (:mod:`._sizing`)
-or how batches respect the quota (:mod:`._dispatch`). See also :mod:`._slot` for
-the slot's count of calls done.
+replacement (:mod:`._delivery`, :mod:`._slot_life`), how many workers the lane
+keeps (:mod:`._sizing`) or how batches respect the quota (:mod:`._dispatch`). See
+also :mod:`._slot` for the slot's count of calls done.
 
 A worker is recycled once the calls it has run reach ``max_tasks_per_worker``, or
 when its resident memory is above ``worker_max_rss_bytes`` after a batch. Both are

@@ -4,7 +4,7 @@ Pure sizing and admission policy of the process lane.
 Covers: how many workers the lane should have given its queue, its busy and idle
 workers and the pressure level (:func:`target_workers`), and whether a new call
 is admitted (:func:`admits`). Pure: no I/O, clock or await; the lane passes the
-times in. Does not cover: starting or retiring workers (:mod:`._lane`), the
+times in. Does not cover: starting or retiring workers (:mod:`._resizing`), the
 pressure level itself (:mod:`..._policy`), chunk sizes of maps (:mod:`.._mapping`).
 
 Rules, in the order they apply:

@@ -3,7 +3,7 @@ Stopping one handed-over call of the local process lane: withdraw it, or kill it
 
 Covers: :func:`stop_call`, the decision taken when a call handed to a slot is
 cancelled or times out, and :class:`Stop`, its outcome. Does not cover: what the
-lane does with the outcome (:mod:`._lane`), the slot and its shared progress
+lane does with the outcome (:mod:`._kills`), the slot and its shared progress
 channel (:mod:`._slot`), or the worker's half of the protocol (:mod:`._worker`).
 
 Why atomic: a worker runs the calls of a batch one after the other. A call whose

@@ -5,7 +5,7 @@ Covers: :func:`measure_workers` (each worker's resident memory, into its slot),
 :func:`memory_victim` (pure: which worker to kill at CRITICAL pressure) and
 :class:`OomKillCounter` (the memory cgroup's count of OOM kills, to tell a worker
 the kernel killed from one that crashed). Does not cover: killing and replacing
-the worker (:mod:`._lane`), the workers' ``oom_score_adj``
+the worker (:mod:`._kills`, :mod:`._slot_life`), the workers' ``oom_score_adj``
 (:func:`._worker.init_worker`), recycling by RSS between calls
 (:mod:`._recycling`) or the headroom for new workers (:mod:`._headroom`).
 
