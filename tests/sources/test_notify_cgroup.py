@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +30,7 @@ import pytest
 
 from resource_supervisor import Supervisor, SupervisorSettings
 from resource_supervisor._sampler import Sampler
-from resource_supervisor._sources._arming import threshold_bytes
+from resource_supervisor._sources._arming import PsiTrigger, threshold_bytes
 from resource_supervisor._sources._notify import DEFAULT_PSI_TRIGGER, MemoryNotifier
 from tests._leaks import open_fds
 from tests.test_container_limit import LIMIT_BYTES, memory_cgroup
@@ -227,6 +230,7 @@ THRASH_LIMIT_BYTES = 16 * MiB
 THRASH_FILE_BYTES = 64 * MiB
 THRASH_THREADS = 4
 STALL_BOUND_SECONDS = 15.0
+PSI_GRACE_SECONDS = 5.0  # for a supervisor wake after the reference trigger's
 
 
 def _psi_some_total_us() -> int:
@@ -261,6 +265,60 @@ def _thrasher(
     return child
 
 
+def _arm_first_accepted(fd: int) -> PsiTrigger:
+    """Arm on *fd* the first of the default trigger's candidates the kernel accepts."""
+    for trigger in DEFAULT_PSI_TRIGGER.candidates():
+        try:
+            os.write(fd, trigger.line())
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            continue
+        return trigger
+    raise OSError(errno.EINVAL, "no PSI trigger window accepted")
+
+
+class _ReferenceTrigger:
+    """
+    The kernel's own answer: a second trigger, the one the supervisor arms, on the
+    same PSI file, polled directly from a thread. The kernel evaluates every trigger
+    of a group in the same pass, so when this one fires the supervisor's fires too.
+
+    Why a reference rather than a figure of stall: without CAP_SYS_RESOURCE the
+    kernel accepts only windows of whole multiples of 2 s and evaluates such triggers
+    in its averaging work, and any read of the pressure file (another process's
+    monitor, another test's sampler) folds the new stall into the averages first, so
+    that evaluation sees none. Measured here with the thrasher: 8 wakes in 15 s
+    alone, 2 with a reader every 100 ms, 1 with one every 10 ms, at 8-9 s of stall
+    each time.
+    """
+
+    def __init__(self, path: str = "/proc/pressure/memory") -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.trigger = _arm_first_accepted(self._fd)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.wakes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="psi-reference", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLPRI)
+        while not self._stop.is_set():
+            for _, mask in poller.poll(100):
+                if mask & select.POLLPRI:
+                    self.wakes += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        os.close(self._fd)
+
+
 async def test_real_psi_trigger_fires_on_memory_stall_and_a_sample_follows(
     tmp_path: Path,
 ) -> None:
@@ -271,9 +329,11 @@ async def test_real_psi_trigger_fires_on_memory_stall_and_a_sample_follows(
     pointed at a cgroup tree without this process) is woken by that trigger and
     samples long before its next poll; no descriptor is left after exit.
 
-    Skipped where the cgroup cannot be made, PSI cannot be written, or the machine
-    produced too little stall within the bound to fire the trigger (the kernel's own
-    total says which); fails where the stall was enough and nothing woke.
+    The oracle is the kernel itself: a reference trigger like the supervisor's, on
+    the same file (:class:`_ReferenceTrigger`). Fails where the kernel woke the
+    reference and no notified sample followed within a grace period; skipped where
+    the cgroup cannot be made, PSI cannot be written, or the kernel woke neither
+    within the bound (the stall and the trigger are then in the reason).
     """
     from resource_supervisor.testing import CgroupUnavailableError
     from resource_supervisor.testing import memory_cgroup as sandbox_cgroup
@@ -286,6 +346,7 @@ async def test_real_psi_trigger_fires_on_memory_stall_and_a_sample_follows(
     no_cgroup = tmp_path / "no-cgroup"
     no_cgroup.mkdir()
     before = open_fds()
+    notified = False
     with contextlib.ExitStack() as stack:
         stack.callback(path.unlink, missing_ok=True)  # 64 MiB: not kept with tmp_path
         _cold_file(path, THRASH_FILE_BYTES)
@@ -305,33 +366,42 @@ async def test_real_psi_trigger_fires_on_memory_stall_and_a_sample_follows(
             assert armed["memory_notify_pressure_level_armed"] == 0
             assert armed["memory_notify_events_watched"] == 0
             assert armed["memory_notified_samples_total"] == 0
+            reference = _ReferenceTrigger()
+            stack.callback(reference.close)
             stall_before = _psi_some_total_us()
             start = anyio.current_time()
             assert child.stdin is not None
             child.stdin.write(b"go\n")
             child.stdin.flush()
-            with anyio.move_on_after(STALL_BOUND_SECONDS):
+
+            async def notified_sample() -> bool:
                 async for snapshot in snapshots:
                     if snapshot["memory_notified_samples_total"]:
-                        break
+                        return True
+                return False  # pragma: no cover - the stream ends only at exit
+
+            with anyio.move_on_after(STALL_BOUND_SECONDS):
+                notified = await notified_sample()
+            woken_by_kernel = reference.wakes
+            if not notified and woken_by_kernel:
+                # The kernel fired (perhaps at the very end): the wake must follow.
+                with anyio.move_on_after(PSI_GRACE_SECONDS):
+                    notified = await notified_sample()
             elapsed = anyio.current_time() - start
             stall_us = _psi_some_total_us() - stall_before
             after = sup.metrics
     assert open_fds() <= before
-    if after["memory_notified_samples_total"] == 0:
-        # The trigger (default: 150 ms of stall in a 1 s window) must fire once the
-        # stall reaches its share in every one of the windows the wait spanned.
-        trigger = DEFAULT_PSI_TRIGGER
-        windows = elapsed / (trigger.window_us / 1e6) + 1
-        needed_us = windows * trigger.stall_us
-        assert stall_us < needed_us, (
-            f"{stall_us / 1e3:.0f} ms of memory stall in {elapsed:.1f} s and no PSI wake "
-            f"(notifications {after['memory_notifications_total']}, "
-            f"triggers armed {after['memory_notify_psi_triggers_armed']})"
+    if not notified:
+        assert not woken_by_kernel, (
+            f"the kernel woke the reference trigger {woken_by_kernel} time(s) and no "
+            f"notified sample followed in {elapsed:.1f} s "
+            f"(triggers armed {after['memory_notify_psi_triggers_armed']})"
         )
+        trigger = reference.trigger
         pytest.skip(
-            f"only {stall_us / 1e3:.0f} ms of memory stall in {elapsed:.1f} s here "
-            f"(the trigger needs {trigger.stall_us / 1e3:.0f} ms within one window)"
+            f"the kernel fired no PSI trigger ({trigger.line()[:-1].decode()!r}) in {elapsed:.1f} s "
+            f"with {stall_us / 1e3:.0f} ms of memory stall: unprivileged triggers are "
+            "starved while other readers of /proc/pressure/memory fold the stall first"
         )
     assert after["memory_notifications_total"] >= 1  # PSI alone is armed: its wakes
     assert after["memory_notified_samples_total"] >= 1
