@@ -291,7 +291,7 @@ def test_example_config_is_valid_and_complete() -> None:
     """config.example.yaml loads, and documents every setting the model has."""
     from pathlib import Path
 
-    from resource_supervisor._config import _field_paths
+    from resource_supervisor._config_errors import field_paths
 
     example = Path(__file__).resolve().parent.parent / "config.example.yaml"
     load_settings(example, environ={})
@@ -305,7 +305,7 @@ def test_example_config_is_valid_and_complete() -> None:
                 keys |= flatten(value, f"{prefix}{key}.")
         return keys
 
-    assert set(_field_paths(SupervisorSettings)) == flatten(document)
+    assert set(field_paths(SupervisorSettings)) == flatten(document)
 
 
 # -- fuzz: every invalid input is a ConfigError naming a key ------------------------
@@ -531,11 +531,11 @@ def _numeric_leaves() -> dict[str, tuple[float, float]]:
     """Every numeric setting, dotted, with its (lower, upper) bound from the model."""
     import annotated_types as at
 
-    from resource_supervisor._config import _field_paths
+    from resource_supervisor._config_errors import field_paths
     from resource_supervisor._limits import MAX_WORKERS
 
     leaves: dict[str, tuple[float, float]] = {}
-    for path, nested in _field_paths(SupervisorSettings).items():
+    for path, nested in field_paths(SupervisorSettings).items():
         if nested is not None:
             continue
         model: Any = SupervisorSettings
@@ -709,9 +709,9 @@ def test_fuzzed_prefixed_variables_naming_no_setting_never_fail(extra: dict[str,
     """Any RESOURCE_SUPERVISOR_* variable that names no setting is ignored, never an error."""
     import warnings
 
-    from resource_supervisor._config import _field_paths
+    from resource_supervisor._config_errors import field_paths
 
-    known = {p.replace(".", "__").upper() for p in _field_paths(SupervisorSettings)}
+    known = {p.replace(".", "__").upper() for p in field_paths(SupervisorSettings)}
     environ = {f"{ENV_PREFIX}{name}": value for name, value in extra.items() if name not in known}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
