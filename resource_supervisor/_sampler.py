@@ -15,33 +15,33 @@ and the broker and stream counters), or publishing it (:mod:`._streams`).
 
 from __future__ import annotations
 
-import inspect
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import psutil
 
-from ._participants import absorb, describe, must_propagate, run_in_daemon_thread
+from ._participants import absorb, describe, must_propagate
+from ._provider_call import MetricsProvider, Provider, call_provider
 from ._provider_output import MAX_PROVIDER_METRICS, check_provider_name, validate_output
 from ._sources._cgroup import CgroupMemoryReader, MemoryFigures, effective_memory
 from ._sources._kept_open import KeptOpen
 from ._sources._proc import CpuTimes, HostMemory, ProcReader
 from ._sources._psi import PsiReader
+from ._sources._read_thread import ReadThread
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._snapshot import MetricValue
 
 __all__ = ("MetricsProvider", "Sampler", "SamplerStatistics")
 
 logger: Final = logging.getLogger("resource_supervisor.sampler")
 
-ProviderResult: TypeAlias = Mapping[str, float | int]
-MetricsProvider: TypeAlias = Callable[[], ProviderResult | Awaitable[ProviderResult]]
-"""A sync or async callable returning metric name -> number."""
 
 # Shortest window over which CPU percentages are computed: /proc counters tick every
 # 10 ms, so a shorter window is mostly quantisation noise.
@@ -63,53 +63,15 @@ class SamplerStatistics:
     per-provider budget (see :mod:`._provider_output`)."""
 
 
-class _ProviderFailedError(Exception):
-    """Raised inside the sampler when a provider's result cannot be used."""
-
-
-class _Provider:
-    """One registered provider and its failure streak."""
-
-    __slots__ = ("dropping", "failed_samples", "func", "is_async", "name", "thread_busy")
-
-    def __init__(self, name: str, func: MetricsProvider) -> None:
-        self.name = name
-        self.func = func
-        call = getattr(func, "__call__", None)  # noqa: B004  # async __call__ objects
-        self.is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
-        self.failed_samples = 0
-        self.dropping = False  # its last result had unusable metrics (warned once)
-        # Set while a sync call is handed to a worker thread, cleared by that thread
-        # when the call returns: a provider still hung from an earlier sample (its
-        # thread abandoned) is not started again, so hung threads cannot pile up.
-        self.thread_busy = False
-
-
-class _ThreadCall:
-    """One call of a sync provider in a worker thread."""
-
-    __slots__ = ("provider", "started")
-
-    def __init__(self, provider: _Provider) -> None:
-        self.provider = provider
-        self.started = False
-
-    def __call__(self) -> ProviderResult | Awaitable[ProviderResult]:
-        self.started = True
-        try:
-            return self.provider.func()
-        finally:
-            self.provider.thread_busy = False
-
-
 class Sampler(KeptOpen):
     """
     Read every metric source and provider into one flat dict per call.
 
     Sources are files kept open between samples (``/proc``, cgroup v1/v2, PSI) and
-    read with ``os.pread``, so the event-loop cost of a sample without providers is
-    tens of microseconds. A source that cannot be read degrades to host figures or
-    leaves its keys out; a sample never raises because of one.
+    read with ``os.pread`` in the sampler's own thread (:mod:`._sources._read_thread`)
+    while the event loop waits, so the loop's cost of a sample without providers is
+    the hand-over, not the reads. A source that cannot be read degrades to host
+    figures or leaves its keys out; a sample never raises because of one.
 
     The sampler is used from one event loop; it is not thread-safe.
     """
@@ -148,7 +110,7 @@ class Sampler(KeptOpen):
         self._provider_timeout = provider_timeout
         self._wall_clock = wall_clock
         self._clock = clock
-        self._providers: dict[str, _Provider] = {}
+        self._providers: dict[str, Provider] = {}
         self._opened = False
         self._last_cpu: CpuTimes | None = None
         self._last_process_ticks: int | None = None
@@ -160,6 +122,9 @@ class Sampler(KeptOpen):
         self._provider_failures = 0
         self._metrics_dropped = 0
         self._sample_seconds_last = 0.0
+        # The read pass runs in this thread; its lock keeps read_memory() and close()
+        # from overlapping a pass (a closed descriptor's number could be reused).
+        self._reader = ReadThread()
 
     @property
     def target(self) -> tuple[str, str, int | None]:
@@ -181,13 +146,16 @@ class Sampler(KeptOpen):
         self._last_cpu = self._read_cpu_times()
         self._last_process_ticks = self._read_process_ticks()
         self._last_process_time = self._last_cpu_time = self._clock()
+        self._reader.start()
 
     def close(self) -> None:
         """Close every kept-open file; idempotent. :meth:`open` may be called again."""
         self._opened = False
-        self._proc.close()
-        self._cgroup.close()
-        self._psi.close()
+        self._reader.stop()
+        with self._reader.lock:
+            self._proc.close()
+            self._cgroup.close()
+            self._psi.close()
 
     # -- providers -----------------------------------------------------------------
     def register_provider(self, name: str, provider: MetricsProvider) -> None:
@@ -215,7 +183,7 @@ class Sampler(KeptOpen):
             raise ValueError(f"a provider named {name!r} is already registered")
         if not callable(provider):
             raise TypeError(f"provider {name!r} must be callable, got {provider!r}")
-        self._providers[name] = _Provider(name, provider)
+        self._providers[name] = Provider(name, provider)
 
     def unregister_provider(self, name: str) -> None:
         """
@@ -254,15 +222,17 @@ class Sampler(KeptOpen):
             RuntimeError: If the sampler is not open.
         """
         self._check_open()
-        figures = self._read_memory_figures(self._read_host_memory())
+        with self._reader.lock:
+            figures = self._read_memory_figures(self._read_host_memory())
         return figures.used_bytes, figures.limit_bytes
 
     async def sample(self) -> dict[str, MetricValue]:
         """
         Take one sample of every source and provider.
 
-        File sources are read synchronously first (microseconds); then providers run
-        concurrently, each under ``provider_timeout``. A provider that raises, times
+        File sources are read first, in the sampler's thread while the loop waits
+        (synchronously where no asyncio loop runs); then providers run concurrently,
+        each under ``provider_timeout``. A provider that raises, times
         out or returns something other than a mapping of names to numbers is left out
         of this sample and counted in ``provider_failures_total``.
 
@@ -273,17 +243,18 @@ class Sampler(KeptOpen):
             RuntimeError: If the sampler is not open.
 
         Cancellation:
-            Without providers the call has no checkpoint: it runs to completion
-            synchronously. With providers, the file reads happen before the first
-            checkpoint. Cancelled while providers run, the call raises the
-            cancellation, cancels async providers, abandons sync providers still
-            running in worker threads (such a provider is not called again until its
-            thread returns), and counts no sample and no failure; the CPU baselines
-            have advanced, so the next sample's CPU percentages cover less time.
+            Cancelled while the file reads run, the call raises the cancellation at
+            once and the read pass finishes in the sampler's thread (its CPU
+            baselines advance; no sample is counted). Cancelled while providers
+            run, the call raises the cancellation, cancels async providers,
+            abandons sync providers still running in worker threads (such a
+            provider is not called again until its thread returns), and counts no
+            sample and no failure; the CPU baselines have advanced, so the next
+            sample's CPU percentages cover less time.
         """
         self._check_open()
         started = time.perf_counter()
-        data = self._read_core()
+        data = await self._read_files()
         providers = list(self._providers.values())
         if providers:
             results: dict[str, dict[str, float | int]] = {}
@@ -303,6 +274,21 @@ class Sampler(KeptOpen):
         return data
 
     # -- internals -----------------------------------------------------------------
+    async def _read_files(self) -> dict[str, MetricValue]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: read here
+            return self._read_core_locked()
+        if not self._reader.running:  # in a child made by os.fork()
+            return self._read_core_locked()
+        return await self._reader.run(self._read_core_locked)
+
+    def _read_core_locked(self) -> dict[str, MetricValue]:
+        with self._reader.lock:
+            if not self._opened:  # closed while the pass was queued
+                raise RuntimeError("the sampler is not open; call open() first")
+            return self._read_core()
+
     def _check_open(self) -> None:
         if not self._opened:
             raise RuntimeError("the sampler is not open; call open() first")
@@ -411,34 +397,11 @@ class Sampler(KeptOpen):
                 data["psi_memory_full_avg10"] = psi.full_avg10
         return data
 
-    async def _call_provider(self, provider: _Provider) -> ProviderResult:
-        with anyio.fail_after(self._provider_timeout):
-            if provider.is_async:
-                result = provider.func()
-            else:
-                if provider.thread_busy:
-                    raise _ProviderFailedError("still running since an earlier sample")
-                call = _ThreadCall(provider)
-                provider.thread_busy = True
-                try:
-                    # a daemon thread: one that never returns is abandoned at the
-                    # timeout and must not keep the interpreter alive at exit
-                    result = await run_in_daemon_thread(call)
-                except BaseException:
-                    # A call abandoned while running clears the flag when its thread
-                    # returns; one cancelled before it started never will.
-                    if not call.started:
-                        provider.thread_busy = False
-                    raise
-            if inspect.isawaitable(result):
-                result = await result
-        return result
-
     async def _run_provider(
-        self, provider: _Provider, results: dict[str, dict[str, float | int]]
+        self, provider: Provider, results: dict[str, dict[str, float | int]]
     ) -> None:
         try:
-            raw = await self._call_provider(provider)
+            raw = await call_provider(provider, self._provider_timeout)
             metrics, dropped = validate_output(provider.name, raw)
         except TimeoutError:
             self._provider_failed(provider, f"timed out after {self._provider_timeout} s", None)
@@ -461,7 +424,7 @@ class Sampler(KeptOpen):
                 )
                 provider.failed_samples = 0
 
-    def _note_dropped(self, provider: _Provider, dropped: int) -> None:
+    def _note_dropped(self, provider: Provider, dropped: int) -> None:
         """Count the metrics of a result left out; warn when a provider starts dropping."""
         self._metrics_dropped += dropped
         if dropped and not provider.dropping:
@@ -474,7 +437,7 @@ class Sampler(KeptOpen):
             )
         provider.dropping = dropped > 0
 
-    def _provider_failed(self, provider: _Provider, reason: str, exc: BaseException | None) -> None:
+    def _provider_failed(self, provider: Provider, reason: str, exc: BaseException | None) -> None:
         self._provider_failures += 1
         provider.failed_samples += 1
         if provider.failed_samples == 1:

@@ -399,7 +399,8 @@ async def test_real_psi_trigger_fires_on_memory_stall_and_a_sample_follows(
         )
         trigger = reference.trigger
         pytest.skip(
-            f"the kernel fired no PSI trigger ({trigger.line()[:-1].decode()!r}) in {elapsed:.1f} s "
+            f"the kernel fired no PSI trigger ({trigger.line()[:-1].decode()!r}) "
+            f"in {elapsed:.1f} s "
             f"with {stall_us / 1e3:.0f} ms of memory stall: unprivileged triggers are "
             "starved while other readers of /proc/pressure/memory fold the stall first"
         )
