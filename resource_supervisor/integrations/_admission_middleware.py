@@ -76,8 +76,10 @@ class AdmissionMiddleware:
         limiter: AdmissionLimiter | None = None,
         supervisor: Supervisor | None = None,
     ) -> None:
-        # Imported here: the fastapi module re-exports this class.
-        from .fastapi import DEFAULT_EXEMPT_PATHS, _find_supervisor, _route_is_marked
+        # Imported here: _shedding needs fastapi, which this module does not.
+        from ._app_supervisor import find_supervisor as _find_supervisor
+        from ._shedding import DEFAULT_EXEMPT_PATHS
+        from ._shedding import route_is_marked as _route_is_marked
 
         if status_code not in (None, 429, 503):
             raise ValueError(f"status_code must be 429 or 503, got {status_code!r}")

@@ -18,9 +18,7 @@ for ``?limit=N`` events.
 
 from __future__ import annotations
 
-import contextlib
-import math
-from typing import TYPE_CHECKING, Final, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Literal
 
 try:
     from fastapi import APIRouter, HTTPException, Request
@@ -31,25 +29,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'pip install "resource-supervisor[fastapi]"'
     ) from exc
 
-from .._config import load_settings
 from .._container import container_health
-from .._exceptions import NoSupervisorError, SupervisorClosedError
-from .._snapshot import PressureLevel
-from .._supervisor import Supervisor
 from ._admission_middleware import AdmissionMiddleware as AdmissionMiddleware
-from ._paths import app_path, exempt_prefix, is_exempt
+from ._app_supervisor import get_supervisor as get_supervisor
+from ._app_supervisor import supervised_lifespan as supervised_lifespan
+from ._shedding import DEFAULT_EXEMPT_PATHS as DEFAULT_EXEMPT_PATHS
+from ._shedding import LoadSheddingMiddleware as LoadSheddingMiddleware
+from ._shedding import exempt_from_shedding as exempt_from_shedding
 from ._sse import DEFAULT_MAX_STREAMS, SnapshotStream, StreamHub
 from ._sse import snapshot_to_json as snapshot_to_json
 
 if TYPE_CHECKING:
-    import os
-    import re
-    from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
-    from contextlib import AbstractAsyncContextManager
-
-    from starlette.types import ASGIApp, Receive, Scope, Send
-
-    from .._config import SupervisorSettings
     from .._snapshot import MetricsSnapshot
 
 __all__ = (
@@ -63,180 +53,6 @@ __all__ = (
     "snapshot_to_json",
     "supervised_lifespan",
 )
-
-F = TypeVar("F", bound="Callable[..., object]")
-AppT = TypeVar("AppT")
-
-_EXEMPT_ATTR: Final = "__resource_supervisor_exempt__"
-_STATE_KEY: Final = "supervisor"
-
-DEFAULT_EXEMPT_PATHS: Final = (
-    "/health",
-    "/healthz",
-    "/livez",
-    "/readyz",
-    "/metrics",
-)
-"""Paths (and everything below them) that are never shed by default."""
-
-
-# -- lifespan ----------------------------------------------------------------------
-
-
-@overload
-def supervised_lifespan(
-    settings: SupervisorSettings | None = None,
-    *,
-    config_path: str | os.PathLike[str] | None = None,
-    inner: None = None,
-    supervisor_factory: Callable[[SupervisorSettings], Supervisor] = ...,
-) -> Callable[[object], AbstractAsyncContextManager[dict[str, object]]]: ...
-
-
-@overload
-def supervised_lifespan(
-    settings: SupervisorSettings | None = None,
-    *,
-    config_path: str | os.PathLike[str] | None = None,
-    inner: Callable[[AppT], AbstractAsyncContextManager[Mapping[str, object] | None]],
-    supervisor_factory: Callable[[SupervisorSettings], Supervisor] = ...,
-) -> Callable[[AppT], AbstractAsyncContextManager[dict[str, object]]]: ...
-
-
-def supervised_lifespan(
-    settings: SupervisorSettings | None = None,
-    *,
-    config_path: str | os.PathLike[str] | None = None,
-    inner: Callable[[AppT], AbstractAsyncContextManager[Mapping[str, object] | None]] | None = None,
-    supervisor_factory: Callable[[SupervisorSettings], Supervisor] = Supervisor,
-) -> Callable[[AppT], AbstractAsyncContextManager[dict[str, object]]]:
-    """
-    Build a lifespan that runs a :class:`Supervisor` while the app runs.
-
-    Use as ``FastAPI(lifespan=supervised_lifespan())``. The supervisor is entered
-    before the app's own lifespan (*inner*) starts and exited after it ends, so the
-    app's startup code can already use it. It is stored on ``app.state.supervisor``
-    and in the lifespan state (``request.state.supervisor``), and
-    :meth:`Supervisor.current` finds it from request handlers.
-
-    Args:
-        settings: Settings to use; ``None`` loads them with
-            :func:`load_settings` from *config_path* and the environment when the
-            app starts.
-        config_path: YAML file read when *settings* is ``None``.
-        inner: The app's own lifespan (``app -> async context manager``), typed
-            as FastAPI and Starlette lifespans are: stateless (yielding ``None``)
-            or yielding a mapping (a ``TypedDict`` too), which is merged into the
-            lifespan state. Its app type is the result's, so a lifespan for
-            ``FastAPI`` makes a lifespan for ``FastAPI``.
-        supervisor_factory: Builds the supervisor from the settings (tests pass
-            one that adds a scripted source).
-
-    Returns:
-        A lifespan callable for ``FastAPI(lifespan=...)`` or ``Starlette(lifespan=...)``.
-
-    Raises:
-        TypeError: If both *settings* and *config_path* are given.
-    """
-    if settings is not None and config_path is not None:
-        raise TypeError("give settings or config_path, not both")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: AppT) -> AsyncIterator[dict[str, object]]:
-        resolved = settings if settings is not None else load_settings(config_path)
-        async with supervisor_factory(resolved) as sup:
-            state = getattr(app, "state", None)
-            if state is not None:
-                state.supervisor = sup
-            try:
-                if inner is None:
-                    yield {_STATE_KEY: sup}
-                else:
-                    async with inner(app) as inner_state:
-                        yield {**(inner_state or {}), _STATE_KEY: sup}
-            finally:
-                if state is not None and getattr(state, _STATE_KEY, None) is sup:
-                    delattr(state, _STATE_KEY)
-
-    return lifespan
-
-
-# -- dependency --------------------------------------------------------------------
-
-
-def _find_supervisor(scope: Mapping[str, object]) -> Supervisor | None:
-    """The supervisor for a request: lifespan state, then app state, then current()."""
-    state = scope.get("state")
-    if isinstance(state, dict):
-        found = state.get(_STATE_KEY)
-        if isinstance(found, Supervisor):
-            return found
-    app = scope.get("app")
-    found = getattr(getattr(app, "state", None), _STATE_KEY, None)
-    if isinstance(found, Supervisor):
-        return found
-    try:
-        return Supervisor.current()
-    except NoSupervisorError:
-        return None
-
-
-def get_supervisor(request: Request) -> Supervisor:
-    """
-    FastAPI dependency: the supervisor running for this app.
-
-    Use as ``sup: Supervisor = Depends(get_supervisor)``.
-
-    Args:
-        request: The request (injected by FastAPI).
-
-    Returns:
-        The running supervisor.
-
-    Raises:
-        HTTPException: 500 if no supervisor runs (the app lacks
-            ``lifespan=supervised_lifespan()``); 503 if it is shutting down.
-    """
-    sup = _find_supervisor(request.scope)
-    if sup is None:
-        raise HTTPException(
-            status_code=500,
-            detail="no resource supervisor is running: create the app with "
-            "FastAPI(lifespan=supervised_lifespan())",
-        )
-    try:
-        sup.metrics  # noqa: B018  # raises before entry
-        sup.executors  # noqa: B018  # raises once closed
-    except SupervisorClosedError:
-        raise HTTPException(
-            status_code=503,
-            detail="the resource supervisor is not running (starting or shutting down)",
-            headers={"Retry-After": "1"},
-        ) from None
-    return sup
-
-
-# -- routes ------------------------------------------------------------------------
-
-
-def exempt_from_shedding(endpoint: F) -> F:
-    """
-    Mark a route's endpoint as never shed by :class:`LoadSheddingMiddleware`.
-
-    Apply it below the route decorator::
-
-        @app.get("/ready")
-        @exempt_from_shedding
-        async def ready() -> dict[str, str]: ...
-
-    Args:
-        endpoint: The endpoint function.
-
-    Returns:
-        The same function, marked.
-    """
-    setattr(endpoint, _EXEMPT_ATTR, True)
-    return endpoint
 
 
 def _health(snapshot: MetricsSnapshot) -> dict[str, object]:
@@ -394,122 +210,3 @@ def create_router(
         summary="Server-Sent Events of metric snapshots",
     )
     return router
-
-
-# -- middleware --------------------------------------------------------------------
-
-
-class LoadSheddingMiddleware:
-    """
-    ASGI middleware that answers 503 with ``Retry-After`` while memory pressure is
-    at or above *shed_at* (CRITICAL by default), so the service sheds new work
-    instead of running out of memory.
-
-    Never shed: paths equal to or below an entry of *exempt_paths* (health probes
-    and ``/metrics`` by default), matched segment by segment on the path inside
-    the app (without the server's ``root_path``) once ``.``, ``..`` and empty
-    segments are resolved, so ``/healthzz`` is not ``/healthz`` and
-    ``/health/../big.txt`` is shed; endpoints marked with
-    :func:`exempt_from_shedding` (every route of :func:`create_router` is), and
-    non-HTTP traffic (lifespan, websockets). Without a running supervisor every
-    request passes. At NORMAL the cost per request is one attribute read.
-
-    Args:
-        app: The ASGI app to wrap (``app.add_middleware(LoadSheddingMiddleware)``).
-        exempt_paths: Path prefixes never shed (``"/health"``; ``"/"`` exempts all).
-        shed_at: The lowest level that sheds.
-        retry_after: ``Retry-After`` seconds; ``None`` uses the supervisor's
-            ``monitoring_interval`` (rounded up, at least 1), when the level may
-            next change.
-        supervisor: The supervisor to follow; ``None`` finds the app's.
-
-    Raises:
-        ValueError: If an exempt path does not start with ``/`` or has ``.``,
-            ``..`` or empty segments.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        exempt_paths: Collection[str] = DEFAULT_EXEMPT_PATHS,
-        shed_at: PressureLevel = PressureLevel.CRITICAL,
-        retry_after: float | None = None,
-        supervisor: Supervisor | None = None,
-    ) -> None:
-        self.app = app
-        self._exempt = tuple(exempt_prefix(path) for path in exempt_paths)
-        self._shed_at = shed_at
-        self._retry_after = retry_after
-        self._supervisor = supervisor
-        self.shed_total = 0
-        """Requests answered with 503 so far."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """
-        Handle one ASGI call: pass it on, or answer 503 while shedding.
-
-        Cancellation:
-            As the wrapped app's; a shed request does no work to undo.
-        """
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        sup = self._supervisor if self._supervisor is not None else _find_supervisor(scope)
-        if sup is None or sup.level < self._shed_at or self._is_exempt(scope):
-            await self.app(scope, receive, send)
-            return
-        self.shed_total += 1
-        retry = self._retry_after
-        if retry is None:
-            retry = sup.settings.monitoring_interval
-        response = JSONResponse(
-            {
-                "detail": f"service overloaded (memory pressure {sup.level.name}); retry later",
-                "level": sup.level.name,
-            },
-            status_code=503,
-            headers={"Retry-After": str(max(1, math.ceil(retry)))},
-        )
-        await response(scope, receive, send)
-
-    def _is_exempt(self, scope: Scope) -> bool:
-        path = app_path(scope)
-        return is_exempt(path, self._exempt) or _route_is_marked(scope, path)
-
-
-def _route_is_marked(scope: Scope, path: str) -> bool:
-    """
-    Whether *path* (inside the app) is that of a route whose endpoint is marked
-    exempt. Matched as the router matches it: unresolved, so ``/ready/../work`` is
-    not ``/ready``.
-    """
-    routes = getattr(scope.get("app"), "routes", ())
-    return any(pattern.match(path) for pattern in _marked_patterns(routes, ""))
-
-
-def _marked_patterns(routes: Iterable[object], prefix: str) -> list[re.Pattern[str]]:
-    """
-    Path patterns of the marked endpoints among *routes*, through included routers.
-
-    Only walked while shedding. Routes are found by their public shape: a ``path``
-    and an ``endpoint`` (Starlette ``Route``, FastAPI ``APIRoute``), a ``Mount``
-    with sub-``routes``, or a FastAPI included router (``original_router`` plus the
-    include prefix, FastAPI 0.16x and later).
-    """
-    from starlette.routing import Mount, compile_path
-
-    patterns: list[re.Pattern[str]] = []
-    for route in routes:
-        path = getattr(route, "path", None)
-        endpoint = getattr(route, "endpoint", None)
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            context = getattr(route, "include_context", None)
-            inner_prefix = str(getattr(context, "prefix", "") or "")
-            patterns.extend(_marked_patterns(getattr(inner, "routes", ()), prefix + inner_prefix))
-        elif isinstance(route, Mount):
-            patterns.extend(_marked_patterns(route.routes, prefix + route.path))
-        elif isinstance(path, str) and getattr(endpoint, _EXEMPT_ATTR, False):
-            patterns.append(compile_path(prefix + path)[0])
-    return patterns
