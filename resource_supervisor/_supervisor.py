@@ -23,12 +23,12 @@ import anyio
 
 from ._admission._cpu_stat import CpuStatReader
 from ._admission._settings import limiter_from_settings
+from ._announce import announce, cleanup_request
 from ._cleanup import CleanupDispatcher, CleanupRequest
 from ._config import SupervisorSettings
 from ._container import Container
 from ._contributions import MetricsContributor, StreamMetrics, gather
-from ._decision import CpuAlert, CpuRecovery, Decision, PolicyState, decide, readings_from
-from ._events import CpuWarning, LevelChanged, SupervisorEvent
+from ._decision import Decision, PolicyState, decide, readings_from
 from ._exceptions import NoSupervisorError, SupervisorClosedError
 from ._gpu import TorchGpuReclaimer
 from ._lifecycle import AsyncClosable
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from ._admission._limiter import AdmissionLimiter
+    from ._events import SupervisorEvent
     from ._policy import CleanupKind
 
 __all__ = ("MetricSource", "Supervisor")
@@ -453,51 +454,21 @@ class Supervisor(Registrations, AsyncClosable):
         return snapshot
 
     def _act(self, decision: Decision, snapshot: MetricsSnapshot) -> None:
-        """Carry out *decision*: pressure to the lanes, log, publish, start cleanup."""
+        """Carry out *decision*: pressure to the lanes, log and publish (:func:`announce`),
+        start cleanup."""
         self._policy = decision.state
         level = decision.level
         if self._executors is not None:
             self._executors.set_pressure(level)
         self._thread_limiter.set_pressure(level)
-        change = decision.transition
-        if change is not None:
-            log = logger.warning if change.level > change.previous else logger.info
-            log(
-                "pressure %s -> %s (memory %.1f%% of %d bytes, source %s)",
-                change.previous.name,
-                change.level.name,
-                snapshot.memory_percent,
-                snapshot.memory_limit_bytes,
-                snapshot.memory_limit_source,
-            )
-            self._events.publish(
-                LevelChanged(
-                    change.previous, change.level, snapshot, change.resource, change.device
-                )
-            )
-        cpu = decision.cpu
-        if isinstance(cpu, CpuAlert):
-            if cpu.first:
-                logger.warning(
-                    "system CPU at %.1f%% (warning threshold %g%%)", cpu.cpu_percent, cpu.threshold
-                )
-            self._events.publish(CpuWarning(cpu.cpu_percent, cpu.threshold, snapshot))
-        elif isinstance(cpu, CpuRecovery):
-            logger.info("system CPU back below %g%% (%.1f%%)", cpu.threshold, cpu.cpu_percent)
+        announce(decision, snapshot, self._events)
         plan = decision.cleanup
         if plan is None:
             return
         if self._task_group is None or not self._container.cleans(aggressive=plan.aggressive):
             self._policy = decision.cleanup_not_started()
             return
-        request = CleanupRequest(
-            aggressive=plan.aggressive,
-            level=plan.level,
-            reason=plan.reason,
-            snapshot=snapshot,
-            resource=plan.resource,
-            device=plan.device,
-        )
+        request = cleanup_request(plan, snapshot)
         kind: CleanupKind = "aggressive" if plan.aggressive else "normal"
         self._auto_cleanups[kind] += 1
         self._task_group.start_soon(functools.partial(self._run_automatic, request, kind))

@@ -16,7 +16,6 @@ LIMIT = 500
 PACKAGE = Path(resource_supervisor.__file__).parent
 
 ALLOWED: dict[str, str] = {
-    "_supervisor.py": "being split by concept (516 lines when listed)",
     "_sources/_cgroup.py": "being split by concept (561 lines when listed)",
     "_sources/_notify.py": "being split by concept (501 lines when listed)",
     "_admission/_limiter.py": "being split by concept (517 lines when listed)",
