@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -54,6 +52,7 @@ from ._arming import (
     thresholds_to_rearm,
 )
 from ._cgroup import locate_cgroup, locate_v2_cgroup, parse_memory_stat
+from ._inotify import Inotify
 from ._proc import pread_all
 
 if TYPE_CHECKING:
@@ -67,38 +66,10 @@ logger: Final = logging.getLogger("resource_supervisor.notify")
 #: time, well before the OOM killer. Unprivileged openers fall back to 300 ms in 2 s.
 DEFAULT_PSI_TRIGGER: Final = PsiTrigger("some", 150_000, 1_000_000)
 
-_IN_MODIFY: Final = 0x00000002
-_IN_NONBLOCK: Final = os.O_NONBLOCK
-_IN_CLOEXEC: Final = os.O_CLOEXEC
 _PRESSURE_LEVEL: Final = b"medium"
 
 NotifySource = str
 """The name of an armed mechanism, as counted in the snapshot."""
-
-
-class _Inotify:
-    """inotify through libc (``inotify_init1`` / ``inotify_add_watch``), no dependency."""
-
-    def __init__(self, libc_name: str | None) -> None:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        self._init1 = libc.inotify_init1
-        self._init1.argtypes = [ctypes.c_int]
-        self._init1.restype = ctypes.c_int
-        self._add_watch = libc.inotify_add_watch
-        self._add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._add_watch.restype = ctypes.c_int
-
-    def init(self) -> int:
-        fd = int(self._init1(_IN_NONBLOCK | _IN_CLOEXEC))
-        if fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"inotify_init1: {os.strerror(code)}")
-        return fd
-
-    def watch(self, fd: int, path: str) -> None:
-        if self._add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"inotify_add_watch: {os.strerror(code)}", path)
 
 
 class MemoryNotifier:
@@ -402,7 +373,7 @@ class MemoryNotifier:
 
     def _arm_v2_events(self, chain: tuple[str, ...]) -> None:
         try:
-            inotify = _Inotify(self._libc_name)
+            inotify = Inotify(self._libc_name)
             fd = inotify.init()
         except (OSError, AttributeError) as exc:
             logger.debug("inotify unavailable (%s): memory.events is polled", exc)
