@@ -351,7 +351,10 @@ async def test_sse_over_uvicorn_and_subscription_closed_on_disconnect() -> None:
                     client.stream("GET", "/metrics/stream") as response,
                 ):
                     assert response.status_code == 200
-                    async for line in response.aiter_lines():
+                    # Held by name: a generator left by ``break`` and dropped is closed
+                    # by the loop at its next checkpoint, which closes the response.
+                    lines = response.aiter_lines()
+                    async for line in lines:
                         if line.startswith("id: "):
                             ids.append(int(line.removeprefix("id: ")))
                         elif line.startswith("data: "):
@@ -359,6 +362,7 @@ async def test_sse_over_uvicorn_and_subscription_closed_on_disconnect() -> None:
                             if len(stamps) == 4:
                                 break
                     assert (await sup.update_metrics())["stream_subscribers"] == 1
+                    del lines  # from here the response may close
                 assert ids == [1, 2, 3, 4]
                 assert stamps == sorted(stamps)
                 assert len(set(stamps)) == 4
