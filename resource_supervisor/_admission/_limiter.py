@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import math
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -36,6 +35,8 @@ from ._pressure import (
     PressureParams,
     pressure_adjustment,
 )
+from ._queue_order import serve_newest
+from ._statistics import AdmissionStatistics
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -57,43 +58,6 @@ waited as long as the gradient tolerates a call taking. Do not change without a 
 latency at moderate load."""
 
 
-@dataclass(frozen=True, slots=True)
-class AdmissionStatistics:
-    """
-    The limiter's state at one moment.
-
-    Attributes:
-        limit: Calls admitted at once now (the floor of the adaptive limit).
-        in_flight: Calls holding a slot.
-        queued: Calls waiting for one.
-        queue_limit: The most calls that may wait.
-        admitted_total: Calls that got a slot.
-        rejected_total: Calls refused (queue full, or waited too long).
-        timed_out_total: Of those, calls that waited past the queue timeout.
-        latency_short_seconds: Mean latency of the last window (NaN before any).
-        latency_long_seconds: Long-run average latency (NaN before any).
-        latency_min_seconds: The reference: the latency the last probe measured
-            at the floor (NaN before any).
-        drain_per_second: Completions per second, smoothed (NaN before any).
-        probing: Whether the limit is pinned at its floor to re-measure the minimum.
-        pressure_reasons: What tightened the limit at the last sample.
-    """
-
-    limit: int
-    in_flight: int
-    queued: int
-    queue_limit: int
-    admitted_total: int
-    rejected_total: int
-    timed_out_total: int
-    latency_short_seconds: float
-    latency_long_seconds: float
-    latency_min_seconds: float
-    drain_per_second: float
-    probing: bool
-    pressure_reasons: tuple[str, ...]
-
-
 class _Waiter:
     __slots__ = ("event", "granted", "since")
 
@@ -101,27 +65,6 @@ class _Waiter:
         self.event = anyio.Event()
         self.granted = False
         self.since = since
-
-
-def serve_newest(oldest_wait: float, max_wait: float) -> bool:
-    """
-    Whether the next free slot goes to the newest waiter rather than the oldest. Pure.
-
-    FIFO while the queue drains in time; once the oldest caller has waited more
-    than half of *max_wait* the queue is not keeping up (overload), and the newest
-    caller is served instead (adaptive LIFO): a call admitted then has waited
-    little, so the admitted calls keep about their unloaded latency, while callers
-    that could only have been served late reach their wait bound and are refused.
-    Without a wait bound (``inf``) the queue is always FIFO.
-
-    Args:
-        oldest_wait: Seconds the oldest waiter has waited.
-        max_wait: The wait bound in seconds (``inf`` = none).
-
-    Returns:
-        ``True`` for LIFO.
-    """
-    return oldest_wait * 2.0 > max_wait
 
 
 class _Slot:
