@@ -4,16 +4,27 @@ When the supervisor samples next: at the interval, or early on a kernel notifica
 Covers: :class:`SampleTimer`, which arms the kernel memory notifications
 (:class:`~._sources._notify.MemoryNotifier`) when the settings and the source allow,
 waits for the next deadline or notification (rate-limited by
-:func:`~._sources._arming.next_sample_at`), keeps the notifier's thresholds in step
-with each sample's limit, and contributes its counters to the snapshot. Does not
-cover: sampling itself (:mod:`._supervisor`) or the notification mechanisms
-(:mod:`._sources._notify`).
+:func:`~._sources._arming.next_sample_at`), has the built-in sampler read its files
+at the deadline in its own thread (:meth:`~._sampler.Sampler.read_at`), keeps the
+notifier's thresholds in step with each sample's limit, and contributes its counters
+to the snapshot; and :class:`Wake`, what a wait ends with. Does not cover: sampling
+itself (:mod:`._supervisor`) or the notification mechanisms (:mod:`._sources._notify`).
+
+Why read at the deadline. A timer sample that asks the sampler's thread for its
+reads wakes the loop twice: once at the deadline to ask, once when the reads are
+done. Here the thread waits for the deadline itself, reads, and only then wakes the
+loop with the figures: one wake-up per sample, and the loop's time is spent on the
+snapshot alone. A notification still samples at once, its reads handed to the
+thread as any sample on demand.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 
@@ -27,10 +38,28 @@ if TYPE_CHECKING:
     from ._config import SupervisorSettings
     from ._metric_source import MetricSource
     from ._snapshot import MetricValue
+    from ._sources._read_thread import ScheduledRead
 
-__all__ = ("SampleTimer",)
+__all__ = ("SampleTimer", "Wake")
 
 logger = logging.getLogger("resource_supervisor")
+
+_NOTIFIED = object()  # what a notification settles a wait with
+
+
+class Wake(NamedTuple):
+    """How a :meth:`SampleTimer.wait` ended."""
+
+    notified: bool
+    """A kernel notification ended it (else the deadline)."""
+    readings: dict[str, MetricValue] | None
+    """The built-in sampler's file figures, read at the deadline; ``None`` when the
+    sample must read them itself."""
+
+
+def _settle(waiter: asyncio.Future[object], outcome: object) -> None:
+    if not waiter.done():
+        waiter.set_result(outcome)
 
 
 class SampleTimer:
@@ -44,7 +73,9 @@ class SampleTimer:
 
     def __init__(self) -> None:
         self._notifier: MemoryNotifier | None = None
-        self._wanted: anyio.Event | None = None
+        self._reader: Sampler | None = None  # reads its files at each deadline
+        self._waiter: asyncio.Future[object] | None = None
+        self._notified = False  # a notification not yet served by a sample
         self._last_sample_at: float | None = None
         self._notified_samples = 0
         self.failures = 0
@@ -55,11 +86,25 @@ class SampleTimer:
         settings: SupervisorSettings,
         source: MetricSource,
         stack: contextlib.AsyncExitStack,
+        *,
+        read_ahead: bool = False,
     ) -> None:
-        """Arm the notifications when enabled and *source* is the built-in sampler."""
+        """
+        Arm the notifications when enabled and *source* is the built-in sampler;
+        with *read_ahead* (the sampler is what the supervisor samples, nothing
+        wraps it) it reads at each deadline in its thread.
+        """
         s = settings
+        if not (s.monitoring_enabled and isinstance(source, Sampler)):
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # another event loop: the sampler's thread serves asyncio
+            return
+        if read_ahead:
+            self._reader = source
         # Only the built-in sampler reads the kernel figures a notification is about.
-        if not (s.memory_notifications and s.monitoring_enabled and isinstance(source, Sampler)):
+        if not s.memory_notifications:
             return
         proc_root, cgroup_root, pid = source.target
         notifier = MemoryNotifier(
@@ -71,35 +116,65 @@ class SampleTimer:
         )
         try:
             notifier.start()
-        except (RuntimeError, NotImplementedError) as exc:  # not asyncio, or no add_reader
+        except (RuntimeError, NotImplementedError) as exc:  # no add_reader on this loop
             logger.debug("memory notifications unavailable on this loop (%s): polling", exc)
             return
         stack.callback(notifier.close)
         self._notifier = notifier
-        self._wanted = anyio.Event()
 
     def _request_sample(self, source: str) -> None:
-        wanted = self._wanted
-        if wanted is not None:
-            wanted.set()
+        self._notified = True
+        if self._waiter is not None:
+            _settle(self._waiter, _NOTIFIED)
 
-    async def wait(self, deadline: float) -> bool:
+    async def wait(self, deadline: float) -> Wake:
         """
-        Sleep until *deadline* or a notification (rate-limited); True when notified.
+        Sleep until *deadline* (``anyio.current_time()``) or a notification
+        (rate-limited); at the deadline, with the sampler's readings when it reads
+        ahead.
 
         Cancellation:
-            Stops waiting; nothing is counted.
+            Stops waiting; a read not started yet is skipped; nothing is counted.
         """
-        if self._wanted is None:
+        if not self._notified:
+            outcome = await self._until(deadline)
+            if outcome is not _NOTIFIED:
+                return Wake(notified=False, readings=outcome)  # type: ignore[arg-type]
+        self._notified = False  # before sampling: later ones wake again
+        await anyio.sleep_until(next_sample_at(self._last_sample_at, anyio.current_time()))
+        self._notified_samples += 1
+        return Wake(notified=True, readings=None)
+
+    async def _until(self, deadline: float) -> object:
+        """The readings (or ``None``) at *deadline*, or ``_NOTIFIED`` before it."""
+        reader = self._reader
+        if reader is None and self._notifier is None:
             await anyio.sleep_until(deadline)
-            return False
-        with anyio.CancelScope(deadline=deadline):
-            await self._wanted.wait()
-            self._wanted = anyio.Event()  # before sampling: later ones wake again
-            await anyio.sleep_until(next_sample_at(self._last_sample_at, anyio.current_time()))
-            self._notified_samples += 1
-            return True
-        return False
+            return None
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[object] = loop.create_future()
+        scheduled: ScheduledRead | None = None
+        timer: asyncio.TimerHandle | None = None
+        if reader is not None:
+            when = time.monotonic() + (deadline - anyio.current_time())
+            scheduled = reader.read_at(when, functools.partial(self._read_done, waiter))
+        if scheduled is None:
+            timer = loop.call_later(deadline - anyio.current_time(), _settle, waiter, None)
+        self._waiter = waiter
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if scheduled is not None:
+                scheduled.cancel()
+            if timer is not None:
+                timer.cancel()
+
+    @staticmethod
+    def _read_done(waiter: asyncio.Future[object], outcome: tuple[bool, object]) -> None:
+        ok, value = outcome
+        # A pass that raised (the sampler closing): the sample reads, and reports, itself.
+        _settle(waiter, value if ok else None)
 
     def sampling(self) -> None:
         """Note that a sample starts now (the rate limit counts from here)."""

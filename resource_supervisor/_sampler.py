@@ -31,7 +31,7 @@ from ._sources._cgroup import CgroupMemoryReader, MemoryFigures, effective_memor
 from ._sources._kept_open import KeptOpen
 from ._sources._proc import CpuTimes, HostMemory, ProcReader
 from ._sources._psi import PsiReader
-from ._sources._read_thread import ReadThread
+from ._sources._read_thread import ReadThread, ScheduledRead
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,6 +111,7 @@ class Sampler(KeptOpen):
         self._wall_clock = wall_clock
         self._clock = clock
         self._providers: dict[str, Provider] = {}
+        self._in_pass: list[Callable[[], None]] = []
         self._opened = False
         self._last_cpu: CpuTimes | None = None
         self._last_process_ticks: int | None = None
@@ -200,6 +201,19 @@ class Sampler(KeptOpen):
         except KeyError:
             raise KeyError(f"no provider named {name!r} is registered") from None
 
+    def read_in_pass(self, read: Callable[[], None]) -> None:
+        """
+        Also call *read* in every read pass, after the sampler's own reads: in the
+        sampler's thread, with the pass's lock held, so another part's kernel file is
+        read with the others instead of on the loop. What it raises is logged at
+        debug and dropped; the sample goes on.
+
+        Args:
+            read: A cheap, blocking, thread-safe callable.
+        """
+        if read not in self._in_pass:
+            self._in_pass.append(read)
+
     # -- reading -------------------------------------------------------------------
     def statistics(self) -> SamplerStatistics:
         """Return the sampler's counters."""
@@ -226,12 +240,42 @@ class Sampler(KeptOpen):
             figures = self._read_memory_figures(self._read_host_memory())
         return figures.used_bytes, figures.limit_bytes
 
-    async def sample(self) -> dict[str, MetricValue]:
+    def read_at(
+        self, when: float, on_done: Callable[[tuple[bool, object]], None]
+    ) -> ScheduledRead | None:
+        """
+        Read the files in the sampler's thread once ``time.monotonic()`` reaches
+        *when*, and hand the figures to *on_done* on this loop, for :meth:`sample`'s
+        *readings*: a sample on a timer then wakes the loop once, with its reads done.
+
+        Args:
+            when: A ``time.monotonic()`` time.
+            on_done: Called on the loop with ``(True, readings)``, or ``(False, exc)``
+                when the pass raised (the sampler was closed).
+
+        Returns:
+            The scheduled pass (:meth:`~._sources._read_thread.ScheduledRead.cancel`
+            skips it), or ``None`` where the sampler's thread does not run (in a
+            child made by ``os.fork()``): sample the usual way there.
+
+        Raises:
+            RuntimeError: If the sampler is not open, or no asyncio loop runs.
+        """
+        self._check_open()
+        if not self._reader.running:
+            return None
+        return self._reader.schedule(self._read_core_locked, when, on_done)
+
+    async def sample(
+        self, *, readings: dict[str, MetricValue] | None = None
+    ) -> dict[str, MetricValue]:
         """
         Take one sample of every source and provider.
 
         File sources are read first, in the sampler's thread while the loop waits
-        (synchronously where no asyncio loop runs); then providers run concurrently,
+        (synchronously where no asyncio loop runs), unless *readings* holds the
+        figures of a pass :meth:`read_at` already did (the dict is taken over);
+        then providers run concurrently,
         each under ``provider_timeout``. A provider that raises, times
         out or returns something other than a mapping of names to numbers is left out
         of this sample and counted in ``provider_failures_total``.
@@ -245,7 +289,8 @@ class Sampler(KeptOpen):
         Cancellation:
             Cancelled while the file reads run, the call raises the cancellation at
             once and the read pass finishes in the sampler's thread (its CPU
-            baselines advance; no sample is counted). Cancelled while providers
+            baselines advance; no sample is counted); a pass that had not started
+            is skipped. Cancelled while providers
             run, the call raises the cancellation, cancels async providers,
             abandons sync providers still running in worker threads (such a
             provider is not called again until its thread returns), and counts no
@@ -254,7 +299,7 @@ class Sampler(KeptOpen):
         """
         self._check_open()
         started = time.perf_counter()
-        data = await self._read_files()
+        data = readings if readings is not None else await self._read_files()
         providers = list(self._providers.values())
         if providers:
             results: dict[str, dict[str, float | int]] = {}
@@ -395,6 +440,11 @@ class Sampler(KeptOpen):
             data["psi_memory_some_avg10"] = psi.some_avg10
             if psi.full_avg10 is not None:
                 data["psi_memory_full_avg10"] = psi.full_avg10
+        for read in self._in_pass:
+            try:
+                read()
+            except Exception as exc:  # noqa: BLE001 - another part's read; the sample goes on
+                logger.debug("a read in the sampler's pass failed: %r", exc)
         return data
 
     async def _run_provider(

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from ._admission._cpu_stat import CpuStatReader
 from ._admission._settings import limiter_from_settings
 from ._announce import announce, cleanup_request
 from ._cleanup import CleanupDispatcher, CleanupRequest
@@ -36,6 +35,7 @@ from ._main_guard import refuse_in_worker_bootstrap
 from ._memory import MemoryAdvisor
 from ._metric_source import MetricSource, WithGpu
 from ._participants import absorb, must_propagate
+from ._pass_cpu_stat import PassCpuStatReader
 from ._registration import Registrations
 from ._running import _CURRENT, _RUNNING, _running_on_this_loop, resolve_io_workers
 from ._sample_timer import SampleTimer
@@ -116,7 +116,8 @@ class Supervisor(Registrations, AsyncClosable):
             tokens=s.concurrency.default_thread_limiter_tokens,
             govern=s.concurrency.govern_default_thread_limiter,
         )
-        self._admission = limiter_from_settings(s.admission, cpu_stat=CpuStatReader(), clock=clock)
+        self._cpu_stat = PassCpuStatReader()  # read in the built-in sampler's pass
+        self._admission = limiter_from_settings(s.admission, cpu_stat=self._cpu_stat, clock=clock)
         self._container = Container(s.multiprocess)
         self._usable_cpus = 1
         self._provider_names: list[str] = []
@@ -131,7 +132,7 @@ class Supervisor(Registrations, AsyncClosable):
         self._timer = SampleTimer()  # when to sample next (interval, notifications)
         self._exit_callbacks: list[Callable[[], None]] = []
         self._cleanup_runs = 0
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # uncontended: no extra turn of the loop
         self._task_group: TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._token: contextvars.Token[Supervisor | None] | None = None
@@ -167,6 +168,8 @@ class Supervisor(Registrations, AsyncClosable):
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self._settings
         base = self._source
+        if isinstance(base, Sampler):
+            base.read_in_pass(self._cpu_stat.refresh)
         self._source.open()
         stack.callback(self._source.close)
         cpus = usable_cpu_count()
@@ -228,7 +231,8 @@ class Supervisor(Registrations, AsyncClosable):
             self._cleanup,
             self._timer,
         ]
-        self._timer.start(s, base, stack)
+        # The sampler reads at each deadline in its own thread when nothing wraps it.
+        self._timer.start(s, base, stack, read_ahead=self._source is base)
         await self.update_metrics()
         if s.monitoring_enabled:
             self._task_group.start_soon(self._sample_loop, name="resource_supervisor.sampler")
@@ -378,16 +382,16 @@ class Supervisor(Registrations, AsyncClosable):
         interval = self._settings.monitoring_interval
         next_at = anyio.current_time() + interval
         while True:
-            notified = await self._timer.wait(next_at)
+            wake = await self._timer.wait(next_at)
             # A timer that fired just as the supervisor began closing: anyio delivers
             # the task group's cancellation to an already-woken task one loop
             # iteration late, so stop here rather than sample a closed supervisor.
             if self._state != "running":
                 return
-            if not notified:
+            if not wake.notified:
                 next_at = max(next_at + interval, anyio.current_time())
             try:
-                await self.update_metrics()
+                await self._update(wake.readings)
             except SupervisorClosedError:
                 return
             except BaseException as exc:
@@ -416,11 +420,19 @@ class Supervisor(Registrations, AsyncClosable):
             is published and :attr:`metrics` keeps the previous snapshot; providers
             still running are cancelled (sync ones are abandoned in their thread).
         """
+        return await self._update(None)
+
+    async def _update(self, readings: dict[str, MetricValue] | None) -> MetricsSnapshot:
+        """:meth:`update_metrics`, with the built-in sampler's *readings* when read ahead."""
         if self._state != "running":
             raise SupervisorClosedError
         async with self._lock:
             self._timer.sampling()
-            raw = await self._source.sample()
+            source = self._source
+            if readings is not None and isinstance(source, Sampler):
+                raw = await source.sample(readings=readings)
+            else:
+                raw = await source.sample()
             self._timer.sampled(raw)
             snapshot = self._build(raw)
         self._publish(snapshot)
