@@ -34,6 +34,7 @@ from ._sources._notify import MemoryNotifier
 
 if TYPE_CHECKING:
     import contextlib
+    from collections.abc import Callable
 
     from ._config import SupervisorSettings
     from ._metric_source import MetricSource
@@ -77,6 +78,10 @@ class SampleTimer:
         self._waiter: asyncio.Future[object] | None = None
         self._notified = False  # a notification not yet served by a sample
         self._last_sample_at: float | None = None
+        # anyio.current_time() finds the backend on every call (a tenth of a sample's
+        # Python): on asyncio, the loop's own clock, which is the same time.
+        self.now: Callable[[], float] = anyio.current_time
+        """The clock of deadlines (``anyio.current_time()``)."""
         self._notified_samples = 0
         self.failures = 0
         """Samples of the loop that raised (the loop goes on)."""
@@ -98,7 +103,7 @@ class SampleTimer:
         if not (s.monitoring_enabled and isinstance(source, Sampler)):
             return
         try:
-            asyncio.get_running_loop()
+            self.now = asyncio.get_running_loop().time
         except RuntimeError:  # another event loop: the sampler's thread serves asyncio
             return
         if read_ahead:
@@ -141,7 +146,7 @@ class SampleTimer:
             if outcome is not _NOTIFIED:
                 return Wake(notified=False, readings=outcome)  # type: ignore[arg-type]
         self._notified = False  # before sampling: later ones wake again
-        await anyio.sleep_until(next_sample_at(self._last_sample_at, anyio.current_time()))
+        await anyio.sleep_until(next_sample_at(self._last_sample_at, self.now()))
         self._notified_samples += 1
         return Wake(notified=True, readings=None)
 
@@ -156,10 +161,10 @@ class SampleTimer:
         scheduled: ScheduledRead | None = None
         timer: asyncio.TimerHandle | None = None
         if reader is not None:
-            when = time.monotonic() + (deadline - anyio.current_time())
+            when = time.monotonic() + (deadline - loop.time())
             scheduled = reader.read_at(when, functools.partial(self._read_done, waiter))
         if scheduled is None:
-            timer = loop.call_later(deadline - anyio.current_time(), _settle, waiter, None)
+            timer = loop.call_at(deadline, _settle, waiter, None)
         self._waiter = waiter
         try:
             return await waiter
@@ -178,7 +183,7 @@ class SampleTimer:
 
     def sampling(self) -> None:
         """Note that a sample starts now (the rate limit counts from here)."""
-        self._last_sample_at = anyio.current_time()
+        self._last_sample_at = self.now()
 
     def sampled(self, raw: dict[str, MetricValue]) -> None:
         """Re-arm the thresholds on *raw*'s effective limit when it changed."""

@@ -94,7 +94,9 @@ class MetricsSnapshot(Mapping[str, MetricValue]):
                 f"snapshot values of the wrong kind: labels {labels} must be str, "
                 f"metrics {numbers} must be numbers"
             )
-        copy["pressure_level"] = PressureLevel(int(copy["pressure_level"]))
+        level = copy["pressure_level"]
+        if type(level) is not PressureLevel:  # the supervisor's is one already
+            copy["pressure_level"] = PressureLevel(int(level))
         object.__setattr__(self, "_data", MappingProxyType(copy))
 
     # -- Mapping ---------------------------------------------------------------

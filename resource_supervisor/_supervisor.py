@@ -12,6 +12,7 @@ snapshots and events. Does not cover: how each part works (see :mod:`._sampler`,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -132,7 +133,7 @@ class Supervisor(Registrations, AsyncClosable):
         self._timer = SampleTimer()  # when to sample next (interval, notifications)
         self._exit_callbacks: list[Callable[[], None]] = []
         self._cleanup_runs = 0
-        self._lock = anyio.Lock(fast_acquire=True)  # uncontended: no extra turn of the loop
+        self._lock = asyncio.Lock()  # uncontended: no checkpoint, no extra turn of the loop
         self._task_group: TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._token: contextvars.Token[Supervisor | None] | None = None
@@ -231,8 +232,7 @@ class Supervisor(Registrations, AsyncClosable):
             self._cleanup,
             self._timer,
         ]
-        # The sampler reads at each deadline in its own thread when nothing wraps it.
-        self._timer.start(s, base, stack, read_ahead=self._source is base)
+        self._timer.start(s, base, stack, read_ahead=self._source is base)  # nothing wraps it
         await self.update_metrics()
         if s.monitoring_enabled:
             self._task_group.start_soon(self._sample_loop, name="resource_supervisor.sampler")
@@ -380,7 +380,8 @@ class Supervisor(Registrations, AsyncClosable):
     # -- sampling --------------------------------------------------------------
     async def _sample_loop(self) -> None:
         interval = self._settings.monitoring_interval
-        next_at = anyio.current_time() + interval
+        now = self._timer.now
+        next_at = now() + interval
         while True:
             wake = await self._timer.wait(next_at)
             # A timer that fired just as the supervisor began closing: anyio delivers
@@ -389,7 +390,7 @@ class Supervisor(Registrations, AsyncClosable):
             if self._state != "running":
                 return
             if not wake.notified:
-                next_at = max(next_at + interval, anyio.current_time())
+                next_at = max(next_at + interval, now())
             try:
                 await self._update(wake.readings)
             except SupervisorClosedError:
