@@ -86,9 +86,9 @@ async def _worst_lag_ms(call: Callable[[], Awaitable[object]]) -> tuple[float, f
         start = time.perf_counter()
         result = await call()
         took = time.perf_counter() - start
-        del result  # freed while the ticker runs: freeing a big result is the caller's part
         await asyncio.sleep(0.01)
         tg.cancel_scope.cancel()
+    del result  # after the ticker: freeing a big result is the caller's part, not the call's
     return worst * 1e3, took * 1e3
 
 

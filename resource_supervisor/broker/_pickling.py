@@ -26,9 +26,12 @@ arguments above :data:`SPILL_BYTES`, and every protocol-5 buffer (NumPy arrays),
 are written to a temporary file with ``os.write`` in 1 MiB pieces (the GIL is
 released during each write), and the pickle sent to the worker only names the
 file. A big ``str`` argument is encoded to UTF-8 in pieces and travels the same
-way. The worker reads them back in :func:`load_call`. Other big objects (a long
-list, a big ``str`` inside a container) are pickled in the thread in-band, which
-helps the loop only as far as their pickling runs Python code.
+way, and so does a long ``list`` or ``tuple`` argument, pickled a slice of about
+256 KiB at a time (:mod:`._local._pieces`), so the loop gets the GIL between
+slices. The worker reads them back in :func:`load_call`. Other big objects (a
+big ``dict``, a big ``str`` inside a container, one huge item inside a list) are
+pickled in the thread in one ``pickle.dumps``, which holds the GIL, and so the
+event loop, for as long as it runs: their shape cannot be split from outside.
 """
 
 from __future__ import annotations
@@ -41,7 +44,15 @@ import types
 from typing import TYPE_CHECKING, Final, Literal
 
 from .._exceptions import UnpicklableError
-from ._call_loading import Spilled, discard_spill, load_call, rebuild_bytes, rebuild_text
+from ._call_loading import (
+    Spilled,
+    discard_spill,
+    load_call,
+    rebuild_bytes,
+    rebuild_pieces,
+    rebuild_text,
+)
+from ._local._pieces import Pacer, pickle_pieces, piece_worthy
 from ._local._spill import spill_prefix
 
 if TYPE_CHECKING:
@@ -74,7 +85,7 @@ call more than the pickling it saves. Do not raise it without a loop-lag run.
 SPILL_BYTES: Final = 64 * 1024
 """A ``bytes``/``bytearray`` argument at least this big travels out of band."""
 _WRITE_PIECE: Final = 1024 * 1024
-_ENCODE_PIECE: Final = 1024 * 1024  # characters of a big str encoded at a time
+_ENCODE_PIECE: Final = 256 * 1024  # characters of a big str encoded at a time
 _ITEM_BYTES: Final = 8  # the least a pickled container item costs
 _SAMPLE: Final = 4  # container items looked at to estimate the rest
 
@@ -280,28 +291,50 @@ class _OutOfBandText:
 
     Pickling a ``str`` encodes it in one C call that holds the GIL throughout (a
     500 MiB string held the event loop for about 2 s, even from a thread);
-    encoding 1 Mi characters at a time lets the GIL switch between pieces.
+    encoding 256 Ki characters at a time lets the GIL switch between pieces. The
+    pieces stay apart (out-of-band buffers each): joined, the whole would be
+    copied once more, and freed in one go (a 500 MiB ``munmap`` under the GIL).
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("pieces",)
 
     def __init__(self, text: str) -> None:
-        data = bytearray()
+        self.pieces: list[bytes] = []
+        pace = Pacer()
         for start in range(0, len(text), _ENCODE_PIECE):
-            data += text[start : start + _ENCODE_PIECE].encode("utf-8", "surrogatepass")
-        self.data = data
+            self.pieces.append(text[start : start + _ENCODE_PIECE].encode("utf-8", "surrogatepass"))
+            pace()
 
     def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
-        return rebuild_text, (pickle.PickleBuffer(self.data),)
+        return rebuild_text, tuple(pickle.PickleBuffer(piece) for piece in self.pieces)
+
+
+class _OutOfBandPieces:
+    """
+    A long list or tuple argument, pickled a slice at a time (:mod:`._local._pieces`)
+    so that the GIL goes to the event loop between slices; the pieces travel out of band.
+    """
+
+    __slots__ = ("as_tuple", "pieces")
+
+    def __init__(self, items: list[object] | tuple[object, ...]) -> None:
+        self.as_tuple = type(items) is tuple
+        self.pieces = pickle_pieces(items)
+
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
+        buffers = tuple(pickle.PickleBuffer(piece) for piece in self.pieces)
+        return rebuild_pieces, (self.as_tuple, *buffers)
 
 
 def _out_of_band(arg: object) -> object:
-    """Wrap a big bytes, bytearray or str argument so that it travels out of band."""
+    """Wrap a big bytes, bytearray, str, list or tuple argument so that it travels out of band."""
     kind = type(arg)
     if kind in (bytes, bytearray) and len(arg) >= SPILL_BYTES:  # type: ignore[arg-type]
         return _OutOfBand(arg)  # type: ignore[arg-type]
     if kind is str and len(arg) >= SPILL_BYTES:  # type: ignore[arg-type]
         return _OutOfBandText(arg)  # type: ignore[arg-type]
+    if piece_worthy(arg) and _estimate(arg, 1) >= SPILL_BYTES:
+        return _OutOfBandPieces(arg)  # type: ignore[arg-type]
     return arg
 
 
@@ -329,18 +362,22 @@ def pickle_call_spilled(
         header = pickle.dumps((func, wrapped), protocol=5, buffer_callback=buffers.append)
     except _PICKLE_ERRORS as exc:
         raise _diagnose(func, args, exc) from exc
+    del wrapped  # from here the buffers hold the pieces: each is freed once written
     if not buffers:
         return header, None
     fd, path = tempfile.mkstemp(prefix=spill_prefix())  # swept if the service dies
     try:
         sizes = []
-        for buffer in buffers:
+        buffers.reverse()
+        while buffers:  # popped, so that each piece is freed once written, not all at the end
+            buffer = buffers.pop()
             with buffer.raw() as view:
                 sizes.append(view.nbytes)
                 for start in range(0, view.nbytes, _WRITE_PIECE):
                     piece = view[start : start + _WRITE_PIECE]
                     while piece:  # os.write releases the GIL while the kernel copies
                         piece = piece[os.write(fd, piece) :]
+            del buffer, view
     except BaseException:
         os.close(fd)
         discard_spill(path)

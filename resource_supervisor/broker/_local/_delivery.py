@@ -6,16 +6,19 @@ submits a worker's serving loop, reads the outcome frames its worker writes,
 settles the callers' futures, fails the calls a dead worker lost, and decides
 what a slot does once its batch is done (take the next one, go idle, retire for
 recycling or under pressure). Does not cover: the frames themselves
-(:mod:`._protocol`, read by :meth:`._slot.Slot.read_outcomes`), big outcomes
-loaded from a spill file (:mod:`._big_outcome`), when a slot is due for
+(:mod:`._protocol`, read by :meth:`._slot.Slot.read_outcomes`), reading a big
+frame in a thread (:mod:`._big_frames`), when a slot is due for
 recycling (:mod:`._recycling`, pure), a worker's death once seen
 (:mod:`._slot_life`) or giving up calls (:mod:`._kills`).
 
 Fast path (see :mod:`._protocol` for the wire format, :mod:`._worker` for the
 worker): each worker runs a serving loop (one long executor item) that reads calls
 from the slot's call pipe, which the lane writes on the loop, so no call goes
-through the executor's threads and queues. Each outcome comes back as one atomic
-frame on the slot's result pipe, read directly on the event loop, and the worker
+through the executor's threads and queues. Each outcome, of any size, comes back
+as one length-prefixed frame on the slot's result pipe: a small one is read and
+decoded on the event loop; when a frame's header announces a big one, the loop
+stops watching the pipe, a thread reads and decodes the rest (:mod:`._big_frames`)
+and the loop delivers it and watches the pipe again. The worker
 publishes the number of the call it is running in shared memory. After a crash the
 lane therefore knows which calls finished (delivered), which one was running
 (fails with :class:`WorkerCrashedError`) and which never started (queued again,
@@ -28,10 +31,12 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Protocol
 
+import anyio
+
 from ..._exceptions import WorkerCrashedError
 from ..._snapshot import PressureLevel
 from . import _worker
-from ._big_outcome import load_outcome
+from ._big_frames import read_big_frame
 from ._protocol import Outcome
 from ._recycling import recycle_due
 from ._slot import SlotState
@@ -39,11 +44,11 @@ from ._slot import SlotState
 if TYPE_CHECKING:
     import asyncio
     import collections
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
     from concurrent.futures import Future
 
     from ..._config import ConcurrencySettings
-    from ._big_outcome import BigOutcome
+    from ._protocol import FrameKind
     from ._slot import Call, Slot
     from ._stats import LaneCounters
 
@@ -65,18 +70,21 @@ class _Lane(Protocol):
     _counts: LaneCounters
 
     def _serve(self, slot: Slot) -> bool: ...
-    def _serve_done_threadsafe(
-        self, slot: Slot, future: Future[tuple[int, BigOutcome] | None]
-    ) -> None: ...
+    def _serve_done_threadsafe(self, slot: Slot, future: Future[None]) -> None: ...
     def _on_serve_done(
         self,
         slot: Slot,
-        future: Future[tuple[int, BigOutcome] | None],
+        future: Future[None],
         broken: bool,  # noqa: FBT001
-        decoded: tuple[int, Outcome, float, object] | None,
     ) -> None: ...
     def _on_readable(self, slot: Slot) -> None: ...
     def _drain(self, slot: Slot) -> bool: ...
+    async def _read_big(
+        self, slot: Slot, length: int, seq: int, kind: FrameKind, prefix: bytes
+    ) -> None: ...
+    def _spawn(
+        self, coro: Coroutine[object, object, None], *, maintainer: bool = False
+    ) -> None: ...
     def _deliver(self, slot: Slot, outcome: tuple[int, Outcome, float, object]) -> None: ...
     def _finish(self, call: Call, error: BaseException | None, value: object = None) -> bool: ...
     def _after_progress(self, slot: Slot) -> None: ...
@@ -111,24 +119,19 @@ class LaneDelivery:
         future.add_done_callback(lambda f: self._serve_done_threadsafe(slot, f))
         return True
 
-    def _serve_done_threadsafe(
-        self: _Lane, slot: Slot, future: Future[tuple[int, BigOutcome] | None]
-    ) -> None:
-        # Runs in the executor's manager thread: load a big outcome here, off the loop.
+    def _serve_done_threadsafe(self: _Lane, slot: Slot, future: Future[None]) -> None:
+        # Runs in the executor's manager thread: hand the news to the loop.
         broken = future.cancelled() or future.exception() is not None
-        result = None if broken else future.result()
-        decoded = None if result is None else (result[0], *load_outcome(result[1]))
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(self._on_serve_done, slot, future, broken, decoded)
+                loop.call_soon_threadsafe(self._on_serve_done, slot, future, broken)
 
     def _on_serve_done(
         self: _Lane,
         slot: Slot,
-        future: Future[tuple[int, BigOutcome] | None],
+        future: Future[None],
         broken: bool,  # noqa: FBT001
-        decoded: tuple[int, Outcome, float, object] | None,
     ) -> None:
         if self._closed or slot.state in (SlotState.DEAD, SlotState.RETIRING):
             return
@@ -138,13 +141,7 @@ class LaneDelivery:
         if broken:
             self._slot_died(slot)
             return
-        if decoded is not None:
-            self._deliver(slot, decoded)
-            # the batch stopped at the big outcome: the calls after it never started
-            not_started = list(slot.in_flight)
-            slot.in_flight.clear()
-            self._requeue(not_started)
-        elif slot.in_flight and slot.serving is None and slot.state is SlotState.BUSY:
+        if slot.in_flight and slot.serving is None and slot.state is SlotState.BUSY:
             self._serve(slot)  # it went idle as a batch came: the batch waits in the pipe
             return
         self._after_progress(slot)
@@ -160,11 +157,41 @@ class LaneDelivery:
             self._slot_died(slot)
 
     def _drain(self: _Lane, slot: Slot) -> bool:
-        """Deliver every complete frame on the slot's pipe; False at end of file."""
+        """
+        Deliver every complete small frame on the slot's pipe and hand a big one to a
+        thread; False at end of file.
+        """
         outcomes, alive = slot.read_outcomes()
         for outcome in outcomes:
             self._deliver(slot, outcome)
+        if alive and not slot.reading_big:
+            big = slot.take_big_frame()
+            if big is not None:
+                assert self._loop is not None
+                self._loop.remove_reader(slot.reader_fd)  # the thread reads until it is done
+                self._spawn(self._read_big(slot, *big))
         return alive
+
+    async def _read_big(
+        self: _Lane, slot: Slot, length: int, seq: int, kind: FrameKind, prefix: bytes
+    ) -> None:
+        """Read and decode one big frame in a thread, deliver it, watch the pipe again."""
+        with anyio.CancelScope(shield=True):  # the thread owns the pipe until it returns
+            outcome, rest = await anyio.to_thread.run_sync(
+                read_big_frame, slot.reader_fd, length, seq, kind, prefix
+            )
+        slot.reading_big = False
+        slot.buffer[:0] = rest
+        if outcome is not None:
+            self._deliver(slot, outcome)
+        if self._closed or slot.state in (SlotState.DEAD, SlotState.RETIRING):
+            return
+        if outcome is None or slot.dying:  # the worker is gone (it may have died mid-frame)
+            self._slot_died(slot)
+            return
+        assert self._loop is not None
+        self._loop.add_reader(slot.reader_fd, self._on_readable, slot)
+        self._on_readable(slot)  # frames read past this one, and what came meanwhile
 
     def _deliver(self: _Lane, slot: Slot, outcome: tuple[int, Outcome, float, object]) -> None:
         seq, status, seconds, value = outcome

@@ -23,7 +23,9 @@ numbers never started (see :mod:`._worker` for why this is exactly-once).
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
+import fcntl
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from multiprocessing.synchronize import Lock
 
-    from ._big_outcome import BigOutcome
     from ._lifeline import Lifeline
     from ._mp_internals import LaneInternals
     from ._protocol import Outcome
@@ -64,6 +65,7 @@ __all__ = (
 START_TIMEOUT: Final = 60.0
 """Seconds a new worker may take to answer its first submission."""
 _READ_SIZE: Final = 65536
+_PIPE_BYTES: Final = 1024 * 1024
 
 
 @dataclass(eq=False, slots=True)
@@ -131,7 +133,7 @@ class Slot:
 
     state: SlotState = SlotState.STARTING
     executor: ProcessPoolExecutor | None = None
-    serving: Future[tuple[int, BigOutcome] | None] | None = None
+    serving: Future[None] | None = None
     """The worker's :func:`._worker.serve` submission, while it runs."""
     process: multiprocessing.process.BaseProcess | None = None
     pid: int = 0
@@ -154,6 +156,10 @@ class Slot:
     """The worker's resident memory when last measured (0 before)."""
     death_reason: str | None = None
     """Why the worker died, where known (``WorkerCrashedError.reason``)."""
+    reading_big: bool = False
+    """A thread is reading a big outcome frame from the result pipe (:mod:`._big_frames`)."""
+    dying: bool = False
+    """The worker's death was seen while a big frame was being read: handled after it."""
 
     # -- its life: every state change of a slot is one of these ---------------------
     def _move(self, state: SlotState) -> None:
@@ -203,11 +209,29 @@ class Slot:
         Read and decode every complete outcome frame on the result pipe (non-blocking).
 
         Returns:
-            ``(seq, status, seconds, value)`` per outcome in order, and False once
-            the pipe reached end of file (the worker is gone).
+            ``(seq, status, seconds, value)`` per small outcome in order, and False
+            once the pipe reached end of file (the worker is gone). A big frame
+            stays in ``buffer`` (see :meth:`take_big_frame`).
         """
         frames, alive = read_frames(self)
         return [_protocol.decode_frame(seq, data) for seq, data in frames], alive
+
+    def take_big_frame(self) -> tuple[int, int, _protocol.FrameKind, bytes] | None:
+        """
+        Take the big frame ``buffer`` starts with, for a thread to read (see :mod:`._big_frames`).
+
+        Returns:
+            ``None`` when ``buffer`` does not start with a big frame's header; else
+            its ``(payload length, seq, kind)`` and the bytes read past the header,
+            which leave ``buffer``, and the slot is marked ``reading_big``.
+        """
+        big = _protocol.big_frame(self.buffer)
+        if big is None:
+            return None
+        prefix = bytes(self.buffer[_protocol.OUTCOME_HEADER.size :])
+        self.buffer.clear()
+        self.reading_big = True
+        return (*big, prefix)
 
     def withdraw_after(self, call: Call) -> list[Call]:
         """Take the calls handed over after *call* back (they will never start here)."""
@@ -227,6 +251,9 @@ class Slot:
         self.reader_fd = os.dup(opened.reader.fileno())
         opened.reader.close()
         os.set_blocking(self.reader_fd, False)
+        with contextlib.suppress(OSError, AttributeError):  # not Linux, or over pipe-max-size
+            # a big frame then moves in 1 MiB reads, not 64 KiB ones: fewer GIL handoffs
+            fcntl.fcntl(self.reader_fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         self.writer_fd = os.dup(opened.calls.fileno())
         opened.calls.close()
         os.set_blocking(self.writer_fd, False)
@@ -397,27 +424,31 @@ def write_calls(slot: Slot) -> bool:
 
 def read_frames(slot: Slot) -> tuple[list[tuple[int, bytes]], bool]:
     """
-    Read what the slot's pipe holds and split off every complete frame (non-blocking).
+    Read what the slot's pipe holds and split off every complete small frame (non-blocking).
+
+    Reading stops at the header of a big frame (:func:`._protocol.big_frame`): its
+    rest is read off the loop (:mod:`._big_frames`). Nothing is read while that runs
+    (``slot.reading_big``): the pipe is the reading thread's.
 
     Args:
-        slot: The slot; an incomplete frame stays in ``slot.buffer``.
+        slot: The slot; an incomplete or big frame stays in ``slot.buffer``.
 
     Returns:
-        ``(sequence number, encoded outcome)`` pairs in order, and False once the
+        ``(sequence number, pickled outcome)`` pairs in order, and False once the
         pipe reached end of file (the worker is gone).
     """
-    if slot.reader_fd < 0:
+    if slot.reader_fd < 0 or slot.reading_big:
         return [], True
-    alive = True
+    frames: list[tuple[int, bytes]] = []
+    buffer = slot.buffer
     while True:
         try:
             data = os.read(slot.reader_fd, _READ_SIZE)
         except BlockingIOError:
-            break
+            return frames, True
         if not data:
-            alive = False
-            break
-        slot.buffer += data
-        if len(data) < _READ_SIZE:
-            break
-    return _protocol.split_frames(slot.buffer), alive
+            return frames, False
+        buffer += data
+        frames += _protocol.split_frames(buffer)
+        if len(data) < _READ_SIZE or _protocol.big_frame(buffer) is not None:
+            return frames, True

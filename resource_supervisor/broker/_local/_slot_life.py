@@ -149,6 +149,9 @@ class LaneSlotLife:
         if slot.state is SlotState.DEAD:
             return
         self._drain(slot)
+        if slot.reading_big:  # a thread still reads a frame: decided once it is done
+            slot.dying = True
+            return
         intentional = slot.kill_reason is not None or slot.state is SlotState.RETIRING
         slot.mark_dead()
         self._stop_reading(slot)

@@ -14,8 +14,9 @@ below :data:`.._pickling.OFFLOAD_BYTES` (a few microseconds, cheaper than a thre
 handoff); bigger ones are pickled in a worker thread with their big buffers
 written to a temporary file in pieces, so the loop is not held (see
 :mod:`.._pickling`). Either way an unpicklable call fails before it is queued.
-Outcomes up to 4 KiB are decoded on the loop; bigger ones come through a spill
-file and are loaded in the executor's manager thread (:mod:`._big_outcome`).
+Outcomes come back on the slot's result pipe whatever their size: up to 64 KiB
+they are decoded on the loop, bigger ones are read and decoded in a thread
+(:mod:`._delivery`, :mod:`._big_frames`).
 
 Loops and processes: use the lane from one event loop. A call from another loop
 is refused before it is queued, and so is a call in a child forked from the

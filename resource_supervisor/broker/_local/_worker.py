@@ -9,7 +9,7 @@ loop the lane submits to a slot's single-worker ``ProcessPoolExecutor``
 calls (:mod:`.._pickling`) or maps (:mod:`.._mapping`).
 
 Calls travel on a pipe, not through the executor: :func:`serve` runs while calls
-come (until an idle spell or a big outcome, see below), reading one batch frame at a
+come (until an idle spell), reading one batch frame at a
 time from the slot's call pipe (:func:`._protocol.split_batch`). A batch with no
 calls (:data:`._protocol.STOP_FRAME`) or end of file ends it. So a call costs two
 pipe hops, with none of the executor's feeder thread, call queue and manager
@@ -27,13 +27,13 @@ Progress protocol, which is what makes batching exactly-once (see
   whose caller was cancelled before it started.
 - ``lock``: guards the check of ``skip`` and the store to ``progress`` together,
   so a call is either withdrawn or started, never both and never neither.
-- a pipe: each outcome is one frame ``!Iq`` (length, sequence number) + pickle. A frame of at most
-  :data:`._protocol.PIPE_FRAME_LIMIT` bytes is written with a single ``write`` to a pipe, which
-  the kernel makes atomic (``PIPE_BUF``), so a worker killed mid-write never leaves
-  half a frame. A bigger outcome ends the batch and :func:`serve`: it is written to
-  a spill file (:mod:`._big_outcome`) and only where it lies is returned through
-  the executor's own result channel (the calls after it never
-  started; the lane submits :func:`serve` again before its next batch).
+- a pipe: each outcome, of any size, is one length-prefixed frame
+  (:func:`._protocol.outcome_parts`). A frame of at most
+  :data:`._protocol.PIPE_FRAME_LIMIT` bytes is written with a single ``write``,
+  which the kernel makes atomic (``PIPE_BUF``); a bigger one is written whole in
+  1 MiB writes while the service reads it off its event loop
+  (:mod:`._big_frames`). A worker killed mid-frame leaves a frame that never
+  completes: the service drops it, and that call is the one ``progress`` names.
 """
 
 from __future__ import annotations
@@ -45,13 +45,12 @@ import traceback
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .._call_loading import load_call
-from ._big_outcome import BigOutcome, spill_outcome
 from ._protocol import (
-    FRAME_HEADER,
     PIPE_FRAME_LIMIT,
     Outcome,
     encode_outcome,
     outcome_frame,
+    outcome_parts,
     split_batch,
 )
 
@@ -76,12 +75,13 @@ hang the exit); so the loop never blocks longer than this. A call that comes
 after an idle spell pays one executor submission (a few hundred microseconds).
 """
 _READ_SIZE: Final = 65536
+_WRITE_PIECE: Final = 1024 * 1024
 
 
 class _Channel:
     """The slot channel of this worker process (set once by :func:`init_worker`)."""
 
-    __slots__ = ("buffer", "calls_fd", "fd", "lock", "owner", "progress", "skip", "spill_dir")
+    __slots__ = ("buffer", "calls_fd", "fd", "lock", "progress", "skip")
 
     def __init__(self) -> None:
         self.fd = -1
@@ -90,8 +90,6 @@ class _Channel:
         self.lock: Lock | None = None
         self.progress: _SharedInt | None = None
         self.skip: _SharedFlags | None = None
-        self.owner = 0  # the service's pid, for spill file names
-        self.spill_dir: str | None = None
 
 
 class _SharedInt(Protocol):  # typing shape of ._shared_progress.SharedInt
@@ -132,7 +130,7 @@ def init_worker(
         pipe: Write end of the slot's result pipe.
         calls: Read end of the slot's call pipe.
         lifeline: Read end of the lane's lifeline (:mod:`._lifeline`), or ``None``.
-        owner: The service's pid.
+        owner: The service's pid (for the lifeline's sweep of its spill files).
         spill_dir: Where the service writes spill files (:mod:`._spill`).
         oom_score_adj: Written to ``/proc/self/oom_score_adj`` so the kernel's OOM
             killer picks this worker first; ``None`` leaves it. A value the kernel
@@ -151,8 +149,6 @@ def init_worker(
     pipe.close()
     _CHANNEL.calls_fd = os.dup(calls.fileno())
     calls.close()
-    _CHANNEL.owner = owner or os.getppid()
-    _CHANNEL.spill_dir = spill_dir
     if lifeline is not None:
         from ._lifeline import watch_lifeline
 
@@ -165,18 +161,14 @@ def ready() -> int:
     return os.getpid()
 
 
-def serve() -> tuple[int, BigOutcome] | None:
+def serve() -> None:
     """
     Run the batches the lane writes to the slot's call pipe (worker side).
 
     Submitted to the slot's executor when the lane has calls for the worker; it
     runs until the lane ends it or it is idle for :data:`SERVE_IDLE_SECONDS`.
-
-    Returns:
-        ``None`` after :data:`._protocol.STOP_FRAME`, end of file or an idle spell (a batch
-        written meanwhile stays whole in the pipe for the next :func:`serve`);
-        else what :func:`run_batch` returned for an outcome too big for the
-        result pipe.
+    Returns after :data:`._protocol.STOP_FRAME`, end of file or an idle spell (a
+    batch written meanwhile stays whole in the pipe for the next :func:`serve`).
     """
     fd = _CHANNEL.calls_fd
     buffer = _CHANNEL.buffer
@@ -187,32 +179,24 @@ def serve() -> tuple[int, BigOutcome] | None:
         calls = split_batch(buffer)
         while calls is None:
             if not buffer and not poller.poll(idle_ms):
-                return None  # idle: let the executor see a finished item (see SERVE_IDLE_SECONDS)
+                return  # idle: let the executor see a finished item (see SERVE_IDLE_SECONDS)
             data = os.read(fd, _READ_SIZE)
             if not data:
-                return None
+                return
             buffer += data
             calls = split_batch(buffer)
         if not calls:  # STOP_FRAME
-            return None
-        big = run_batch(calls)
-        if big is not None:
-            return big
+            return
+        run_batch(calls)
 
 
-def run_batch(calls: list[tuple[int, bytes]]) -> tuple[int, BigOutcome] | None:
+def run_batch(calls: list[tuple[int, bytes]]) -> None:
     """
-    Run pickled calls in order, writing each outcome to the slot's pipe (worker side).
+    Run pickled calls in order, writing each outcome frame to the slot's pipe (worker side).
 
     Args:
         calls: ``(sequence number, pickled (func, args))`` pairs, at most
             :data:`._protocol.MAX_BATCH`.
-
-    Returns:
-        ``None`` when every outcome went through the pipe; otherwise the sequence
-        number of the first one too big for an atomic pipe write, and where it was
-        spilled (:mod:`._big_outcome`). The batch stops there: later calls did not
-        start.
     """
     channel = _CHANNEL
     progress, skip, lock = channel.progress, channel.skip, channel.lock
@@ -226,29 +210,25 @@ def run_batch(calls: list[tuple[int, bytes]]) -> tuple[int, BigOutcome] | None:
             if not withdrawn:
                 progress.value = seq
         if withdrawn:
-            frame, raw, seconds = encode_outcome(Outcome.SKIPPED, 0.0, None), None, 0.0
+            parts = [outcome_frame(seq, encode_outcome(Outcome.SKIPPED, 0.0, None))]
         else:
-            frame, raw, seconds = _run_one(payload)
-        if raw is not None or len(frame) + FRAME_HEADER.size > PIPE_FRAME_LIMIT:
-            big = spill_outcome(
-                frame if raw is None else raw,
-                raw=raw is not None,
-                seconds=seconds,
-                owner=channel.owner,
-                directory=channel.spill_dir,
-            )
-            return seq, big
-        os.write(fd, outcome_frame(seq, frame))
-    return None
+            parts = outcome_parts(seq, *_run_one(payload))
+        if len(parts) == 1 and len(parts[0]) <= PIPE_FRAME_LIMIT:
+            os.write(fd, parts[0])  # one atomic write
+        else:
+            _write_all(fd, parts)
 
 
-def _run_one(payload: bytes) -> tuple[bytes, bytes | None, float]:
-    """
-    Run one call; every failure is reported, none escapes.
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write a big frame's parts whole (blocking: the service reads as it comes)."""
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view[:_WRITE_PIECE]) :]
 
-    Returns ``(encoded outcome, None, seconds)``, or ``(b"", result, seconds)`` for a
-    ``bytes`` result too big for the pipe, which travels raw (:mod:`._big_outcome`).
-    """
+
+def _run_one(payload: bytes) -> tuple[Outcome, float, object]:
+    """Run one call; every failure is reported as ``(ERROR, seconds, (exception, traceback))``."""
     start = time.perf_counter()
     try:
         func, args = load_call(payload)
@@ -256,8 +236,5 @@ def _run_one(payload: bytes) -> tuple[bytes, bytes | None, float]:
     except BaseException as exc:  # noqa: BLE001 - reported to the caller, as ProcessPoolExecutor does
         seconds = time.perf_counter() - start
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return encode_outcome(Outcome.ERROR, seconds, (exc, f'\n"""\n{tb}"""')), None, seconds
-    seconds = time.perf_counter() - start
-    if type(value) is bytes and len(value) > PIPE_FRAME_LIMIT:
-        return b"", value, seconds
-    return encode_outcome(Outcome.OK, seconds, value), None, seconds
+        return Outcome.ERROR, seconds, (exc, f'\n"""\n{tb}"""')
+    return Outcome.OK, time.perf_counter() - start, value

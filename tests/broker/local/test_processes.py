@@ -185,8 +185,9 @@ async def test_calls_bigger_than_the_call_pipe_arrive_whole(process_lane: Proces
 
 async def test_worker_serves_again_after_an_idle_spell_and_a_big_result() -> None:
     """
-    A worker's serving loop returns when idle or after a result too big for the
-    pipe; the next calls still run on the same worker, with no crash counted.
+    A worker's serving loop returns when idle, and a big result travels on the same
+    pipe as the small ones; the next calls still run on the same worker, with no
+    crash counted.
     """
     from resource_supervisor.broker._local._worker import SERVE_IDLE_SECONDS
 
