@@ -6,6 +6,15 @@ server does, each with a client timeout, over a pool of keep-alive connections)
 and :func:`closed_loop` (a few clients back to back, to find the capacity).
 Latency is measured from each request's *scheduled* send time, so a generator
 that falls behind cannot hide the server's queue (no coordinated omission).
+
+Rates count only answers that arrive inside the measured window
+(:func:`window_rate`, :func:`steady_rate`): an open-loop phase waits for its
+stragglers (their latencies count), but the answers a server delivers after the
+phase ended are not goodput of the phase, or a server that queues without bound
+would be credited with its backlog (at 10 s phases and 16 calls queued, 12 %).
+Closed-loop clients that start together finish in bunches (under processor
+sharing, four calls started at once end at once), so the closed-loop rate starts
+counting only once every client has had one answer.
 Does not cover: the servers (:mod:`benchmarks._admission_app`) or the report
 (:mod:`benchmarks.admission`).
 """
@@ -14,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 
-__all__ = ("PhaseResult", "closed_loop", "open_loop")
+__all__ = ("PhaseResult", "closed_loop", "open_loop", "steady_rate", "window_rate")
 
 
 @dataclasses.dataclass(slots=True)
@@ -33,22 +43,67 @@ class PhaseResult:
     outstanding: list[int] = dataclasses.field(default_factory=list)
     """Requests in flight seen at each send."""
     finished: list[float] = dataclasses.field(default_factory=list)
-    """``perf_counter`` times at which the 200 answers arrived (closed loop only)."""
+    """``perf_counter`` times at which the 200 answers arrived, in order."""
+    window_start: float = math.nan
+    """``perf_counter`` time the goodput window opens (open loop)."""
+    clients: int = 0
+    """Back-to-back clients (closed loop); 0 for an open-loop phase."""
 
     @property
     def goodput(self) -> float:
-        """Successful answers per second of the phase."""
-        return len(self.ok_latencies_ms) / self.seconds
+        """
+        Successful answers per second: open loop, those that arrived inside the
+        window (:func:`window_rate`); closed loop, :attr:`throughput`.
+        """
+        if self.clients:
+            return self.throughput
+        return window_rate(self.finished, self.window_start, self.seconds)
 
     @property
     def throughput(self) -> float:
-        """
-        Answers per second between the first and the last 200 (closed loop): free
-        of the start-up and of the calls cut off at the end of the window.
-        """
-        if len(self.finished) < 2 or self.finished[-1] <= self.finished[0]:
-            return self.goodput
-        return (len(self.finished) - 1) / (self.finished[-1] - self.finished[0])
+        """Closed loop: the steady completion rate (:func:`steady_rate`)."""
+        return steady_rate(self.finished, max(1, self.clients))
+
+
+def window_rate(finished: list[float], start: float, seconds: float) -> float:
+    """
+    Answers per second that arrived in ``[start, start + seconds)``. Pure.
+
+    Args:
+        finished: Arrival times of the answers (any order).
+        start: When the window opens; for an open-loop phase, the first send plus
+            the unloaded latency (the earliest the first answer can arrive).
+        seconds: The window's length, the phase's sending time.
+
+    Returns:
+        The rate; ``nan`` when *start* is not known.
+    """
+    if math.isnan(start) or seconds <= 0:
+        return math.nan
+    end = start + seconds
+    return sum(1 for t in finished if start <= t < end) / seconds
+
+
+def steady_rate(finished: list[float], clients: int) -> float:
+    """
+    The completion rate of *clients* back-to-back clients, from sorted answer times. Pure.
+
+    Counted from the answer at which every client has had one (index
+    ``clients - 1``) to the last: clients that start together finish their first
+    calls together, and counting that first bunch over the span that follows it
+    overstates the rate by up to ``(clients - 1) / n`` for *n* answers.
+
+    Args:
+        finished: Answer times, sorted.
+        clients: How many clients ran.
+
+    Returns:
+        Answers per second; ``nan`` with too few answers to tell.
+    """
+    first = clients - 1
+    if len(finished) < clients + 1 or finished[-1] <= finished[first]:
+        return math.nan
+    return (len(finished) - 1 - first) / (finished[-1] - finished[first])
 
 
 class _Pool:
@@ -93,13 +148,29 @@ async def _request(
 
 
 async def open_loop(
-    port: int, rate: float, seconds: float, *, client_timeout: float, path: str = "/work"
+    port: int,
+    rate: float,
+    seconds: float,
+    *,
+    client_timeout: float,
+    settle: float = 0.0,
+    path: str = "/work",
 ) -> PhaseResult:
     """
     Send ``rate`` requests per second for *seconds*, each bounded by *client_timeout*.
 
+    Args:
+        port: The server's port on 127.0.0.1.
+        rate: Requests per second.
+        seconds: How long to send.
+        client_timeout: Seconds a request may take before the client gives up.
+        settle: Where the goodput window opens after the first send, in seconds
+            (the unloaded latency: no answer can come earlier).
+        path: The path requested.
+
     Returns:
-        The phase's counts and the latencies (ms) of the 200 answers.
+        The phase's counts, the latencies (ms) of all 200 answers, and goodput
+        counted over the answers inside the window.
     """
     result = PhaseResult(seconds)
     pool = _Pool(port)
@@ -130,7 +201,9 @@ async def open_loop(
         else:
             conn[1].close()
         if status == 200:
-            result.ok_latencies_ms.append((time.perf_counter() - scheduled) * 1e3)
+            done = time.perf_counter()
+            result.ok_latencies_ms.append((done - scheduled) * 1e3)
+            result.finished.append(done)
         elif status in (429, 503):
             result.rejected += 1
         else:
@@ -140,6 +213,7 @@ async def open_loop(
     total = int(rate * seconds)
     tasks: set[asyncio.Task[None]] = set()
     start = time.perf_counter()
+    result.window_start = start + settle
     try:
         for i in range(total):
             scheduled = start + i * interval
@@ -170,7 +244,7 @@ async def closed_loop(
         The counts and latencies of the calls that finished within the window;
         ``goodput`` is the throughput they reached.
     """
-    result = PhaseResult(seconds)
+    result = PhaseResult(seconds, clients=clients)
     end = time.perf_counter() + seconds
 
     async def client() -> None:

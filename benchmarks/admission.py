@@ -11,7 +11,8 @@ unloaded latency is that of one client at a time. Each phase sends requests at a
 fixed rate whatever the server does, each with a client timeout, so overload is
 real: the bare service admits everything and its queue grows with the phase.
 
-Figures per phase: goodput (200 answers per second), p50 and p99 latency of the
+Figures per phase: goodput (200 answers per second that arrived within the
+phase's sending time, shifted by the unloaded latency), p50 and p99 latency of all
 admitted (200) requests measured from their scheduled send time, rejections
 (503/429) and client timeouts. The bare service is restarted after each overload
 phase: the work of requests whose clients gave up keeps running in it for tens of
@@ -233,7 +234,11 @@ async def run(ctx: SuiteContext) -> None:
             static.env = {**env, "ADMISSION_BENCH_STATIC": str(slots)}
             await static.restart()
             trial = await open_loop(
-                static.port, first.capacity, ctx.scale(3.0, 1.0), client_timeout=client_timeout
+                static.port,
+                first.capacity,
+                ctx.scale(3.0, 1.0),
+                client_timeout=client_timeout,
+                settle=first.unloaded_p50 / 1e3,
             )
             tuned.append((trial.goodput, _p(trial.ok_latencies_ms, 99), slots))
         best = max(goodput for goodput, _, _ in tuned)
@@ -271,6 +276,7 @@ async def run(ctx: SuiteContext) -> None:
                         calibration.capacity * load,
                         phase_s,
                         client_timeout=client_timeout,
+                        settle=calibration.unloaded_p50 / 1e3,
                     )
                     throttled.setdefault((name, load), []).append(
                         _throttled(before, server.throttling())

@@ -108,7 +108,9 @@ class AdmissionSettings(Frozen):
     """Callers that may wait for a slot; beyond it they are refused at once."""
     queue_timeout: Timeout | Literal["auto"] | None = "auto"
     """Seconds a caller may wait; ``auto`` = twice the minimum latency times ``tolerance``.
-    The queue is FIFO until its oldest caller has waited half of this, then LIFO."""
+    The queue turns LIFO once its oldest caller has waited a quarter of the minimum
+    latency (or half of this); a queue standing this long refuses callers that waited
+    over half the minimum latency."""
     tolerance: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
     """How much slower than the minimum latency calls may get before the limit shrinks."""
     smoothing: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2

@@ -2,7 +2,7 @@
 The adaptive admission limiter behind ``sup.admission``.
 
 Covers: :class:`AdmissionLimiter` (``async with limiter.slot(): ...``, a bounded
-FIFO wait queue with an optional wait bound, :class:`AdmissionRejectedError`
+wait queue (FIFO, LIFO under overload) with an optional wait bound, :class:`AdmissionRejectedError`
 beyond it), the windows of latency samples it feeds to the pure algorithm
 (:mod:`._limit`), the drain rate behind ``retry_after``, pressure adjustments
 from each snapshot (:mod:`._pressure`, :mod:`._cpu_stat`) and
@@ -35,7 +35,7 @@ from ._pressure import (
     PressureParams,
     pressure_adjustment,
 )
-from ._queue_order import serve_newest
+from ._queue_order import serve_newest, wait_bound
 from ._statistics import AdmissionStatistics
 
 if TYPE_CHECKING:
@@ -51,19 +51,19 @@ __all__ = ("AdmissionLimiter", "AdmissionStatistics", "serve_newest")
 _DRAIN_SMOOTHING: Final = 0.3
 _MAX_RETRY_AFTER: Final = 60.0
 _AUTO_WAIT_TOLERANCES: Final = 2.0
-"""``queue_timeout="auto"`` waits this many times ``tolerance x reference``, so that the
-queue turns LIFO (:func:`serve_newest`, at half the bound) once its oldest caller has
-waited as long as the gradient tolerates a call taking. Do not change without a full
-``benchmarks/admission.py`` run: shorter refuses bursts at 1x, longer only adds
-latency at moderate load."""
+"""``queue_timeout="auto"`` waits this many times ``tolerance x reference``: the time a
+burst may take to drain, and the interval after which a queue that never emptied
+counts as standing (:func:`~._queue_order.wait_bound`). Do not change without a full
+``benchmarks/admission.py`` run: shorter refuses bursts at 1x."""
 
 
 class _Waiter:
-    __slots__ = ("event", "granted", "since")
+    __slots__ = ("event", "expired", "granted", "since")
 
     def __init__(self, since: float) -> None:
         self.event = anyio.Event()
         self.granted = False
+        self.expired = False
         self.since = since
 
 
@@ -97,11 +97,14 @@ class AdmissionLimiter:
     An adaptive concurrency limit for any asyncio code.
 
     ``async with limiter.slot(): ...`` runs the block once fewer than
-    :attr:`limit` blocks run; otherwise it waits in a FIFO queue of at most
+    :attr:`limit` blocks run; otherwise it waits in a queue of at most
     *queue_limit* callers, or raises :exc:`AdmissionRejectedError` at once when the
     queue is full (and after *queue_timeout* seconds of waiting). The queue is
-    FIFO until its oldest caller has waited half the wait bound, then serves the
-    newest caller first (adaptive LIFO, see :func:`serve_newest`). The limit follows
+    FIFO until its oldest caller has waited a quarter of the reference latency (or
+    half the wait bound), then serves the newest caller first (adaptive LIFO, see
+    :func:`serve_newest`); once it has stood for a whole wait bound, callers that
+    waited over half the reference latency are refused when a slot frees
+    (:func:`~._queue_order.wait_bound`). The limit follows
     the blocks' latency (see :mod:`resource_supervisor._admission._limit`) and is
     tightened by memory, CPU and process-lane pressure at each supervisor sample.
 
@@ -110,8 +113,7 @@ class AdmissionLimiter:
         queue_limit: Callers that may wait for a slot (0 = never wait).
         queue_timeout: Seconds a caller may wait; ``"auto"`` = twice the
             reference (minimum) latency times the tolerance (no bound until one is
-            measured), so that the queue turns LIFO once its oldest caller has
-            waited one tolerated latency; ``None`` = no bound (and always FIFO).
+            measured); ``None`` = no bound (always FIFO, nobody refused for waiting).
         window_samples: Completed calls per update of the limit.
         pressure: Thresholds of the pressure rule.
         cpu_stat: Reader of the cgroup's CPU throttling; ``None`` = no throttling input.
@@ -157,6 +159,7 @@ class AdmissionLimiter:
         self._throttled_ratio = math.nan
         self._throttled_seconds = math.nan
         self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._standing_since = math.nan  # when the queue last became non-empty
         self._in_flight = 0
         self._admitted = 0
         self._rejected = 0
@@ -219,6 +222,8 @@ class AdmissionLimiter:
             self._rejected += 1
             raise self._rejection(timed_out=False)
         waiter = _Waiter(self._clock())
+        if not self._waiters:
+            self._standing_since = waiter.since
         self._waiters.append(waiter)
         try:
             with anyio.move_on_after(self._max_wait()):
@@ -226,14 +231,15 @@ class AdmissionLimiter:
         except BaseException:
             if waiter.granted:
                 self._release_slot()  # cancelled as the slot arrived: pass it on
-            else:
-                self._waiters.remove(waiter)
+            elif not waiter.expired:
+                self._leave(waiter)
             raise
         if waiter.granted:
             return self._clock()
         if self._closed:
             raise SupervisorClosedError("admission")
-        self._waiters.remove(waiter)
+        if not waiter.expired:
+            self._leave(waiter)
         self._rejected += 1
         self._timed_out += 1
         raise self._rejection(timed_out=True)
@@ -279,19 +285,36 @@ class AdmissionLimiter:
         self._in_flight -= 1
         self._dispatch()
 
+    def _leave(self, waiter: _Waiter) -> None:
+        self._waiters.remove(waiter)
+        if not self._waiters:
+            self._standing_since = math.nan
+
     def _dispatch(self) -> None:
         if not self._waiters or self._closed:
             return
         max_wait = self._max_wait()
-        while self._waiters and self._in_flight < self._admit:
-            waiters = self._waiters
-            if serve_newest(self._clock() - waiters[0].since, max_wait):
+        reference = self._state.reference
+        waiters = self._waiters
+        while waiters and self._in_flight < self._admit:
+            now = self._clock()
+            bound = wait_bound(max_wait, now - self._standing_since, reference)
+            while waiters and now - waiters[0].since > bound:
+                # Waited past what a standing queue allows: refuse rather than serve late.
+                expired = waiters.popleft()
+                expired.expired = True
+                expired.event.set()
+            if not waiters:
+                break
+            if serve_newest(now - waiters[0].since, max_wait, reference):
                 waiter = waiters.pop()
             else:
                 waiter = waiters.popleft()
             waiter.granted = True
             self._grant()
             waiter.event.set()
+        if not waiters:
+            self._standing_since = math.nan
 
     def _close_window(self, now: float) -> None:
         elapsed = now - self._window_started

@@ -23,7 +23,8 @@ from .._exceptions import AdmissionRejectedError, SupervisorClosedError
 from ._paths import app_path, exempt_prefix, is_exempt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection
+    import re
+    from collections.abc import Callable, Collection, Iterable, Sequence
 
     from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -79,7 +80,7 @@ class AdmissionMiddleware:
         # Imported here: _shedding needs fastapi, which this module does not.
         from ._app_supervisor import find_supervisor as _find_supervisor
         from ._shedding import DEFAULT_EXEMPT_PATHS
-        from ._shedding import route_is_marked as _route_is_marked
+        from ._shedding import marked_patterns as _marked_patterns
 
         if status_code not in (None, 429, 503):
             raise ValueError(f"status_code must be 429 or 503, got {status_code!r}")
@@ -90,7 +91,12 @@ class AdmissionMiddleware:
         self._limiter = limiter
         self._supervisor = supervisor
         self._find_supervisor: Callable[[Scope], Supervisor | None] = _find_supervisor
-        self._route_is_marked: Callable[[Scope, str], bool] = _route_is_marked
+        self._marked_patterns: Callable[[Iterable[object], str], list[re.Pattern[str]]] = (
+            _marked_patterns
+        )
+        # The marked routes' patterns, walked once per routes list (and again when it
+        # grows): walking and compiling them per request cost more than the limiter.
+        self._marked: tuple[object, int, tuple[re.Pattern[str], ...]] = (None, -1, ())
         self.rejected_total = 0
         """Requests refused so far."""
 
@@ -148,4 +154,15 @@ class AdmissionMiddleware:
 
     def _is_exempt(self, scope: Scope) -> bool:
         path = app_path(scope)
-        return is_exempt(path, self._exempt) or self._route_is_marked(scope, path)
+        if is_exempt(path, self._exempt):
+            return True
+        # Matched as the router matches: unresolved, so /ready/../work is not /ready.
+        return any(pattern.match(path) for pattern in self._marked_for(scope))
+
+    def _marked_for(self, scope: Scope) -> tuple[re.Pattern[str], ...]:
+        routes: Sequence[object] = getattr(scope.get("app"), "routes", ())
+        known, count, patterns = self._marked
+        if known is not routes or count != len(routes):
+            patterns = tuple(self._marked_patterns(routes, ""))
+            self._marked = (routes, len(routes), patterns)
+        return patterns

@@ -194,3 +194,25 @@ async def test_non_http_traffic_and_a_closed_limiter_pass_through() -> None:
     async with client_for(app) as client:
         limiter.close()
         assert (await client.get("/slow")).status_code == 200
+
+
+async def test_a_marked_route_added_after_the_first_request_is_exempt() -> None:
+    """The marked routes are looked up once per routes list, and again when it grows."""
+    gate = anyio.Event()
+    limiter = one_slot()
+    app = make_app(gate, limiter=limiter)
+    with anyio.fail_after(5):
+        async with client_for(app) as client, anyio.create_task_group() as tg:
+            assert (await client.get("/ready")).status_code == 200  # walks the routes
+
+            @app.get("/late")
+            @exempt_from_shedding
+            async def late() -> dict[str, bool]:
+                return {"late": True}
+
+            tg.start_soon(client.get, "/slow")
+            await anyio.wait_all_tasks_blocked()
+            assert limiter.statistics().in_flight == 1
+            assert (await client.get("/late")).status_code == 200
+            assert (await client.get("/ready/../slow")).status_code == 503
+            gate.set()
