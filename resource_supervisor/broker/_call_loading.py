@@ -23,7 +23,7 @@ import os
 import pickle
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._local._pieces import load_pieces
+from ._local._pieces import load_pieces, split_blob
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -54,16 +54,14 @@ def rebuild_bytes(buffer: object, as_bytes: bool) -> bytes | bytearray:  # noqa:
     return bytes(view) if as_bytes else bytearray(view)
 
 
-def rebuild_pieces(as_tuple: bool, *pieces: object) -> list[object] | tuple[object, ...]:  # noqa: FBT001 - pickled
-    """Rebuild a list (a tuple if *as_tuple*) argument pickled in pieces (``._local._pieces``)."""
-    return load_pieces((memoryview(p) for p in pieces), as_tuple=as_tuple)  # type: ignore[arg-type]
+def rebuild_pieces(as_tuple: bool, blob: object) -> list[object] | tuple[object, ...]:  # noqa: FBT001 - pickled
+    """Rebuild a list (a tuple if *as_tuple*) argument from its pieces laid end to end."""
+    return load_pieces(split_blob(memoryview(blob)), as_tuple=as_tuple)  # type: ignore[arg-type]
 
 
-def rebuild_text(*pieces: object) -> str:
-    """Rebuild an out-of-band ``str`` argument from its UTF-8 pieces."""
-    if len(pieces) == 1:
-        return str(memoryview(pieces[0]), "utf-8", "surrogatepass")  # type: ignore[arg-type]
-    return b"".join(pieces).decode("utf-8", "surrogatepass")  # type: ignore[arg-type]
+def rebuild_text(buffer: object) -> str:
+    """Rebuild an out-of-band ``str`` argument from its UTF-8 bytes."""
+    return str(memoryview(buffer), "utf-8", "surrogatepass")  # type: ignore[arg-type]
 
 
 def discard_spill(path: str | None) -> None:

@@ -28,7 +28,10 @@ released during each write), and the pickle sent to the worker only names the
 file. A big ``str`` argument is encoded to UTF-8 in pieces and travels the same
 way, and so does a long ``list`` or ``tuple`` argument, pickled a slice of about
 256 KiB at a time (:mod:`._local._pieces`), so the loop gets the GIL between
-slices. The worker reads them back in :func:`load_call`. Other big objects (a
+slices; their pieces are written to the file as they are made and freed at once
+(held together and freed at the end, 500 MiB of them went back to the system
+in one ``munmap`` that held the loop for about 19 ms). The worker reads them
+back in :func:`load_call`. Other big objects (a
 big ``dict``, a big ``str`` inside a container, one huge item inside a list) are
 pickled in the thread in one ``pickle.dumps``, which holds the GIL, and so the
 event loop, for as long as it runs: their shape cannot be split from outside.
@@ -52,11 +55,11 @@ from ._call_loading import (
     rebuild_pieces,
     rebuild_text,
 )
-from ._local._pieces import Pacer, pickle_pieces, piece_worthy
+from ._local._pieces import PIECE_HEADER, Pacer, iter_pieces, piece_worthy
 from ._local._spill import spill_prefix
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 __all__ = (
     "OFFLOAD_BYTES",
@@ -285,45 +288,72 @@ class _OutOfBand:
         return rebuild_bytes, (pickle.PickleBuffer(self.value), type(self.value) is bytes)
 
 
-class _OutOfBandText:
+class _Streamed:
+    """
+    An argument written to the spill file piece by piece as it is encoded, never whole.
+
+    It pickles as one out-of-band buffer, an empty marker that
+    :func:`pickle_call_spilled` replaces by the pieces of :meth:`parts` in the file.
+    Why: the pieces of a 500 MiB argument held together would take 500 MiB more,
+    and freeing them at the end gives the heap back in one go (a ``munmap`` of
+    hundreds of MiB that holds the GIL, so the event loop, for tens of ms); streamed,
+    each piece is freed as soon as it is written.
+    """
+
+    __slots__ = ("marker",)
+
+    def __init__(self) -> None:
+        self.marker = bytearray()
+
+    def parts(self) -> Iterator[bytes]:
+        """Yield the bytes that stand for the marker in the spill file, in order."""
+        raise NotImplementedError
+
+
+class _OutOfBandText(_Streamed):
     """
     A big ``str`` argument, encoded to UTF-8 in pieces so that it too travels out of band.
 
     Pickling a ``str`` encodes it in one C call that holds the GIL throughout (a
     500 MiB string held the event loop for about 2 s, even from a thread);
-    encoding 256 Ki characters at a time lets the GIL switch between pieces. The
-    pieces stay apart (out-of-band buffers each): joined, the whole would be
-    copied once more, and freed in one go (a 500 MiB ``munmap`` under the GIL).
+    encoding 256 Ki characters at a time lets the GIL switch between pieces.
     """
 
-    __slots__ = ("pieces",)
+    __slots__ = ("text",)
 
     def __init__(self, text: str) -> None:
-        self.pieces: list[bytes] = []
-        pace = Pacer()
+        super().__init__()
+        self.text = text
+
+    def parts(self) -> Iterator[bytes]:
+        text, pace = self.text, Pacer()
         for start in range(0, len(text), _ENCODE_PIECE):
-            self.pieces.append(text[start : start + _ENCODE_PIECE].encode("utf-8", "surrogatepass"))
+            yield text[start : start + _ENCODE_PIECE].encode("utf-8", "surrogatepass")
             pace()
 
     def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
-        return rebuild_text, tuple(pickle.PickleBuffer(piece) for piece in self.pieces)
+        return rebuild_text, (pickle.PickleBuffer(self.marker),)
 
 
-class _OutOfBandPieces:
+class _OutOfBandPieces(_Streamed):
     """
     A long list or tuple argument, pickled a slice at a time (:mod:`._local._pieces`)
     so that the GIL goes to the event loop between slices; the pieces travel out of band.
     """
 
-    __slots__ = ("as_tuple", "pieces")
+    __slots__ = ("items",)
 
     def __init__(self, items: list[object] | tuple[object, ...]) -> None:
-        self.as_tuple = type(items) is tuple
-        self.pieces = pickle_pieces(items)
+        super().__init__()
+        self.items = items
+
+    def parts(self) -> Iterator[bytes]:
+        for piece in iter_pieces(self.items):
+            yield PIECE_HEADER.pack(len(piece))
+            yield piece
 
     def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
-        buffers = tuple(pickle.PickleBuffer(piece) for piece in self.pieces)
-        return rebuild_pieces, (self.as_tuple, *buffers)
+        return rebuild_pieces, (type(self.items) is tuple, pickle.PickleBuffer(self.marker))
 
 
 def _out_of_band(arg: object) -> object:
@@ -362,22 +392,19 @@ def pickle_call_spilled(
         header = pickle.dumps((func, wrapped), protocol=5, buffer_callback=buffers.append)
     except _PICKLE_ERRORS as exc:
         raise _diagnose(func, args, exc) from exc
-    del wrapped  # from here the buffers hold the pieces: each is freed once written
     if not buffers:
         return header, None
+    streamed = {id(w.marker): w for w in wrapped if isinstance(w, _Streamed)}
     fd, path = tempfile.mkstemp(prefix=spill_prefix())  # swept if the service dies
     try:
         sizes = []
-        buffers.reverse()
-        while buffers:  # popped, so that each piece is freed once written, not all at the end
-            buffer = buffers.pop()
+        for buffer in buffers:
             with buffer.raw() as view:
-                sizes.append(view.nbytes)
-                for start in range(0, view.nbytes, _WRITE_PIECE):
-                    piece = view[start : start + _WRITE_PIECE]
-                    while piece:  # os.write releases the GIL while the kernel copies
-                        piece = piece[os.write(fd, piece) :]
-            del buffer, view
+                stream = streamed.get(id(view.obj))
+                if stream is None:
+                    sizes.append(_write_all(fd, view))
+                else:  # each part is freed once written
+                    sizes.append(sum(_write_all(fd, memoryview(p)) for p in stream.parts()))
     except BaseException:
         os.close(fd)
         discard_spill(path)
@@ -385,6 +412,15 @@ def pickle_call_spilled(
     os.close(fd)
     spilled = Spilled(header, path, tuple(sizes))
     return pickle.dumps(spilled, protocol=pickle.HIGHEST_PROTOCOL), path
+
+
+def _write_all(fd: int, view: memoryview) -> int:
+    """Write *view* whole, 1 MiB at a time (``os.write`` releases the GIL); return its size."""
+    for start in range(0, view.nbytes, _WRITE_PIECE):
+        piece = view[start : start + _WRITE_PIECE]
+        while piece:
+            piece = piece[os.write(fd, piece) :]
+    return view.nbytes
 
 
 def check_picklable(func: Callable[..., object], args: tuple[object, ...]) -> None:

@@ -21,26 +21,32 @@ Only light standard-library modules are imported here: worker processes use it.
 from __future__ import annotations
 
 import pickle
+import struct
 import time
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
 __all__ = (
     "PACE_SECONDS",
     "PIECE_BYTES",
+    "PIECE_HEADER",
     "PIECE_MIN_ITEMS",
     "Pacer",
+    "iter_pieces",
     "load_pieces",
     "pickle_pieces",
     "piece_worthy",
+    "split_blob",
 )
 
 PIECE_BYTES: Final = 256 * 1024
 """About how big one piece's pickle is (a fraction of a millisecond to load)."""
 PIECE_MIN_ITEMS: Final = 1024
 """A list or tuple with fewer items is pickled whole."""
+PIECE_HEADER: Final = struct.Struct("!Q")
+"""Prefix of one pickled piece where pieces are laid end to end: its length."""
 _FIRST_PIECE: Final = 64  # items in the first piece, before the sizes are known
 PACE_SECONDS: Final = 0.002
 """How long a :class:`Pacer` lets its thread work before it lets the GIL go."""
@@ -87,17 +93,41 @@ def pickle_pieces(items: Sequence[object]) -> list[bytes]:
     Raises:
         Exception: Whatever ``pickle.dumps`` raises for an item.
     """
-    pieces: list[bytes] = []
+    return list(iter_pieces(items))
+
+
+def iter_pieces(items: Sequence[object]) -> Iterator[bytes]:
+    """
+    Pickle *items* a slice at a time, as :func:`pickle_pieces`, yielding each piece as it is
+    made (so that a caller writing them out never holds them all).
+
+    Args:
+        items: A list or tuple.
+
+    Yields:
+        The pickled slices, in order.
+    """
     start, count, total = 0, _FIRST_PIECE, len(items)
     pace = Pacer()
     while start < total:
         pace()
         piece = pickle.dumps(list(items[start : start + count]), protocol=pickle.HIGHEST_PROTOCOL)
-        pieces.append(piece)
+        yield piece
         start += count
         # aim the next slice at PIECE_BYTES from this one's bytes per item, growing at most 4x
         per_item = max(1, len(piece) // count)
         count = max(1, min(count * 4, PIECE_BYTES // per_item))
+
+
+def split_blob(blob: memoryview) -> list[memoryview]:
+    """Return the pieces of *blob*, each prefixed by :data:`PIECE_HEADER`, laid end to end."""
+    pieces: list[memoryview] = []
+    offset, end = 0, len(blob)
+    while offset < end:
+        (length,) = PIECE_HEADER.unpack_from(blob, offset)
+        offset += PIECE_HEADER.size
+        pieces.append(blob[offset : offset + length])
+        offset += length
     return pieces
 
 

@@ -47,7 +47,7 @@ import struct
 import sys
 from typing import Final
 
-from ._pieces import pickle_pieces, piece_worthy
+from ._pieces import PIECE_HEADER, pickle_pieces, piece_worthy
 
 __all__ = (
     "BATCH_HEADER",
@@ -86,8 +86,6 @@ OUTCOME_HEADER: Final = struct.Struct("!QqB")
 """Prefix of an outcome frame: payload length, the call's sequence number, :class:`FrameKind`."""
 BIG_HEAD: Final = struct.Struct("!dB")
 """Start of a payload that is not pickled: the call's seconds, then a detail byte."""
-PIECE_HEADER: Final = struct.Struct("!Q")
-"""Prefix of one pickled piece in a :attr:`FrameKind.PIECES` body: its length."""
 PIPE_FRAME_LIMIT: Final = 4096
 """Largest frame written with one ``write``: Linux's PIPE_BUF, the atomic write size."""
 BIG_FRAME_BYTES: Final = 65536
