@@ -33,6 +33,25 @@ def die_mid_frame(n: int) -> None:
     write a third of it, then SIGKILL this worker: what a worker killed while sending a
     big result leaves behind.
     """
+    _write_a_third(n)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stall_mid_frame(n: int, directory: str) -> None:
+    """Write a third of a big ``bytes`` outcome frame, create ``directory/stalled``, then
+    wait (up to 30 s) for ``directory/go``: a worker caught in the middle of a big frame."""
+    import time
+    from pathlib import Path
+
+    _write_a_third(n)
+    Path(directory, "stalled").touch()
+    deadline = time.monotonic() + 30
+    while not Path(directory, "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)  # never finish the frame: the test kills first
+
+
+def _write_a_third(n: int) -> None:
     from resource_supervisor.broker._local import _protocol, _worker
 
     channel = _worker._CHANNEL  # the test plays the worker's own part
@@ -44,7 +63,6 @@ def die_mid_frame(n: int) -> None:
     view = memoryview(head + b"\x01" * (n // 3))
     while view:
         view = view[os.write(channel.fd, view) :]
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def digest_items(items: list[bytes] | tuple[bytes, ...]) -> tuple[str, int, int]:

@@ -202,3 +202,37 @@ async def test_a_worker_killed_mid_frame_fails_only_its_running_call(tmp_path: P
         assert lane.statistics().crashed_total == 1
         assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
     assert _spill_files() == []
+
+
+async def test_cancelling_the_call_whose_big_frame_is_being_read(tmp_path: Path) -> None:
+    """
+    A call cancelled while its worker is in the middle of writing its big frame (and the
+    lane's thread is reading it) is the running one: its worker is killed, the thread
+    sees the pipe end, and the calls handed over after it run once on a new worker;
+    the kill is not counted as a crash.
+    """
+    async with ProcessLane(lane_settings(), max_workers=1) as lane:
+        await asyncio.gather(*(lane.run(_workers.square, (i,), timeout=None) for i in range(40)))
+        stalled = asyncio.ensure_future(
+            lane.run(_payload_workers.stall_mid_frame, (3 * MiB, str(tmp_path)), timeout=None)
+        )
+        later = [
+            asyncio.ensure_future(
+                lane.run(_workers.record, (str(tmp_path), f"c{i}", i), timeout=None)
+            )
+            for i in range(4)
+        ]
+        with anyio.fail_after(20):  # hang guard: the worker lives in another process
+            while not (tmp_path / "stalled").exists():  # noqa: ASYNC110 - another process
+                await anyio.sleep(0.005)
+            while not any(slot.reading_big for slot in lane._slots):  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        stalled.cancel()
+        assert await asyncio.gather(*later) == list(range(4))
+        with pytest.raises(asyncio.CancelledError):
+            await stalled
+        for i in range(4):
+            assert (tmp_path / f"c{i}").read_text() == "x\n"
+        assert lane.statistics().crashed_total == 0
+        assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
+    assert _spill_files() == []
