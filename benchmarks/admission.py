@@ -165,6 +165,14 @@ def _servers(
             server.stop()
 
 
+MAX_CONNECTIONS = 128
+
+
+def _connections(rate: float, client_timeout: float) -> int:
+    """Connections opened before a phase: as many as its requests can hold at once."""
+    return min(MAX_CONNECTIONS, math.ceil(rate * client_timeout))
+
+
 def _p(values: list[float], q: float) -> float:
     return percentile(values, q) if values else math.nan
 
@@ -239,6 +247,7 @@ async def run(ctx: SuiteContext) -> None:
                 ctx.scale(3.0, 1.0),
                 client_timeout=client_timeout,
                 settle=first.unloaded_p50 / 1e3,
+                connections=_connections(first.capacity, client_timeout),
             )
             tuned.append((trial.goodput, _p(trial.ok_latencies_ms, 99), slots))
         best = max(goodput for goodput, _, _ in tuned)
@@ -277,6 +286,7 @@ async def run(ctx: SuiteContext) -> None:
                         phase_s,
                         client_timeout=client_timeout,
                         settle=calibration.unloaded_p50 / 1e3,
+                        connections=_connections(calibration.capacity * load, client_timeout),
                     )
                     throttled.setdefault((name, load), []).append(
                         _throttled(before, server.throttling())
@@ -479,7 +489,8 @@ async def run(ctx: SuiteContext) -> None:
         "cgroup (the quota above, a weight of "
         f"{SHARES} shares so that it gets the quota on a busy machine), the load "
         "generator in one with the same weight. Latency counts from each "
-        "request's scheduled send time. The static limit admits its slots and queues "
+        "request's scheduled send time, on keep-alive connections opened before "
+        "the phase (as the unloaded latency's). The static limit admits its slots and queues "
         "as many again, without a wait bound."
     )
     ctx.note(
