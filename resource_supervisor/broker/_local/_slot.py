@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from . import _protocol, _worker
 from ._forkserver import LaneForkServerContext
 from ._mp_internals import check_internals, result_queue_writer, worker_process
+from ._recycling import rss_bytes
 from ._shared_progress import shared_progress
 
 if TYPE_CHECKING:
@@ -294,6 +295,8 @@ class OpenedSlot:
     progress: _SharedInt
     skip: _SharedFlags
     lock: Lock
+    rss_bytes: int = 0
+    """The new worker's resident memory, measured once it answered."""
 
 
 def open_slot(
@@ -362,7 +365,8 @@ def open_slot(
     if result_writer is not None:
         result_writer.close()  # see result_queue_writer: a killed worker cannot hang shutdown
     process = worker_process(executor, pid, internals)
-    return OpenedSlot(executor, process, pid, reader, calls, progress, skip, lock)
+    rss = rss_bytes(pid)  # here, off the loop: it reads /proc
+    return OpenedSlot(executor, process, pid, reader, calls, progress, skip, lock, rss)
 
 
 def boot_server(ctx: multiprocessing.context.BaseContext) -> None:

@@ -36,7 +36,6 @@ from ..._exceptions import WorkerCrashedError
 from ._dispatch import sort_unfinished
 from ._fork_guard import guard_lane
 from ._launcher import kill_worker, stop_reading
-from ._recycling import rss_bytes
 from ._slot import Slot, SlotState
 from ._spill import sweep_spills
 
@@ -77,6 +76,7 @@ class _Lane(Protocol):
     def _wake(self) -> None: ...
     async def _maintain(self) -> None: ...
     async def _sweep_spills(self) -> None: ...
+    async def _start_oom_count(self) -> None: ...
     async def _start_slot(self, slot: Slot) -> None: ...
     async def _reap(self, slot: Slot, running: Call | None) -> None: ...
     async def _retire_slot(self, slot: Slot) -> None: ...
@@ -113,11 +113,16 @@ class LaneSlotLife:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             guard_lane(self)
-            self._oom.start()
+            self._spawn(self._start_oom_count())
             self._wakeup = asyncio.Event()
             self._spawn(self._maintain(), maintainer=True)
             self._spawn(self._sweep_spills())
         return self._loop
+
+    async def _start_oom_count(self: _Lane) -> None:
+        """Take the cgroup's OOM-kill count as the baseline (in a thread: it reads files)."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._oom.start)
 
     async def _sweep_spills(self: _Lane) -> None:
         """Remove spill files a dead service left behind (in a thread: a directory scan)."""
@@ -163,15 +168,18 @@ class LaneSlotLife:
         if not intentional:
             self._counts.crashed += 1
             slot.crashed = True
-            if self._oom.rose():
-                self._counts.oom_kills += 1
-                slot.death_reason = "oom_kill"
         self._requeue(not_started)
         self._spawn(self._reap(slot, running))
         self._dispatch()
         self._resize()
 
     async def _reap(self: _Lane, slot: Slot, running: Call | None) -> None:
+        if slot.crashed:  # did the kernel's OOM killer end it? (in a thread: it reads a file)
+            with anyio.CancelScope(shield=True):
+                oom_killed = await anyio.to_thread.run_sync(self._oom.rose)
+            if oom_killed:
+                self._counts.oom_kills += 1
+                slot.death_reason = "oom_kill"
         await self._launcher.shutdown(slot, self._loop)
         if running is not None and not running.future.done():
             process = slot.process
@@ -215,7 +223,7 @@ class LaneSlotLife:
                         self._counts.failed += 1
             return
         slot.adopt(opened)
-        slot.rss_bytes = rss_bytes(slot.pid)  # what the next worker is judged by
+        slot.rss_bytes = opened.rss_bytes  # what the next worker is judged by
         if self._closed or slot.kill_reason is not None:
             slot.mark_killed(slot.kill_reason)
             kill_worker(slot.pid)

@@ -137,7 +137,9 @@ class LaneSubmission:
         try:
             return await self._enqueue(func, payload, timeout, kill_on_cancel=kill_on_cancel)
         finally:
-            discard_spill(spill)  # usually gone already: the worker removes it once read
+            if spill is not None:  # usually gone already: the worker removes it once read
+                with anyio.CancelScope(shield=True):  # a file system call: not on the loop
+                    await anyio.to_thread.run_sync(discard_spill, spill)
 
     async def _enqueue(
         self: _Lane,

@@ -21,6 +21,7 @@ with ``reason="oom_kill"`` and ``process_oom_kills_total`` counts it.
 from __future__ import annotations
 
 import os
+import threading
 from typing import TYPE_CHECKING
 
 from ..._sources._cgroup import locate_cgroup
@@ -97,6 +98,7 @@ class OomKillCounter:
         self._path: str | None = None
         self._located = False
         self._last: int | None = None
+        self._lock = threading.Lock()  # start and rose run in worker threads, maybe at once
 
     def _read(self) -> int | None:
         if not self._located:
@@ -116,19 +118,22 @@ class OomKillCounter:
             return None
 
     def start(self) -> None:
-        """Take the count now as the baseline."""
-        self._last = self._read()
+        """Take the count now as the baseline (blocking: it reads files; call from a thread)."""
+        with self._lock:
+            self._last = self._read()
 
     def rose(self) -> bool:
         """
-        Return whether OOM kills were counted since the last :meth:`start` or call.
+        Return whether OOM kills were counted since the last :meth:`start` or call
+        (blocking: it reads a file; call from a thread).
 
         Returns:
             True when the count grew; False when it did not or cannot be read.
         """
-        count = self._read()
-        if count is None:
-            return False
-        grew = self._last is not None and count > self._last
-        self._last = count
-        return grew
+        with self._lock:
+            count = self._read()
+            if count is None:
+                return False
+            grew = self._last is not None and count > self._last
+            self._last = count
+            return grew
