@@ -27,6 +27,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import signal
+import threading
 import warnings
 from typing import TYPE_CHECKING, Final
 
@@ -94,6 +95,15 @@ def stop_reading(loop: asyncio.AbstractEventLoop | None, slot: Slot) -> None:
         loop.remove_writer(slot.writer_fd)
 
 
+def _refusal() -> UnguardedMainError | None:
+    """The refusal a worker left in the main-guard marker, if any (blocking: it stats a file)."""
+    try:
+        check_marker()
+    except UnguardedMainError as refused:
+        return refused
+    return None
+
+
 def _stop_serving(loop: asyncio.AbstractEventLoop | None, slot: Slot) -> None:
     """Ask the worker's serving loop to return (best effort) and close the call pipe."""
     stop_reading(loop, slot)
@@ -144,6 +154,7 @@ class SlotLauncher(AsyncClosable):
         self._internals = check_internals()
         self._reported = False
         self._refused: UnguardedMainError | None = None
+        self._context_lock = threading.Lock()
 
     @property
     def internals(self) -> LaneInternals:
@@ -161,6 +172,10 @@ class SlotLauncher(AsyncClosable):
         return {"process_lane_fallback_internals": len(self._internals.missing)}
 
     def _mp_context(self) -> multiprocessing.context.BaseContext:
+        with self._context_lock:  # slots start in several threads at once
+            return self._make_context()
+
+    def _make_context(self) -> multiprocessing.context.BaseContext:
         if self._context is None:
             clear_marker()  # stale: no worker of this lane has started yet
             internals = self._internals
@@ -221,24 +236,19 @@ class SlotLauncher(AsyncClosable):
             raise UnguardedMainError(self._refused.main)
         try:
             with anyio.CancelScope(shield=True):
-                opened = await anyio.to_thread.run_sync(
-                    open_slot,
-                    self._mp_context(),
-                    self._lifeline,
-                    self._oom_score_adj,
-                    self._internals,
-                    limiter=self._limiter,
-                )
+                opened = await anyio.to_thread.run_sync(self._open_slot, limiter=self._limiter)
         except Exception as exc:
             if self._refused is None:
-                try:
-                    check_marker()
-                except UnguardedMainError as refused:
-                    self._refused = refused
+                with anyio.CancelScope(shield=True):  # it stats a file: not on the loop
+                    self._refused = await anyio.to_thread.run_sync(_refusal)
             if self._refused is not None:
                 raise UnguardedMainError(self._refused.main) from exc
             raise
         return opened
+
+    def _open_slot(self) -> OpenedSlot:
+        """Create the context on first use and open a slot (blocking; in a thread)."""
+        return open_slot(self._mp_context(), self._lifeline, self._oom_score_adj, self._internals)
 
     async def shutdown(self, slot: Slot, loop: asyncio.AbstractEventLoop | None) -> None:
         """
@@ -298,5 +308,5 @@ class SlotLauncher(AsyncClosable):
         """
         if isinstance(self._context, LaneForkServerContext):
             await anyio.to_thread.run_sync(self._context.stop, limiter=self._limiter)
-        if self._context is not None:
-            clear_marker()  # a refusing worker may have written it after the last start
+        if self._context is not None:  # a refusing worker may have written it after the last start
+            await anyio.to_thread.run_sync(clear_marker, limiter=self._limiter)
