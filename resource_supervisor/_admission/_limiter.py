@@ -27,7 +27,14 @@ import anyio.lowlevel
 from .._exceptions import AdmissionRejectedError, SupervisorClosedError
 from .._snapshot import PressureLevel
 from ._cpu_stat import CpuStatReader, throttled_ratio
-from ._limit import LimitParams, LimitState, initial_state, next_limit, tightened
+from ._limit import (
+    LimitParams,
+    LimitState,
+    initial_state,
+    next_limit,
+    tightened,
+    window_done,
+)
 from ._pressure import (
     NO_ADJUSTMENT,
     PressureAdjustment,
@@ -277,7 +284,10 @@ class AdmissionLimiter:
         if measured:
             self._window_sum += max(now - started, 1e-9)
             self._window_count += 1
-            if self._window_count >= self._window_samples:
+            count = self._window_count
+            if window_done(
+                count, self._window_sum / count, self._window_samples, self._state, self._params
+            ):
                 self._close_window(now)
         self._release_slot()
 
