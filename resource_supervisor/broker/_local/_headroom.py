@@ -20,6 +20,7 @@ reads: ``/proc/meminfo`` and the kept-open cgroup files), not on every call.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Final
 
 from ..._sources._cgroup import CgroupMemoryReader
@@ -60,7 +61,8 @@ class MemoryHeadroom:
     Reads of the memory this process may still use (see the module docstring).
 
     Nothing is opened before the first :meth:`available_bytes`; :meth:`close`
-    closes the kept-open cgroup files. Not thread-safe; used on the lane's loop.
+    closes the kept-open cgroup files. :meth:`open` may run in any thread; the
+    reads are the lane's loop's (kept-open files, ``pread``).
     """
 
     def __init__(self, *, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> None:
@@ -74,6 +76,22 @@ class MemoryHeadroom:
         self._meminfo = os.path.join(proc_root, "meminfo")
         self._cgroup = CgroupMemoryReader(proc_root=proc_root, cgroup_root=cgroup_root)
         self._opened = False
+        self._lock = threading.Lock()  # open() may run in two threads at once
+
+    @property
+    def opened(self) -> bool:
+        """Whether the cgroup files are located and open."""
+        return self._opened
+
+    def open(self) -> None:
+        """
+        Locate and open the cgroup files now; idempotent (blocking: it reads /proc, so
+        the lane calls it from a thread before its first call needs it).
+        """
+        with self._lock:
+            if not self._opened:
+                self._cgroup.open()
+                self._opened = True
 
     def available_bytes(self) -> int | None:
         """
@@ -83,9 +101,8 @@ class MemoryHeadroom:
             The smaller of the host's available memory and, under a cgroup
             limit, the limit minus the cgroup's working set.
         """
-        if not self._opened:
-            self._opened = True
-            self._cgroup.open()
+        if not self._opened:  # not opened ahead (see open): open here, once
+            self.open()
         available: int | None = None
         try:
             fd = os.open(self._meminfo, os.O_RDONLY | os.O_CLOEXEC)
@@ -106,5 +123,6 @@ class MemoryHeadroom:
 
     def close(self) -> None:
         """Close the kept-open cgroup files; idempotent (a later read opens them again)."""
-        self._cgroup.close()
-        self._opened = False
+        with self._lock:
+            self._cgroup.close()
+            self._opened = False

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from ..._config import ConcurrencySettings
     from ..._snapshot import PressureLevel
+    from ._headroom import MemoryHeadroom
     from ._stats import LaneCounters
 
 __all__ = ("LANE", "LaneSubmission")
@@ -68,6 +69,7 @@ class _Lane(Protocol):
     _level: PressureLevel
     _counts: LaneCounters
     _by_value: Callable[[object], bytes] | None
+    _headroom: MemoryHeadroom
 
     def _check_caller(self) -> asyncio.AbstractEventLoop: ...
     async def _submit(
@@ -128,6 +130,8 @@ class LaneSubmission:
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise SupervisorClosedError(LANE)
+        if not self._headroom.opened:  # the first call: locating the cgroup reads /proc
+            await anyio.to_thread.run_sync(self._headroom.open)
         spill: str | None = None
         sent, sent_args = prepare_call(func, args, self._by_value)  # unchanged for pickle
         if estimate_call_bytes(func, args) <= OFFLOAD_BYTES:
