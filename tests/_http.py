@@ -33,6 +33,7 @@ from resource_supervisor.integrations.fastapi import (
     supervised_lifespan,
 )
 from resource_supervisor.testing import ScriptedSource
+from tests._loop_guard import blocking_setup
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@blocking_setup("checks the static directory it mounts")
 def shedding_app(
     source: ScriptedSource | None = None,
     static_dir: str | os.PathLike[str] | None = None,
@@ -113,6 +115,7 @@ class Served:
 
 
 @contextlib.contextmanager
+@blocking_setup("starts the server process and waits for it")
 def uvicorn_subprocess(
     factory: str, *args: str, env: dict[str, str] | None = None, startup_timeout: float = 30
 ) -> Iterator[Served]:
@@ -173,6 +176,7 @@ def uvicorn_subprocess(
             served.stderr = log.read().decode(errors="replace")
 
 
+@blocking_setup("sends one raw request to a server process and reads the answer")
 def raw_request(port: int, method: str, target: str, *, timeout: float = 10) -> tuple[int, bytes]:
     """
     Send one request with *target* exactly as given (no client normalises it) and

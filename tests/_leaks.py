@@ -6,7 +6,10 @@ import os
 
 import psutil
 
+from tests._loop_guard import blocking_setup
 
+
+@blocking_setup("reads a process command line through psutil")
 def _is_resource_tracker(proc: psutil.Process) -> bool:
     # multiprocessing starts one resource tracker per interpreter, on first use of a
     # spawn or forkserver context, and keeps it for the interpreter's lifetime. It
@@ -17,6 +20,7 @@ def _is_resource_tracker(proc: psutil.Process) -> bool:
         return False
 
 
+@blocking_setup("lists child processes through psutil")
 def live_children() -> list[psutil.Process]:
     """Running (non-zombie) descendants of this process, except the resource tracker."""
     found = []
@@ -30,6 +34,7 @@ def live_children() -> list[psutil.Process]:
     return found
 
 
+@blocking_setup("lists child processes through psutil")
 def child_pids() -> set[int]:
     """Pids of this process's descendants that can still be inspected (zombies and
     processes gone meanwhile are left out), except the resource tracker."""
@@ -44,6 +49,7 @@ def child_pids() -> set[int]:
     return found
 
 
+@blocking_setup("lists /proc/self/fd")
 def open_fds() -> set[int]:
     """File descriptors open in this process."""
     return {int(fd) for fd in os.listdir("/proc/self/fd")}

@@ -1,4 +1,4 @@
-"""Shared fixtures and the Hypothesis profile."""
+"""Shared fixtures, the loop guard of every async test and the Hypothesis profile."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, settings
 from resource_supervisor import Supervisor
 from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._threads import ThreadLane
+from tests._loop_guard import LoopGuard, guarded
 from tests._settings import lane_settings, quiet
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Generator, Iterator
     from contextlib import AbstractAsyncContextManager
 
 T = TypeVar("T")
@@ -77,30 +78,48 @@ async def thread_lane() -> AsyncIterator[ThreadLane]:
         yield lane
 
 
-# Test modules whose async tests run with blockbuster: a blocking call made on the event
-# loop's thread fails the test. Not applied elsewhere yet: the sampler reads /proc and
-# cgroup files on the loop on purpose (os.stat, scandir, read of kept-open files, each
-# microseconds), and the tests of everything that samples would need those allowed by name.
-LOOP_GUARDED_MODULES = frozenset(
-    {
-        "tests.test_cleanup",
-        "tests.test_loop_guard",
-        "tests.test_policy",
-        "tests.test_sessions",
-        "tests.test_streams",
-    }
-)
+_GUARD = pytest.StashKey[LoopGuard]()
+_CALL_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(autouse=True)
 def _loop_never_blocks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """In :data:`LOOP_GUARDED_MODULES`, fail an async test whose loop blocks (blockbuster)."""
-    if request.module.__name__ not in LOOP_GUARDED_MODULES or not inspect.iscoroutinefunction(
-        request.function
-    ):
+    """
+    Fail an async test whose event loop blocks (see :mod:`tests._loop_guard`): the
+    blocking call raises, and a test that passed although such a call was refused
+    (the code under test caught the error) fails at teardown with the call's stack.
+    """
+    if not inspect.iscoroutinefunction(request.function):
         yield
         return
-    from blockbuster import blockbuster_ctx
-
-    with blockbuster_ctx():
+    with guarded() as guard:
+        request.node.stash[_GUARD] = guard
         yield
+    unexpected = guard.unexpected()
+    if unexpected and not request.node.stash.get(_CALL_FAILED, False):
+        pytest.fail(
+            "the code under test caught the loop guard's error:\n"
+            + "\n".join(b.describe() for b in unexpected),
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def loop_guard(request: pytest.FixtureRequest) -> LoopGuard:
+    """The loop guard of this async test, to make a narrow allowance (``allow``)."""
+    guard: LoopGuard | None = request.node.stash.get(_GUARD, None)
+    if guard is None:
+        msg = "loop_guard is for async tests: a sync test is not guarded"
+        raise RuntimeError(msg)
+    return guard
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Note whether the test's call failed, for the guard's teardown check."""
+    report = yield
+    if call.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import pytest
 from PIL import Image
 
@@ -119,14 +120,18 @@ async def test_report_has_a_summary_timelines_and_150_dpi_figures(tmp_path: Path
             events=((1.5, "aggressive cleanup, 3 MiB freed"),),
         )
     )
-    write_run([result], {"started": "now", "mode": "quick"}, tmp_path, None)
-    report = (tmp_path / "report.md").read_text()
-    assert report.index("summary.png") < report.index("## Targets")
-    assert "demo-timeline-1.png" in report
-    for name in ("summary.png", "demo.png", "demo-timeline-1.png"):
-        with Image.open(tmp_path / name) as image:
-            dpi = image.info["dpi"]
-        assert round(dpi[0]) == DPI, name
+
+    def write_and_check() -> None:  # files: written and read off the event loop
+        write_run([result], {"started": "now", "mode": "quick"}, tmp_path, None)
+        report = (tmp_path / "report.md").read_text()
+        assert report.index("summary.png") < report.index("## Targets")
+        assert "demo-timeline-1.png" in report
+        for name in ("summary.png", "demo.png", "demo-timeline-1.png"):
+            with Image.open(tmp_path / name) as image:
+                dpi = image.info["dpi"]
+            assert round(dpi[0]) == DPI, name
+
+    await anyio.to_thread.run_sync(write_and_check)
 
 
 @pytest.mark.cgroup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
 import pytest
 
 from benchmarks._harness import (
@@ -119,19 +120,25 @@ async def test_report_writes_json_markdown_and_png(tmp_path: Path) -> None:
     result.comparisons.append(comparison)
     skipped = SuiteResult("missing", status="skipped", reason="a part is missing")
     out, latest = tmp_path / "run", tmp_path / "latest"
-    write_run([result, skipped], {"started": "now", "mode": "quick"}, out, latest)
-    data = json.loads((out / "results.json").read_text())
-    assert [s["name"] for s in data["suites"]] == ["trivial", "missing"]
-    ratios = data["suites"][0]["comparisons"][0]["cases"][1]["ratios"]
-    values = data["suites"][0]["comparisons"][0]["cases"]
-    assert ratios == [b / a for a, b in zip(values[0]["values"], values[1]["values"], strict=True)]
-    report = (out / "report.md").read_text()
-    assert "trivial pair" in report
-    assert "twice <= 1000x once" in report
-    assert "*skipped*: a part is missing" in report
-    assert (out / "trivial.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (out / "missing.png").exists()
-    assert sorted(p.name for p in latest.iterdir()) == sorted(p.name for p in out.iterdir())
+
+    def write_and_check() -> None:  # files: written and read off the event loop
+        write_run([result, skipped], {"started": "now", "mode": "quick"}, out, latest)
+        data = json.loads((out / "results.json").read_text())
+        assert [s["name"] for s in data["suites"]] == ["trivial", "missing"]
+        ratios = data["suites"][0]["comparisons"][0]["cases"][1]["ratios"]
+        values = data["suites"][0]["comparisons"][0]["cases"]
+        assert ratios == [
+            b / a for a, b in zip(values[0]["values"], values[1]["values"], strict=True)
+        ]
+        report = (out / "report.md").read_text()
+        assert "trivial pair" in report
+        assert "twice <= 1000x once" in report
+        assert "*skipped*: a part is missing" in report
+        assert (out / "trivial.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not (out / "missing.png").exists()
+        assert sorted(p.name for p in latest.iterdir()) == sorted(p.name for p in out.iterdir())
+
+    await anyio.to_thread.run_sync(write_and_check)
 
 
 def test_a_suite_that_fails_is_recorded_not_raised() -> None:

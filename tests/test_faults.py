@@ -38,6 +38,7 @@ from resource_supervisor import (
 )
 from resource_supervisor.testing import ScriptedSource
 from tests import _fault_workers as fw
+from tests._loop_guard import blocking_setup
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -63,6 +64,7 @@ def settings(**overrides: object) -> SupervisorSettings:
     return SupervisorSettings.model_validate(values)
 
 
+@blocking_setup("lists worker processes through psutil")
 def live_workers() -> list[psutil.Process]:
     """Worker processes of this process's lanes: children of the lane's forkserver."""
     workers = []
@@ -258,7 +260,7 @@ async def test_map_with_sigkill_from_outside_loses_and_duplicates_nothing(
     async with Supervisor(settings()) as sup:
         for round_ in range(4):
             directory = tmp_path / f"round{round_}"
-            directory.mkdir()
+            await anyio.Path(directory).mkdir()
             results: list[int] = []
             func = functools.partial(fw.sleepy_square, str(directory), 0.002)
             outcome: BaseException | None = None
@@ -272,6 +274,7 @@ async def test_map_with_sigkill_from_outside_loses_and_duplicates_nothing(
                 except WorkerCrashedError as exc:
                     outcome = exc
 
+            @blocking_setup("reads the worker files and kills a worker through psutil")
             async def kill_one(directory: Path = directory) -> None:
                 await anyio.sleep(rng.uniform(0.0, 0.2))
                 busy = fw.running(str(directory))

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from resource_supervisor._cleanup import CleanupDispatcher, CleanupRequest
 from resource_supervisor._memory import MemoryAdvisor, batch_size_for
 from resource_supervisor._snapshot import PressureLevel
+from tests._loop_guard import blocking_setup
 from tests.strategies import GIB, MIB, make_snapshot, memory_figures, pressure_levels
 
 if TYPE_CHECKING:
@@ -314,6 +315,7 @@ def test_malloc_trim_is_detected_on_glibc_linux() -> None:
     assert MemoryAdvisor(make_snapshot).statistics().malloc_trim_available
 
 
+@blocking_setup("reads its own RSS through psutil")
 async def test_reclaim_returns_cache_memory_to_the_os() -> None:
     """Clearing a 50 MiB cache of small buffers, then trimming, lowers RSS measurably."""
     process = psutil.Process()

@@ -31,6 +31,7 @@ from resource_supervisor._peers import (
     largest,
 )
 from resource_supervisor.integrations.prometheus import peer_families
+from tests._loop_guard import blocking_setup
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,6 +53,7 @@ MEMBER = textwrap.dedent(
 )
 
 
+@blocking_setup("starts a peer process and reads its ready line")
 def _member(directory: Path, rss: int = 5_000_000) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-c", MEMBER, str(directory), str(rss)], stdout=subprocess.PIPE, text=True
@@ -211,6 +213,7 @@ def test_container_health_lists_processes_and_the_highest_level() -> None:
     assert [p["pid"] for p in processes] == [11, 13]
 
 
+@blocking_setup("reads the file its supervisor published")
 async def test_a_supervisor_joins_publishes_and_leaves(tmp_path: Path) -> None:
     """
     With multiprocess.enabled, a supervisor joins the directory, publishes every

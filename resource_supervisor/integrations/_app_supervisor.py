@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Final, TypeVar, overload
 
+import anyio.to_thread
 from fastapi import HTTPException, Request
 
 from .._config import load_settings
@@ -95,7 +96,12 @@ def supervised_lifespan(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: AppT) -> AsyncIterator[dict[str, object]]:
-        resolved = settings if settings is not None else load_settings(config_path)
+        # the file is read off the event loop, which may already serve other apps
+        resolved = (
+            settings
+            if settings is not None
+            else await anyio.to_thread.run_sync(load_settings, config_path)
+        )
         async with supervisor_factory(resolved) as sup:
             state = getattr(app, "state", None)
             if state is not None:

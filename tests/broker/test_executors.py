@@ -18,6 +18,7 @@ from resource_supervisor._exceptions import OverloadedError, SupervisorClosedErr
 from resource_supervisor._snapshot import PressureLevel
 from resource_supervisor.broker import Executors, split_worker_budget
 from resource_supervisor.broker._threads import THREAD_NAME
+from tests._loop_guard import blocking_setup
 
 GUARD = 30.0  # seconds; a hang guard only (worker processes start slowly on 2 cores)
 
@@ -195,6 +196,7 @@ async def test_calls_outside_the_context_raise_closed() -> None:
         await executors.__aenter__()
 
 
+@blocking_setup("lists child processes through psutil")
 def lane_children(process: psutil.Process) -> list[int]:
     """Child PIDs, without multiprocessing's per-interpreter resource tracker."""
     return [
@@ -204,6 +206,7 @@ def lane_children(process: psutil.Process) -> list[int]:
     ]
 
 
+@blocking_setup("lists child processes through psutil")
 async def test_nothing_outlives_the_executors() -> None:
     """After exit no lane thread and no worker process (or lane forkserver) is left."""
     me = psutil.Process()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import operator
 import threading
@@ -374,7 +375,7 @@ async def test_set_default_executor_routes_to_thread_and_restores_the_previous()
         with anyio.fail_after(GUARD):
             assert (await loop.run_in_executor(None, thread_name)).startswith("mine")
     finally:
-        previous.shutdown(wait=True)
+        await anyio.to_thread.run_sync(functools.partial(previous.shutdown, wait=True))
 
 
 async def test_default_executor_without_a_previous_one_falls_back_to_asyncio_s() -> None:
@@ -434,7 +435,7 @@ async def test_set_default_executor_only_in_its_loop_and_leaves_a_later_replacem
         with anyio.fail_after(GUARD):
             assert (await loop.run_in_executor(None, thread_name)).startswith("theirs")
     finally:
-        theirs.shutdown(wait=True)
+        await anyio.to_thread.run_sync(functools.partial(theirs.shutdown, wait=True))
 
 
 async def test_lane_figures_are_final_when_shutdown_returns() -> None:

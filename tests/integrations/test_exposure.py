@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from resource_supervisor._config import build_settings
 from resource_supervisor.integrations.fastapi import create_router, supervised_lifespan
+from tests._loop_guard import blocking_setup
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -58,6 +59,7 @@ def _double(x: int) -> int:
     return 2 * x
 
 
+@blocking_setup("lists its child pids through psutil")
 async def test_endpoints_expose_no_paths_environment_or_pids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

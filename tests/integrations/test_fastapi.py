@@ -117,7 +117,9 @@ async def test_lifespan_loads_settings_from_a_config_file(tmp_path: object) -> N
     from pathlib import Path
 
     path = Path(str(tmp_path)) / "config.yaml"
-    path.write_text("resource_management:\n  monitoring_interval: 7\n  monitoring_enabled: false\n")
+    await anyio.Path(path).write_text(
+        "resource_management:\n  monitoring_interval: 7\n  monitoring_enabled: false\n"
+    )
     app = FastAPI(lifespan=supervised_lifespan(config_path=path))
     async with app.router.lifespan_context(app):
         assert app.state.supervisor.settings.monitoring_interval == 7.0

@@ -23,6 +23,7 @@ from resource_supervisor.integrations import _sse
 from resource_supervisor.integrations._sse import StreamHub
 from resource_supervisor.integrations.fastapi import create_router
 from tests._http import raw_request, shedding_app, uvicorn_subprocess
+from tests._loop_guard import blocking_setup
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -279,6 +280,7 @@ CLIENTS = 2000
 CAP = 100
 
 
+@blocking_setup("reads the server process's RSS through psutil")
 @pytest.mark.timeout(120)
 async def test_thousands_of_real_connections_stay_bounded_and_end_cleanly() -> None:
     """2,000 clients on /metrics/stream of a real uvicorn with max_streams=100: 100

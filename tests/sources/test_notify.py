@@ -37,6 +37,7 @@ from resource_supervisor._sources._arming import (
 from resource_supervisor._sources._notify import DEFAULT_PSI_TRIGGER, MemoryNotifier
 from resource_supervisor.testing import ScriptedSource
 from tests._leaks import open_fds
+from tests._loop_guard import blocking_setup
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -158,6 +159,12 @@ def test_notified_samples_are_rate_limited(
 # -- layouts -------------------------------------------------------------------------
 
 
+@blocking_setup("writes a cgroup file of a fixture tree, as the kernel would")
+def _kernel_write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+@blocking_setup("writes a fixture tree")
 def _v2_layout(tmp_path: Path, *, with_events: bool = True) -> tuple[str, str, Path]:
     """A proc root and a cgroup2 root where process PID lives in /svc."""
     proc = tmp_path / "proc"
@@ -175,6 +182,7 @@ def _v2_layout(tmp_path: Path, *, with_events: bool = True) -> tuple[str, str, P
     return str(proc), str(root), svc
 
 
+@blocking_setup("writes a fixture tree")
 def _v1_layout(tmp_path: Path) -> tuple[str, str, Path]:
     """A proc root and a v1 memory hierarchy where process PID lives in /svc."""
     proc = tmp_path / "proc"
@@ -225,14 +233,14 @@ async def test_v2_memory_events_write_wakes_the_loop(tmp_path: Path) -> None:
     try:
         assert notifier.armed() == ("cgroup_v2_events",)
         assert notifier.metrics()["memory_notify_events_watched"] == 2
-        (svc / "memory.events").write_text(EVENTS.replace("low 0", "low 3"))
-        (svc / "memory.events").write_text(
-            EVENTS.replace("low 0", "low 3").replace("high 0", "high 1")
+        _kernel_write(svc / "memory.events", EVENTS.replace("low 0", "low 3"))
+        _kernel_write(
+            svc / "memory.events", EVENTS.replace("low 0", "low 3").replace("high 0", "high 1")
         )
         assert await notes.wait() == ["cgroup_v2_events"]
         await anyio.sleep(0.05)  # a second wake for the same change must not count
         assert notes.sources == ["cgroup_v2_events"]
-        (svc.parent / "memory.events").write_text(EVENTS.replace("oom_kill 0", "oom_kill 1"))
+        _kernel_write(svc.parent / "memory.events", EVENTS.replace("oom_kill 0", "oom_kill 1"))
         assert await notes.wait() == ["cgroup_v2_events"] * 2
         assert notifier.notifications == 2
         # v1 marks never apply to a v2 cgroup
@@ -281,8 +289,8 @@ async def test_v2_events_file_removed_is_skipped(tmp_path: Path) -> None:
     )
     notifier.start()
     try:
-        (svc / "memory.events").unlink()
-        (svc.parent / "memory.events").write_text(EVENTS.replace("max 0", "max 1"))
+        await anyio.Path(svc / "memory.events").unlink()
+        _kernel_write(svc.parent / "memory.events", EVENTS.replace("max 0", "max 1"))
         assert await notes.wait() == ["cgroup_v2_events"]
     finally:
         notifier.close()
@@ -308,6 +316,7 @@ async def test_v1_without_event_control_arms_nothing(
     assert "event_control unavailable" in caplog.text
 
 
+@blocking_setup("links its event_control to /dev/full")
 async def test_v1_refused_registrations_leave_polling(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -383,6 +392,7 @@ def test_start_needs_a_running_loop(tmp_path: Path) -> None:
 # -- PSI -----------------------------------------------------------------------------
 
 
+@blocking_setup("writes a fixture tree")
 def _psi_root(tmp_path: Path, target: str | None) -> str:
     proc = tmp_path / "proc"
     (proc / "pressure").mkdir(parents=True)
@@ -437,7 +447,7 @@ async def test_psi_fallbacks(
     caplog.set_level(logging.DEBUG, logger="resource_supervisor.notify")
     if target == "regular":
         regular = tmp_path / "regular"
-        regular.write_text("")
+        await anyio.Path(regular).write_text("")
         target = str(regular)
     before = open_fds()
     notifier = MemoryNotifier(
@@ -453,10 +463,12 @@ async def test_psi_fallbacks(
     assert open_fds() == before
 
 
+@blocking_setup("checks a device file")
 def _has_ptmx() -> bool:
     return os.path.exists("/dev/ptmx")
 
 
+@blocking_setup("reads the links of /proc/self/fd")
 def _pty_masters(fds: set[int]) -> list[int]:
     """Those of *fds* that are pseudo-terminal masters (opened through /dev/ptmx)."""
     masters = []
@@ -569,7 +581,7 @@ async def test_notification_wakes_the_sampling_loop(tmp_path: Path) -> None:
         snap = sup.metrics
         with anyio.fail_after(5), sup.subscribe(policy="latest") as stream:
             for count in range(1, 4):
-                (svc / "memory.events").write_text(EVENTS.replace("max 0", f"max {count}"))
+                _kernel_write(svc / "memory.events", EVENTS.replace("max 0", f"max {count}"))
                 async for snap in stream:
                     if snap["memory_notified_samples_total"] >= count:
                         break
@@ -610,7 +622,7 @@ async def test_prometheus_exports_the_notification_figures(tmp_path: Path) -> No
     sampler = Sampler(proc_root=proc, cgroup_root=root, pid=PID)
     async with Supervisor(SupervisorSettings(), source=sampler) as sup:
         with anyio.fail_after(5), sup.subscribe(policy="latest") as stream:
-            (svc / "memory.events").write_text(EVENTS.replace("oom 0", "oom 1"))
+            _kernel_write(svc / "memory.events", EVENTS.replace("oom 0", "oom 1"))
             async for snap in stream:
                 if snap["memory_notified_samples_total"] >= 1:
                     break
@@ -636,7 +648,7 @@ async def test_a_storm_of_notifications_causes_at_most_one_sample_per_10_ms(
         started = anyio.current_time()
         with anyio.fail_after(5), sup.subscribe(policy="latest") as stream:
             for count in range(1, 201):
-                (svc / "memory.events").write_text(EVENTS.replace("high 0", f"high {count}"))
+                _kernel_write(svc / "memory.events", EVENTS.replace("high 0", f"high {count}"))
                 await anyio.lowlevel.checkpoint()
             async for snap in stream:
                 if snap["memory_notified_samples_total"] >= 1:

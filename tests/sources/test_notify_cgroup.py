@@ -33,6 +33,7 @@ from resource_supervisor._sampler import Sampler
 from resource_supervisor._sources._arming import PsiTrigger, threshold_bytes
 from resource_supervisor._sources._notify import DEFAULT_PSI_TRIGGER, MemoryNotifier
 from tests._leaks import open_fds
+from tests._loop_guard import blocking_setup
 from tests.test_container_limit import LIMIT_BYTES, memory_cgroup
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ def allocator(memory_cgroup: MemoryCgroup) -> Iterator[Allocator]:
         child.close()
 
 
+@blocking_setup("reads the cgroup memory.stat the test checks")
 def _inactive(cgroup: MemoryCgroup) -> int:
     for line in (cgroup.path / "memory.stat").read_text().splitlines():
         key, _, value = line.partition(" ")
@@ -125,6 +127,7 @@ def _close(marks: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     )
 
 
+@blocking_setup("writes and removes the cache file it measures")
 async def test_real_v1_thresholds_fire_both_ways_and_rearm(
     memory_cgroup: MemoryCgroup, allocator: Allocator, tmp_path: Path
 ) -> None:
@@ -239,6 +242,7 @@ def _psi_some_total_us() -> int:
     return int(some[-1].partition(b"=")[2])
 
 
+@blocking_setup("writes a file and drops it from the page cache")
 def _cold_file(path: Path, size: int) -> None:
     """A file of *size* bytes on disk with none of it in the page cache."""
     with path.open("wb") as file:
@@ -250,6 +254,7 @@ def _cold_file(path: Path, size: int) -> None:
         os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+@blocking_setup("starts the thrasher process")
 def _thrasher(
     cgroup: MemoryCgroup, path: Path, stack: contextlib.ExitStack
 ) -> subprocess.Popen[bytes]:
@@ -313,12 +318,14 @@ class _ReferenceTrigger:
                 if mask & select.POLLPRI:
                     self.wakes += 1
 
+    @blocking_setup("joins its polling thread, which stops within 100 ms")
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
         os.close(self._fd)
 
 
+@blocking_setup("lays out its files and runs a thrasher process")
 async def test_real_psi_trigger_fires_on_memory_stall_and_a_sample_follows(
     tmp_path: Path,
 ) -> None:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import anyio
+import anyio.to_thread
 
 from ..._exceptions import ConfigError
 
@@ -263,11 +264,12 @@ async def open_cluster(
         Checked throughout start-up; a half-started owned cluster is closed, shielded.
     """
     _require_asyncio()
-    target = _scheduler_address(settings)
+    # the scheduler file and the credentials are files: read off the event loop
+    target = await anyio.to_thread.run_sync(_scheduler_address, settings)
     if target is not None:
         from ._security import connect_security
 
-        security = connect_security(settings.security)
+        security = await anyio.to_thread.run_sync(connect_security, settings.security)
         return await _connect(*target, settings.connect_timeout, security)
     limit: int | str = "auto" if memory_limit_bytes is None else memory_limit_bytes
     return await _own(settings, n_workers, limit)

@@ -18,16 +18,17 @@ Does not cover: the in-process ``LocalCluster`` or the client (:mod:`._cluster`)
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.to_thread
 from distributed.deploy.spec import SpecCluster
 from distributed.deploy.subprocess import Subprocess
 
@@ -44,26 +45,33 @@ def _spec_command(*args: str, spec: Mapping[str, object]) -> list[str]:
 
 
 class _Scheduler(Subprocess):
-    """The scheduler as a ``dask spec`` subprocess; its address read from its file."""
+    """
+    The scheduler as a ``dask spec`` subprocess; its address read from its file. The
+    file's private directory is made, read and removed off the event loop.
+    """
 
     def __init__(
         self, scheduler_kwargs: dict[str, object], env: dict[str, str], timeout: float
     ) -> None:
-        self._directory = tempfile.mkdtemp(prefix="resource-supervisor-dask-")  # mode 0700
-        self._file = Path(self._directory) / "scheduler.json"
-        self.scheduler_kwargs = {**scheduler_kwargs, "scheduler_file": str(self._file)}
+        self._directory: str | None = None
+        self._kwargs = scheduler_kwargs
         self.env = env
         self.timeout = timeout
         self.address: str | None = None
         super().__init__()  # type: ignore[no-untyped-call]
 
     async def _start(self) -> None:
-        spec = {"cls": "distributed.Scheduler", "opts": self.scheduler_kwargs}
+        self._directory = await anyio.to_thread.run_sync(
+            functools.partial(tempfile.mkdtemp, prefix="resource-supervisor-dask-")  # mode 0700
+        )
+        file = anyio.Path(self._directory) / "scheduler.json"
+        opts = {**self._kwargs, "scheduler_file": str(file)}
+        spec = {"cls": "distributed.Scheduler", "opts": opts}
         self.process = await asyncio.create_subprocess_exec(*_spec_command(spec=spec), env=self.env)
         with anyio.fail_after(self.timeout):
             while self.process.returncode is None:
                 try:
-                    self.address = json.loads(self._file.read_text(encoding="utf-8"))["address"]
+                    self.address = json.loads(await file.read_text(encoding="utf-8"))["address"]
                 except (OSError, ValueError, KeyError):
                     await anyio.sleep(0.05)  # not written yet, or not completely
                 else:
@@ -77,7 +85,10 @@ class _Scheduler(Subprocess):
         try:
             await super().close()
         finally:
-            shutil.rmtree(self._directory, ignore_errors=True)
+            if self._directory is not None:
+                remove = functools.partial(shutil.rmtree, self._directory, ignore_errors=True)
+                with anyio.CancelScope(shield=True):  # a small directory: removed in any case
+                    await anyio.to_thread.run_sync(remove)
 
 
 class _Worker(Subprocess):

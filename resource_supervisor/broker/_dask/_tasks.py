@@ -20,6 +20,7 @@ import uuid
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
+import anyio.to_thread
 import psutil
 from distributed.client import FutureCancelledError  # ImportError without the extra
 from distributed.scheduler import KilledWorker
@@ -182,12 +183,19 @@ class DaskTasks:
             await client.cancel([future])  # type: ignore[attr-defined]
         # One thread per worker: killing it stops exactly this call, as the local lane
         # replaces a timed-out worker; its nanny starts a new one. Only our own
-        # descendants are killed, never a process of a shared cluster.
-        ours = {child.pid for child in psutil.Process().children(recursive=True)}
-        killed = False
-        for pid in pids:
-            if pid in ours:
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).kill()
-                    killed = True
+        # descendants are killed, never a process of a shared cluster. Listing them
+        # reads /proc: done off the event loop.
+        killed = await anyio.to_thread.run_sync(_kill_descendants, pids)
         return None if killed else worker
+
+
+def _kill_descendants(pids: list[int]) -> bool:
+    """Kill those of *pids* that are descendants of this process; whether one was."""
+    ours = {child.pid for child in psutil.Process().children(recursive=True)}
+    killed = False
+    for pid in pids:
+        if pid in ours:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+                killed = True
+    return killed

@@ -29,6 +29,7 @@ from resource_supervisor._snapshot import PressureLevel
 from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
 from tests._leaks import child_pids
+from tests._loop_guard import blocking_setup
 from tests._settings import dask_settings
 
 if TYPE_CHECKING:
@@ -373,6 +374,7 @@ class socket_reserved:  # noqa: N801 - used as a context manager
 # -- connect mode -------------------------------------------------------------------
 
 
+@blocking_setup("starts the scheduler or a worker process")
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [str(DASK), *args],
@@ -383,6 +385,7 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+@blocking_setup("kills a process tree through psutil")
 def _kill_tree(*processes: subprocess.Popen[bytes]) -> None:
     """Kill the processes and all their descendants, then reap them."""
     family: list[psutil.Process] = []
@@ -470,7 +473,7 @@ async def test_lost_scheduler_fails_the_running_call(tmp_path: Path, no_leaks: N
     worker: subprocess.Popen[bytes] | None = None
     try:
         with anyio.fail_after(30):
-            while not scheduler_file.exists():  # noqa: ASYNC110 - another process writes it
+            while not await anyio.Path(scheduler_file).exists():  # noqa: ASYNC110 - another process writes it
                 await anyio.sleep(0.05)
         worker = _start(["worker", "--nthreads", "1", *common], env)
         settings = dask_settings(scheduler_file=str(scheduler_file), close_timeout=3.0)

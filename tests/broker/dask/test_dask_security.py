@@ -5,6 +5,7 @@ the configured TLS credentials, and that those credentials are validated.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 import psutil
 import pytest
 import yaml
@@ -24,6 +26,7 @@ from resource_supervisor._config import (
 from resource_supervisor._exceptions import ConfigError
 from resource_supervisor.broker._dask._lane import DaskLane
 from tests import _dask_workers as w
+from tests._loop_guard import blocking_setup
 from tests._settings import dask_settings
 from tests.broker.dask.test_dask import no_leaks  # noqa: F401 - the fixture
 
@@ -40,6 +43,12 @@ def _settings(**dask: object) -> ConcurrencySettings:
     return dask_settings(**{"n_workers": 1, **dask})
 
 
+async def _settings_with_files(**dask: object) -> ConcurrencySettings:
+    """:func:`_settings` built off the loop: validating credentials reads their files."""
+    return await anyio.to_thread.run_sync(functools.partial(_settings, **dask))
+
+
+@blocking_setup("lists listening ports through psutil")
 def _listening_tree() -> dict[int, str]:
     """Listening TCP ports of this process and all its descendants: ``{port: ip}``."""
     me = psutil.Process()
@@ -62,6 +71,7 @@ def _security(lane: DaskLane) -> Any:
     return handle.client.security  # type: ignore[attr-defined]
 
 
+@blocking_setup("writes a credential file")
 def _write(path: Path, text: str) -> str:
     path.write_text(text, encoding="utf-8")
     path.chmod(0o600)
@@ -156,7 +166,7 @@ async def test_connect_mode_uses_the_configured_credentials(tmp_path: Path) -> N
             "key_file": _write(tmp_path / "key.pem", security.tls_client_key),
         }
         async with DaskLane(
-            _settings(address=handle.address, security=files), max_workers=1
+            await _settings_with_files(address=handle.address, security=files), max_workers=1
         ) as lane:
             assert await lane.run(w.add, (2, 3), timeout=None) == 5
             assert lane.metrics()["process_lane_delivery"] == "at-most-once"
@@ -166,7 +176,9 @@ async def test_connect_mode_uses_the_configured_credentials(tmp_path: Path) -> N
             "ca_file": _write(tmp_path / "foreign-ca.pem", foreign.tls_ca_file),  # type: ignore[attr-defined]
             "cert_file": _write(tmp_path / "foreign.pem", both),
         }
-        settings = _settings(address=handle.address, security=wrong, connect_timeout=1.0)
+        settings = await _settings_with_files(
+            address=handle.address, security=wrong, connect_timeout=1.0
+        )
         with pytest.raises(ConfigError, match=rf"{KEY}\.address"):
             async with DaskLane(settings, max_workers=1):
                 pass
@@ -182,12 +194,12 @@ async def test_connect_mode_checks_scheme_against_credentials(tmp_path: Path) ->
         async with DaskLane(_settings(address="tls://127.0.0.1:1"), max_workers=1):
             pass
     files = _credential_files(tmp_path)
-    settings = _settings(address="tcp://127.0.0.1:1", security=files)
+    settings = await _settings_with_files(address="tcp://127.0.0.1:1", security=files)
     with pytest.raises(ConfigError, match=r"must be at a tls:// address"):
         async with DaskLane(settings, max_workers=1):
             pass
     scheduler_file = tmp_path / "scheduler.json"
-    scheduler_file.write_text(json.dumps({"address": "tls://127.0.0.1:1"}))
+    await anyio.Path(scheduler_file).write_text(json.dumps({"address": "tls://127.0.0.1:1"}))
     with pytest.raises(ConfigError, match=rf"{KEY}\.scheduler_file"):
         async with DaskLane(_settings(scheduler_file=str(scheduler_file)), max_workers=1):
             pass
