@@ -35,10 +35,8 @@ from resource_supervisor._sampler import Sampler
 from resource_supervisor._sources._cpus import usable_cpu_count
 from resource_supervisor._sources._notify import MemoryNotifier
 from resource_supervisor._sources._read_thread import ReadThread
-from resource_supervisor.broker._call_loading import discard_spill
 from resource_supervisor.broker._local._recycling import rss_bytes
 from resource_supervisor.broker._local._shared_progress import shared_progress
-from resource_supervisor.broker._local._worker_memory import OomKillCounter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -183,39 +181,37 @@ _SANDBOX: tuple[tuple[None, Callable[..., object], str], ...] = tuple(
     )
 )
 
-# Blocking on the loop that the library does and that is known, each one written
-# down in /work/issues/guard_findings.md: allowed by name (the call, in the function
-# that makes it) only until the part's fix lands, then its entry goes.
+# Blocking on the loop that the library does and that is known, each one allowed by
+# name (the call, in the function that makes it) with what blocks and where, only until
+# it moves off the loop; then its entry goes and the guard checks that path again.
 _KNOWN: tuple[tuple[tuple[str, ...] | None, Callable[..., object], str], ...] = (
     (
         None,
         Sampler.open,
-        "finding 1: the sampler opens its sources and reads baselines on the loop",
+        "the sampler opens its sources and reads baselines on the loop",
     ),
-    (None, OomKillCounter._read, "finding 2: the process lane reads its OOM count on the loop"),
-    (("os.statvfs",), shared_progress, "finding 3: multiprocessing's heap picks its directory"),
+    (("os.statvfs",), shared_progress, "multiprocessing's heap picks its directory"),
     (
         ("threading.Lock.acquire",),
         ReadThread.stop,
-        "finding 4: the read thread is joined on the loop",
+        "the read thread is joined on the loop",
     ),
-    (None, usable_cpu_count, "finding 6: the supervisor reads its CPU quota on the loop"),
-    (None, MemoryNotifier.start, "finding 9: the sample timer arms notifications on the loop"),
-    (None, Container.open, "finding 10: the supervisor joins the peer directory on the loop"),
-    (None, Container.close, "finding 10: the supervisor leaves the peer directory on the loop"),
-    (None, MemoryNotifier.update, "finding 9: the sample timer re-arms thresholds on the loop"),
-    (None, CpuStatReader.open, "finding 13: the admission limiter opens cpu.stat on the loop"),
-    (None, Container.observe, "finding 10: the supervisor lists its peers on the loop"),
+    (None, usable_cpu_count, "the supervisor reads its CPU quota on the loop"),
+    (None, MemoryNotifier.start, "the sample timer arms notifications on the loop"),
+    (None, Container.open, "the supervisor joins the peer directory on the loop"),
+    (None, Container.close, "the supervisor leaves the peer directory on the loop"),
+    (None, MemoryNotifier.update, "the sample timer re-arms thresholds on the loop"),
+    (None, CpuStatReader.open, "the admission limiter opens cpu.stat on the loop"),
+    (None, Container.observe, "the supervisor lists its peers on the loop"),
     (
         None,
         MemoryNotifier._events_ready,
-        "finding 9: a memory.events change is read in the loop's reader callback",
+        "a memory.events change is read in the loop's reader callback",
     ),
     *_SANDBOX,
-    (None, rss_bytes, "finding 11: the process lane reads a new worker's RSS on the loop"),
-    (("os.unlink",), discard_spill, "finding 15: the process lane removes a spill file"),
-    (None, Container.peers, "finding 10: Supervisor.peers() lists the peer directory"),
-    (None, Container.publish, "finding 10: the supervisor publishes to its peers on the loop"),
+    (None, rss_bytes, "the process lane reads its workers' RSS on the loop at each sample"),
+    (None, Container.peers, "Supervisor.peers() lists the peer directory"),
+    (None, Container.publish, "the supervisor publishes to its peers on the loop"),
 )
 
 # The same, for a call only one test makes, allowed in that test alone.
@@ -223,7 +219,7 @@ _KNOWN_IN_TESTS: tuple[tuple[str, tuple[str, str], str], ...] = (
     (
         "os.stat",
         ("sources/test_read_thread.py", "test_a_forked_child_samples_without_the_read_thread"),
-        "finding 12: without its read thread (a forked child) the sampler reads on the loop",
+        "without its read thread (a forked child) the sampler reads on the loop",
     ),
 )
 
@@ -234,35 +230,35 @@ F = TypeVar("F", bound="Callable[..., object]")
 _OWN_BLOCKING: dict[tuple[str, str], str] = {}
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 for _file, _function, _reason in (
-    ("test_sampler.py", "tree", "copies its fixture tree (finding 7)"),
-    ("test_sampler.py", "fd_count", "lists /proc/self/fd to check for leaks (finding 7)"),
+    ("test_sampler.py", "tree", "copies its fixture tree"),
+    ("test_sampler.py", "fd_count", "lists /proc/self/fd to check for leaks"),
     (
         "test_sampler.py",
         "test_real_sample_has_core_keys_and_agrees_with_psutil",
-        "joins its reading thread on the loop (finding 7)",
+        "joins its reading thread on the loop",
     ),
     (
         "test_sampler.py",
         "test_hanging_sync_provider_times_out_without_piling_up_threads",
-        "waits on a threading.Event on the loop (finding 7)",
+        "waits on a threading.Event on the loop",
     ),
-    ("broker/local/test_processes.py", "<lambda>", "polls a file's existence (finding 8)"),
-    ("broker/local/test_process_orphans.py", "_dead_pid", "runs a child process (finding 8)"),
-    ("broker/local/test_stopping.py", "_slot_with", "allocates shared memory (finding 8)"),
+    ("broker/local/test_processes.py", "<lambda>", "polls a file's existence"),
+    ("broker/local/test_process_orphans.py", "_dead_pid", "runs a child process"),
+    ("broker/local/test_stopping.py", "_slot_with", "allocates shared memory"),
     (
         "broker/local/test_stopping.py",
         "test_a_running_call_is_killed_and_the_rest_of_its_batch_flagged",
-        "starts a child process (finding 8)",
+        "starts a child process",
     ),
-    ("admission/test_admission_cpu_stat.py", "_lay_out", "writes a cgroup tree (finding 8)"),
-    ("broker/local/test_process_spawning.py", "_fake_roots", "writes fixture trees (finding 8)"),
-    ("_workers.py", "rss_self", "reads the test process's RSS (finding 8)"),
+    ("admission/test_admission_cpu_stat.py", "_lay_out", "writes a cgroup tree"),
+    ("broker/local/test_process_spawning.py", "_fake_roots", "writes fixture trees"),
+    ("_workers.py", "rss_self", "reads the test process's RSS"),
     ("_dask_workers.py", "count", "counts the files Dask tasks wrote"),
-    ("admission/test_admission_limiter.py", "_write", "writes a cgroup file (finding 8)"),
+    ("admission/test_admission_limiter.py", "_write", "writes a cgroup file"),
     ("_fault_workers.py", "running", "reads the files fault workers wrote"),
     ("_fault_workers.py", "_lines", "reads the files fault workers wrote"),
     *(
-        (f"broker/local/{file}", function, "reads or writes its own files inline (finding 8)")
+        (f"broker/local/{file}", function, "reads or writes its own files inline")
         for file, function in (
             ("test_process_cancellation.py", "<lambda>"),
             ("test_process_misuse.py", "test_a_forgotten_lane_refuses_calls_and_its_workers_exit"),
@@ -299,23 +295,23 @@ for _file, _function, _reason in (
             ("test_process_cancellation.py", "_block_loop_until"),
         )
     ),
-    ("test_sampler.py", "test_v2_fixture_sample", "reads a fixture file inline (finding 7)"),
+    ("test_sampler.py", "test_v2_fixture_sample", "reads a fixture file inline"),
     (
         "test_sampler.py",
         "test_broken_cgroup_files_fall_back_to_host",
-        "breaks its fixture files inline (finding 7)",
+        "breaks its fixture files inline",
     ),
-    ("test_sampler.py", "rewrite", "rewrites a fixture file (finding 7)"),
-    ("test_sampler.py", "meminfo_bytes", "reads a fixture file (finding 7)"),
+    ("test_sampler.py", "rewrite", "rewrites a fixture file"),
+    ("test_sampler.py", "meminfo_bytes", "reads a fixture file"),
     (
         "test_sampler.py",
         "test_psi_keys_absent_without_psi",
-        "copies its fixture tree inline (finding 7)",
+        "copies its fixture tree inline",
     ),
     (
         "broker/local/test_process_orphans.py",
         "test_a_new_lane_sweeps_spill_files_a_dead_service_left",
-        "writes the spill files of a dead service (finding 8)",
+        "writes the spill files of a dead service",
     ),
 ):
     _OWN_BLOCKING[os.path.join(_TESTS_DIR, _file), _function] = _reason
