@@ -46,9 +46,9 @@ class StreamMetrics:
 
     def metrics(self) -> dict[str, MetricValue]:
         """Subscribers of snapshots, items dropped from both streams, refused streams."""
-        snapshots = self._snapshots.statistics()
+        snapshots = self._snapshots
         return {
             "stream_subscribers": snapshots.subscribers,
-            "stream_dropped_total": snapshots.dropped + self._events.statistics().dropped,
+            "stream_dropped_total": snapshots.dropped_total() + self._events.dropped_total(),
             "stream_refused_total": self.refused,
         }

@@ -5,9 +5,10 @@ Covers: :func:`decide`, which turns what the supervisor remembers
 (:class:`PolicyState`), this sample's readings (:class:`Readings`) and the time into a
 :class:`Decision`: the new pressure levels (with hysteresis, :func:`._policy.grade`),
 the level transition to publish, the CPU warning to publish or the recovery to log,
-and the automatic cleanup to start; and :func:`readings_from`, which picks the
-readings out of a sample's metrics. Everything here is pure: no I/O, no clock, no
-await; the supervisor gathers, calls :func:`decide`, and acts on the result.
+and the automatic cleanup to start; and :func:`readings_from` (or a
+:class:`ReadingRules` built once), which picks the readings out of a sample's
+metrics. Everything here is pure: no I/O, no clock, no await; the supervisor
+gathers, calls :func:`decide`, and acts on the result.
 
 Does not cover: grading one reading (:mod:`._policy`), building the snapshot and
 the events (:mod:`._supervisor`), or running the handlers (:mod:`._cleanup`).
@@ -37,6 +38,7 @@ __all__ = (
     "Decision",
     "LevelTransition",
     "PolicyState",
+    "ReadingRules",
     "Readings",
     "decide",
     "readings_from",
@@ -220,10 +222,23 @@ def decide(state: PolicyState, readings: Readings, now: float) -> Decision:
             device=trigger.device if trigger else None,
         )
         last_cleanup_at = now
-    # Built field by field: dataclasses.replace() costs five times as much per sample.
-    new_state = PolicyState(
-        state.cooldown, state.cpu_threshold, graded.levels, graded.level, last_cleanup_at, cpu_high
-    )
+    if (
+        graded.level is previous
+        and cpu_high is state.cpu_high
+        and last_cleanup_at is state.last_cleanup_at
+        and graded.levels == state.levels
+    ):
+        new_state = state  # the usual sample: nothing to remember anew (it is frozen)
+    else:
+        # Built field by field: dataclasses.replace() costs five times as much per sample.
+        new_state = PolicyState(
+            state.cooldown,
+            state.cpu_threshold,
+            graded.levels,
+            graded.level,
+            last_cleanup_at,
+            cpu_high,
+        )
     return Decision(new_state, graded.level, transition, cpu, plan, state.last_cleanup_at)
 
 
@@ -244,41 +259,52 @@ def readings_from(
         settings: Thresholds and hysteresis.
         cleanup_running: Passed through to :attr:`Readings.cleanup_running`.
     """
-    s = settings
-    pressure = [
-        Reading(
-            "memory",
-            float(data["memory_percent"]),
-            Thresholds(s.warning_threshold_memory, s.aggressive_threshold_memory, s.hysteresis),
+    return ReadingRules(settings).readings(data, cleanup_running=cleanup_running)
+
+
+class ReadingRules:
+    """
+    :func:`readings_from` with its thresholds built once from the settings (the
+    supervisor keeps one: a sample builds only its readings).
+
+    Args:
+        settings: Thresholds and hysteresis.
+    """
+
+    __slots__ = ("_gpu", "_memory", "_psi", "_psi_full")
+
+    def __init__(self, settings: SupervisorSettings) -> None:
+        s = settings
+        self._memory = Thresholds(
+            s.warning_threshold_memory, s.aggressive_threshold_memory, s.hysteresis
         )
-    ]
-    if s.psi_warning_some_avg10 is not None and "psi_memory_some_avg10" in data:
-        pressure.append(
-            Reading(
-                "psi",
-                float(data["psi_memory_some_avg10"]),
-                Thresholds(s.psi_warning_some_avg10, None, s.hysteresis),
+        some, full = s.psi_warning_some_avg10, s.psi_critical_full_avg10
+        self._psi = None if some is None else Thresholds(some, None, s.hysteresis)
+        self._psi_full = None if full is None else Thresholds(None, full, s.hysteresis)
+        self._gpu = (
+            s.warning_threshold_gpu_memory,
+            s.aggressive_threshold_gpu_memory,
+            s.hysteresis,
+        )
+
+    def readings(
+        self, data: Mapping[str, MetricValue], *, cleanup_running: CleanupKind | None = None
+    ) -> Readings:
+        """:func:`readings_from` with these settings' thresholds. Pure."""
+        pressure = [Reading("memory", float(data["memory_percent"]), self._memory)]
+        if self._psi is not None and "psi_memory_some_avg10" in data:
+            pressure.append(Reading("psi", float(data["psi_memory_some_avg10"]), self._psi))
+        if self._psi_full is not None and "psi_memory_full_avg10" in data:
+            pressure.append(
+                Reading("psi_full", float(data["psi_memory_full_avg10"]), self._psi_full)
             )
+        warning, critical, hysteresis = self._gpu
+        pressure.extend(
+            gpu_readings(data, warning=warning, critical=critical, hysteresis=hysteresis)
         )
-    if s.psi_critical_full_avg10 is not None and "psi_memory_full_avg10" in data:
-        pressure.append(
-            Reading(
-                "psi_full",
-                float(data["psi_memory_full_avg10"]),
-                Thresholds(None, s.psi_critical_full_avg10, s.hysteresis),
-            )
+        cpu = data.get("system_cpu_percent", math.nan)
+        return Readings(
+            tuple(pressure),
+            cpu_percent=float(cpu) if isinstance(cpu, int | float) else math.nan,
+            cleanup_running=cleanup_running,
         )
-    pressure.extend(
-        gpu_readings(
-            data,
-            warning=s.warning_threshold_gpu_memory,
-            critical=s.aggressive_threshold_gpu_memory,
-            hysteresis=s.hysteresis,
-        )
-    )
-    cpu = data.get("system_cpu_percent", math.nan)
-    return Readings(
-        tuple(pressure),
-        cpu_percent=float(cpu) if isinstance(cpu, int | float) else math.nan,
-        cleanup_running=cleanup_running,
-    )

@@ -45,6 +45,9 @@ class PressureLevel(enum.IntEnum):
 _REQUIRED: Final = REQUIRED_KEYS
 _REQUIRED_SET: Final = frozenset(REQUIRED_KEYS)
 _NUMBER_OR_STR: Final = (int, float, str)
+# Endless and stateless: map() stops at the values' end, so both are shared by every call.
+_ANY_KIND: Final = repeat(_NUMBER_OR_STR)
+_STR_KIND: Final = repeat(str)
 
 
 class MetricsSnapshot(Mapping[str, MetricValue]):
@@ -74,17 +77,18 @@ class MetricsSnapshot(Mapping[str, MetricValue]):
                 another key holds a non-number.
         """
         copy = dict(data)
-        if not copy.keys() >= _REQUIRED_SET:
+        keys = copy.keys()
+        if not keys >= _REQUIRED_SET:
             missing = [key for key in _REQUIRED if key not in copy]
             raise ValueError(f"snapshot is missing core metrics: {', '.join(missing)}")
-        # One pass in C over the values (a snapshot is built on every sample): each is a
-        # number or a str, and the str ones are exactly the label keys present.
+        # Checked in C alone, no Python frame (a snapshot is built on every sample):
+        # each value is a number or a str, and the str ones are exactly the label keys.
         values = copy.values()
-        present = [k for k in LABEL_KEYS if k in copy]
+        present = keys & LABEL_KEYS
         if not (
-            all(map(isinstance, values, repeat(_NUMBER_OR_STR)))
-            and sum(map(isinstance, values, repeat(str))) == len(present)
-            and all(isinstance(copy[k], str) for k in present)
+            all(map(isinstance, values, _ANY_KIND))
+            and sum(map(isinstance, values, _STR_KIND)) == len(present)
+            and all(map(isinstance, map(copy.__getitem__, present), _STR_KIND))
         ):
             labels = [k for k in present if not isinstance(copy[k], str)]
             numbers = [

@@ -175,17 +175,26 @@ class Broadcaster(AsyncClosable, Generic[T]):
 
         Costs one step per open subscription (their pending drops are counted here).
         """
+        return BroadcastStatistics(
+            subscribers=len(self._subscriptions),
+            published=self._published,
+            dropped=self.dropped_total(),
+        )
+
+    @property
+    def subscribers(self) -> int:
+        """Subscriptions open now (``statistics().subscribers``, without the view)."""
+        return len(self._subscriptions)
+
+    def dropped_total(self) -> int:
+        """``statistics().dropped`` alone: one step per open subscription, no view built."""
         head = self._published
         pending = 0
         for subscription in self._subscriptions:
             behind = head - subscription._cursor - subscription._bound
             if behind > 0:
                 pending += behind
-        return BroadcastStatistics(
-            subscribers=len(self._subscriptions),
-            published=head,
-            dropped=self._dropped + pending,
-        )
+        return self._dropped + pending
 
     def close(self) -> None:
         """

@@ -28,7 +28,7 @@ from ._cleanup import CleanupDispatcher, CleanupRequest
 from ._config import SupervisorSettings
 from ._container import Container
 from ._contributions import MetricsContributor, StreamMetrics, gather
-from ._decision import Decision, PolicyState, decide, readings_from
+from ._decision import Decision, PolicyState, ReadingRules, decide
 from ._exceptions import NoSupervisorError, SupervisorClosedError
 from ._gpu import TorchGpuReclaimer
 from ._lifecycle import AsyncClosable
@@ -127,6 +127,7 @@ class Supervisor(Registrations, AsyncClosable):
         self._policy = PolicyState(
             cooldown=s.cleanup_cooldown, cpu_threshold=s.warning_threshold_cpu
         )
+        self._rules = ReadingRules(s)  # the thresholds, built once
         self._auto_cleanups: dict[CleanupKind, int] = {"normal": 0, "aggressive": 0}
         self._stream_metrics = StreamMetrics(self._snapshots, self._events)
         self._contributors: list[MetricsContributor] = []
@@ -448,9 +449,8 @@ class Supervisor(Registrations, AsyncClosable):
         data.setdefault("gpu_count", 0)
         gather(data, self._contributors)
         running = self._auto_cleanups
-        readings = readings_from(
+        readings = self._rules.readings(
             data,
-            self._settings,
             cleanup_running=(
                 "aggressive" if running["aggressive"] else "normal" if running["normal"] else None
             ),

@@ -17,11 +17,12 @@ from resource_supervisor._decision import (
     CpuAlert,
     CpuRecovery,
     PolicyState,
+    ReadingRules,
     Readings,
     decide,
     readings_from,
 )
-from resource_supervisor._policy import Reading, Thresholds
+from resource_supervisor._policy import Reading, Thresholds, grade
 from resource_supervisor._snapshot import PressureLevel
 from tests.strategies import make_snapshot
 
@@ -135,6 +136,30 @@ def test_decide_is_deterministic(sequence: list[tuple]) -> None:  # type: ignore
         state = first.state
 
 
+@given(steps)
+def test_the_next_state_is_what_the_sample_changed(sequence: list[tuple]) -> None:  # type: ignore[type-arg]
+    """The next state holds this sample's levels, CPU streak and cleanup time; when none
+    of them changed it is the previous state itself (frozen, so shared safely)."""
+    state, now = fresh(), 0.0
+    for memory, gpu, cpu, dt, running in sequence:
+        now += dt
+        r = readings(memory, gpu, cpu, running)
+        decision = decide(state, r, now)
+        graded = grade(state.levels, list(r.pressure))
+        expected = PolicyState(
+            cooldown=COOLDOWN,
+            cpu_threshold=80.0,
+            levels=graded.levels,
+            level=graded.level,
+            last_cleanup_at=now if decision.cleanup is not None else state.last_cleanup_at,
+            cpu_high=not math.isnan(cpu) and cpu >= 80.0,
+        )
+        assert decision.state == expected
+        if expected == state:
+            assert decision.state is state
+        state = decision.state
+
+
 def test_cpu_streak_warns_once_then_recovers() -> None:
     """The first sample of a high-CPU streak is marked for logging; leaving it is a recovery."""
     state = fresh()
@@ -184,6 +209,35 @@ def test_readings_from_a_snapshot_follow_the_settings() -> None:
     )
     assert [r.resource for r in psi.pressure] == ["memory", "psi", "psi_full"]
     assert psi.cleanup_running == "normal"
+
+
+@given(
+    memory=st.floats(0.0, 120.0),
+    some=st.one_of(st.none(), st.floats(0.0, 100.0)),
+    full=st.one_of(st.none(), st.floats(0.0, 100.0)),
+    gpu=st.one_of(st.none(), st.floats(0.0, 120.0)),
+    running=kinds,
+)
+def test_reading_rules_built_once_read_as_readings_from(
+    memory: float, some: float | None, full: float | None, gpu: float | None, running: object
+) -> None:
+    """Rules built once from the settings give readings_from's readings, sample by sample."""
+    settings = build_settings(
+        psi_warning_some_avg10=10.0 if some is not None else None,
+        psi_critical_full_avg10=5.0 if full is not None else None,
+    )
+    extra: dict[str, float | int] = {}
+    if some is not None:
+        extra["psi_memory_some_avg10"] = some
+    if full is not None:
+        extra["psi_memory_full_avg10"] = full
+    if gpu is not None:
+        extra.update(gpu_count=1, gpu0_memory_percent=gpu)
+    data = make_snapshot(memory_percent=memory, system_cpu_percent=12.5, **extra)
+    rules = ReadingRules(settings)
+    for _ in range(2):  # the same rules again, on the same sample
+        got = rules.readings(data, cleanup_running=running)  # type: ignore[arg-type]
+        assert got == readings_from(data, settings, cleanup_running=running)  # type: ignore[arg-type]
 
 
 async def test_supervisor_starts_no_automatic_cleanup_while_one_still_runs() -> None:

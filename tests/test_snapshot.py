@@ -77,3 +77,31 @@ def test_available_never_negative_and_levels_ordered() -> None:
     assert PressureLevel.NORMAL < PressureLevel.WARNING < PressureLevel.CRITICAL
     assert str(PressureLevel.CRITICAL) == "CRITICAL"
     assert "WARNING" in repr(MetricsSnapshot(core()))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"memory_limit_source": 2}, "memory_limit_source"),  # a label holding a number
+        ({"process_lane_backend": 1.5}, "process_lane_backend"),
+        ({"memory_percent": "60"}, "memory_percent"),  # a number holding a str
+        ({"rag_hits": "3"}, "rag_hits"),
+        ({"rag_hits": None}, "rag_hits"),  # neither a number nor a str
+        ({"rag_hits": [3]}, "rag_hits"),
+        # as many str values as label keys, but on the wrong keys
+        ({"memory_limit_source": 2, "rag_hits": "3"}, "memory_limit_source.*rag_hits"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_rejected(overrides: dict[str, object], named: str) -> None:
+    """A label key must hold a str, every other key a number; the error names the key."""
+    with pytest.raises(ValueError, match=named):
+        MetricsSnapshot(core(**overrides))  # type: ignore[arg-type]
+
+
+def test_labels_and_numbers_are_accepted_in_any_order() -> None:
+    """Every label key present as a str, numbers of every kind elsewhere: accepted."""
+    snap = MetricsSnapshot(
+        core(process_lane_backend="local", pressure_level_name="WARNING", rag_hits=True, x=1.5)
+    )
+    assert snap["process_lane_backend"] == "local"
+    assert snap.pressure_level is PressureLevel.WARNING

@@ -286,6 +286,9 @@ async def test_statistics_count_closed_subscriptions_drops() -> None:
                 broadcaster.publish(item)
         stats = broadcaster.statistics()
         assert stats == BroadcastStatistics(subscribers=1, published=4, dropped=3 + 2)
+        # The two counters a snapshot reads, without the view, are the view's.
+        assert (broadcaster.subscribers, broadcaster.dropped_total()) == (1, 3 + 2)
+    assert (broadcaster.subscribers, broadcaster.dropped_total()) == (0, 3 + 2)
     await broadcaster.aclose()
 
 

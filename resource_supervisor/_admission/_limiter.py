@@ -35,13 +35,7 @@ from ._limit import (
     tightened,
     window_done,
 )
-from ._pressure import (
-    NO_ADJUSTMENT,
-    PressureAdjustment,
-    PressureInputs,
-    PressureParams,
-    pressure_adjustment,
-)
+from ._pressure import NO_ADJUSTMENT, PressureAdjustment, PressureParams, adjustment_for
 from ._queue_order import serve_newest, wait_bound
 from ._statistics import AdmissionStatistics
 
@@ -391,14 +385,18 @@ class AdmissionLimiter:
                 self._throttled_seconds = current.throttled_seconds
         cpu = snapshot.get("process_cpu_percent", math.nan)
         cpu_percent = float(cpu) / max(1, usable_cpus) if isinstance(cpu, int | float) else math.nan
-        inputs = PressureInputs(
-            level=PressureLevel(int(snapshot.get("pressure_level", 0))),
-            cpu_percent=cpu_percent,
-            throttled_ratio=self._throttled_ratio,
-            lane_queued=int(snapshot.get("process_queue_depth", 0)),
-            lane_workers=int(snapshot.get("process_workers_target", 0)),
+        level = snapshot.get("pressure_level", 0)
+        if type(level) is not PressureLevel:  # the supervisor's is one already
+            level = PressureLevel(int(level))
+        adjustment = adjustment_for(  # pressure_adjustment(), no PressureInputs built
+            level,
+            cpu_percent,
+            self._throttled_ratio,
+            int(snapshot.get("process_queue_depth", 0)),
+            int(snapshot.get("process_workers_target", 0)),
+            self._pressure_params,
         )
-        self.adjust(pressure_adjustment(inputs, self._pressure_params))
+        self.adjust(adjustment)
 
     def adjust(self, adjustment: PressureAdjustment) -> None:
         """

@@ -3,7 +3,8 @@ How memory pressure, CPU saturation and the process lane tighten the admission l
 
 Covers: :class:`PressureInputs`, :class:`PressureParams` and
 :func:`pressure_adjustment`, the one pure rule that combines them into a
-:class:`PressureAdjustment` (a factor for the limit and whether it may grow).
+:class:`PressureAdjustment` (a factor for the limit and whether it may grow), also
+offered as :func:`adjustment_for` (the inputs one by one, for the per-sample path).
 Does not cover: how the inputs are measured (the snapshot, :mod:`._cpu_stat`) or
 how the factor is applied (:func:`._limit.tightened`, :mod:`._limiter`).
 
@@ -37,6 +38,7 @@ __all__ = (
     "PressureAdjustment",
     "PressureInputs",
     "PressureParams",
+    "adjustment_for",
     "pressure_adjustment",
 )
 
@@ -119,21 +121,44 @@ def pressure_adjustment(inputs: PressureInputs, params: PressureParams) -> Press
         The adjustment: factor in ``[0, 1]``, ``hold`` whenever the factor is below
         1 or memory pressure is at least WARNING.
     """
-    if inputs.level >= PressureLevel.CRITICAL:
+    i = inputs
+    return adjustment_for(
+        i.level, i.cpu_percent, i.throttled_ratio, i.lane_queued, i.lane_workers, params
+    )
+
+
+def adjustment_for(
+    level: int,
+    cpu_percent: float,
+    throttled_ratio: float,
+    lane_queued: int,
+    lane_workers: int,
+    params: PressureParams,
+) -> PressureAdjustment:
+    """
+    :func:`pressure_adjustment` of the inputs given one by one (the limiter's per-sample
+    path builds no :class:`PressureInputs`). Pure.
+
+    Returns:
+        The adjustment; :data:`NO_ADJUSTMENT` itself when nothing tightens or holds.
+    """
+    if level >= PressureLevel.CRITICAL:
         return PressureAdjustment(0.0, hold=True, reasons=("memory",))
     factor = 1.0
     reasons: list[str] = []
-    if inputs.level >= PressureLevel.WARNING:
+    if level >= PressureLevel.WARNING:
         reasons.append("memory")
     saturation = params.cpu_saturation_percent
-    if saturation is not None and inputs.cpu_percent >= saturation:  # NaN compares False
+    if saturation is not None and cpu_percent >= saturation:  # NaN compares False
         factor = min(factor, params.cpu_backoff)
         reasons.append("cpu")
     throttled = params.throttled_percent
-    if throttled is not None and inputs.throttled_ratio * 100.0 >= throttled:
+    if throttled is not None and throttled_ratio * 100.0 >= throttled:
         factor = min(factor, params.cpu_backoff)
         reasons.append("cpu_throttling")
-    if inputs.lane_workers > 0 and inputs.lane_queued > inputs.lane_workers:
-        factor = min(factor, max(_MIN_LANE_FACTOR, inputs.lane_workers / inputs.lane_queued))
+    if lane_workers > 0 and lane_queued > lane_workers:
+        factor = min(factor, max(_MIN_LANE_FACTOR, lane_workers / lane_queued))
         reasons.append("process_lane")
-    return PressureAdjustment(factor, hold=bool(reasons), reasons=tuple(reasons))
+    if not reasons:  # the common case: factor 1, no hold
+        return NO_ADJUSTMENT
+    return PressureAdjustment(factor, hold=True, reasons=tuple(reasons))

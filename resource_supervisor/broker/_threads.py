@@ -45,7 +45,7 @@ import anyio.to_thread
 from .._exceptions import CallTimeoutError, SupervisorClosedError
 from .._lifecycle import AsyncClosable
 from ._thread_call import DROPPED, QUEUED, ThreadCall
-from ._thread_stats import ThreadLaneStatistics, thread_lane_metrics
+from ._thread_stats import ThreadLaneStatistics
 from ._thread_workers import THREAD_NAME, ThreadLaneWorkers
 
 if TYPE_CHECKING:
@@ -372,4 +372,17 @@ class ThreadLane(ThreadLaneWorkers, AsyncClosable):
             ``thread_lane_failed_total``, ``thread_lane_abandoned`` and
             ``thread_lane_abandoned_total``.
         """
-        return thread_lane_metrics(self.statistics())
+        with self._lock:  # the same figures as statistics(), without building the view
+            threads = self._threads
+            idle = self._idle
+            queued = self._queued
+        return {
+            "thread_lane_busy": threads - idle,
+            "thread_lane_capacity": self._capacity,
+            "thread_lane_queued": queued,
+            "thread_lane_threads": threads,
+            "thread_lane_completed_total": self._completed,
+            "thread_lane_failed_total": self._failed,
+            "thread_lane_abandoned": self._abandoned,
+            "thread_lane_abandoned_total": self._abandoned_total,
+        }

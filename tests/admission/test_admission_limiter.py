@@ -357,6 +357,9 @@ async def test_pressure_adjustments_floor_hold_and_release() -> None:
     assert lim.statistics().pressure_reasons == ("process_lane",)
     lim.adjust(PressureAdjustment())
     assert lim.statistics().pressure_reasons == ()
+    lim.observe({"pressure_level": 2}, usable_cpus=2)  # a plain level, not a PressureLevel
+    assert lim.limit == 1
+    assert lim.statistics().pressure_reasons == ("memory",)
 
 
 def _write(path: str, text: str) -> None:

@@ -12,6 +12,7 @@ from resource_supervisor._admission._pressure import (
     NO_ADJUSTMENT,
     PressureInputs,
     PressureParams,
+    adjustment_for,
     pressure_adjustment,
 )
 from resource_supervisor._snapshot import PressureLevel
@@ -111,3 +112,16 @@ def test_params_reject_a_backoff_outside_the_open_unit_interval(backoff: float) 
     """cpu_backoff must shrink the limit without zeroing it."""
     with pytest.raises(ValueError, match="cpu_backoff"):
         PressureParams(cpu_backoff=backoff)
+
+
+@given(inputs=inputs_strategy)
+def test_inputs_one_by_one_give_the_same_adjustment(inputs: PressureInputs) -> None:
+    """adjustment_for (the limiter's per-sample path) is pressure_adjustment, input by
+    input; nothing to tighten or hold is NO_ADJUSTMENT itself."""
+    i = inputs
+    one_by_one = adjustment_for(
+        i.level, i.cpu_percent, i.throttled_ratio, i.lane_queued, i.lane_workers, PARAMS
+    )
+    assert one_by_one == pressure_adjustment(inputs, PARAMS)
+    if one_by_one == NO_ADJUSTMENT:
+        assert one_by_one is NO_ADJUSTMENT

@@ -14,6 +14,7 @@ import anyio.to_thread
 import pytest
 
 from resource_supervisor._exceptions import SupervisorClosedError
+from resource_supervisor.broker._thread_stats import thread_lane_metrics
 from resource_supervisor.broker._threads import THREAD_NAME, ThreadLane, ThreadLaneStatistics
 
 if TYPE_CHECKING:
@@ -305,6 +306,38 @@ async def test_statistics_and_metrics_report_state() -> None:
     assert metrics["thread_lane_completed_total"] == 3
     assert metrics["thread_lane_failed_total"] == 1
     assert metrics["thread_lane_busy"] == 0
+
+
+async def test_metrics_are_those_of_the_statistics_in_every_state() -> None:
+    """metrics() (built straight from the counters) equals the view's metrics: busy,
+    queued, abandoned, completed and failed calls alike."""
+    gate = threading.Event()
+    started = threading.Event()
+
+    def same() -> bool:
+        return lane.metrics() == thread_lane_metrics(lane.statistics())
+
+    async with ThreadLane(2) as lane:
+        assert same()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    functools.partial(lane.run, gate_call, gate, started, abandon_on_cancel=True)
+                )
+                await wait_until(started.is_set)
+                scope.cancel()
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(lane.run, gate_call, gate, None)
+            await wait_until(lambda: lane.statistics().queued == 1)
+            assert lane.statistics().abandoned == 1
+            assert same()
+            gate.set()
+        with pytest.raises(ZeroDivisionError):
+            await lane.run(divmod, 1, 0)
+        await wait_until(lambda: lane.statistics().busy == 0)
+        assert lane.statistics().failed == 1
+        assert same()
 
 
 async def test_aclose_fails_queued_and_waits_for_running() -> None:

@@ -67,7 +67,7 @@ from ._recycling import calls_left
 from ._resizing import LaneResizing
 from ._slot import LIVE_STATES, Call, Slot, SlotState
 from ._slot_life import LaneSlotLife
-from ._stats import LaneCounters, ProcessLaneStatistics, lane_metrics, lane_statistics
+from ._stats import LaneCounters, ProcessLaneStatistics, lane_snapshot_metrics, lane_statistics
 from ._submission import LANE, LaneSubmission
 from ._worker_memory import OomKillCounter, measure_workers
 
@@ -296,7 +296,15 @@ class ProcessLane(
             measure_workers(s for s in self._slots if s.state in LIVE_STATES)
             if self._level >= PressureLevel.CRITICAL:
                 self._relieve_memory()
-        return {**lane_metrics(self.statistics(), backend=self.name), **self._launcher.metrics()}
+        data = lane_snapshot_metrics(
+            self._slots,
+            target=self._target,
+            queue_depth=len(self._queue),
+            counters=self._counts,
+            backend=self.name,
+        )
+        data.update(self._launcher.metrics())
+        return data
 
     def statistics(self) -> ProcessLaneStatistics:
         """

@@ -3,8 +3,10 @@ Statistics and metrics of the local process lane.
 
 Covers: :class:`ProcessLaneStatistics` (the frozen view ``ProcessLane.statistics()``
 returns), :class:`LaneCounters` (the lane's running totals), :func:`lane_statistics`
-(counts a lane's slots and queue into a view) and :func:`lane_metrics` (the flat
-``process_*`` metrics of a view). Pure: no I/O, clock or await. Does not cover:
+(counts a lane's slots and queue into a view), :func:`lane_metrics` (the flat
+``process_*`` metrics of a view) and :func:`lane_snapshot_metrics` (the same metrics
+counted straight from the slots, without the view: the lane's part of every
+sample). Pure: no I/O, clock or await. Does not cover:
 when the counters move (:mod:`._lane`), the slots themselves (:mod:`._slot`),
 the thread lane's statistics (:mod:`.._threads`) or the Dask backend's
 (:mod:`.._dask._lane`). See also :mod:`...integrations.prometheus`, which exports these
@@ -24,7 +26,13 @@ if TYPE_CHECKING:
     from ..._snapshot import MetricValue
     from ._slot import Slot
 
-__all__ = ("LaneCounters", "ProcessLaneStatistics", "lane_metrics", "lane_statistics")
+__all__ = (
+    "LaneCounters",
+    "ProcessLaneStatistics",
+    "lane_metrics",
+    "lane_snapshot_metrics",
+    "lane_statistics",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,5 +157,65 @@ def lane_metrics(stats: ProcessLaneStatistics, *, backend: str) -> dict[str, Met
         "process_recycled_total": stats.recycled_total,
         "process_refused_total": stats.refused_total,
         "process_timeouts_total": stats.timeouts_total,
+        "process_lane_backend": backend,
+    }
+
+
+def lane_snapshot_metrics(
+    slots: Iterable[Slot],
+    *,
+    target: int,
+    queue_depth: int,
+    counters: LaneCounters,
+    backend: str,
+) -> dict[str, MetricValue]:
+    """
+    ``lane_metrics(lane_statistics(...), backend=backend)``, counted in one pass.
+
+    The lane's part of every sample: no view is built and the slots are walked
+    once (the view and its conversion were a fifth of a timer sample's Python).
+
+    Args:
+        slots: The lane's slots; dead ones are not counted.
+        target: Slots the sizing policy wants now.
+        queue_depth: Calls waiting for a worker.
+        counters: The lane's running totals.
+        backend: The lane's name, reported as ``process_lane_backend``.
+
+    Returns:
+        The same metrics as :func:`lane_metrics` of :func:`lane_statistics`.
+    """
+    live = busy = starting = rss_max = rss_total = 0
+    dead, starting_state = SlotState.DEAD, SlotState.STARTING
+    for slot in slots:
+        state = slot.state
+        if state is dead:
+            continue
+        live += 1
+        if slot.in_flight:
+            busy += 1
+        if state is starting_state:
+            starting += 1
+        rss = slot.rss_bytes
+        rss_total += rss
+        if rss > rss_max:
+            rss_max = rss
+    c = counters
+    return {
+        "process_workers_live": live,
+        "process_workers_target": target,
+        "process_workers_busy": busy,
+        "process_workers_starting": starting,
+        "process_worker_rss_max_bytes": rss_max,
+        "process_worker_rss_bytes": rss_total,
+        "process_oom_kills_total": c.oom_kills,
+        "process_memory_kills_total": c.memory_kills,
+        "process_queue_depth": queue_depth,
+        "process_completed_total": c.completed,
+        "process_failed_total": c.failed,
+        "process_crashed_total": c.crashed,
+        "process_recycled_total": c.recycled,
+        "process_refused_total": c.refused,
+        "process_timeouts_total": c.timeouts,
         "process_lane_backend": backend,
     }

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from resource_supervisor.broker._local._slot import Call, Slot, SlotState
 from resource_supervisor.broker._local._stats import (
     LaneCounters,
     ProcessLaneStatistics,
     lane_metrics,
+    lane_snapshot_metrics,
     lane_statistics,
 )
 
@@ -74,3 +78,39 @@ def test_metrics_name_every_statistic_with_its_unit_suffix() -> None:
         "process_timeouts_total": 10,
         "process_lane_backend": "local",
     }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(list(SlotState)),
+            st.integers(0, 2**40),
+            st.integers(0, 3),
+            st.integers(0, 99),
+        ),
+        max_size=8,
+    ),
+    st.integers(0, 50),
+    st.integers(0, 50),
+    st.lists(st.integers(0, 1000), min_size=8, max_size=8),
+)
+def test_snapshot_metrics_are_the_metrics_of_the_view(
+    shapes: list[tuple[SlotState, int, int, int]],
+    target: int,
+    queue_depth: int,
+    totals: list[int],
+) -> None:
+    """The lane's per-sample metrics, counted in one pass, equal those of its view."""
+    slots = []
+    for state, rss, calls, pid in shapes:
+        slot = Slot(state=state, pid=pid, rss_bytes=rss)
+        slot.in_flight.extend([None] * calls)  # type: ignore[list-item]  # only counted
+        slots.append(slot)
+    counters = LaneCounters(*totals)
+    stats = lane_statistics(slots, target=target, queue_depth=queue_depth, counters=counters)
+    fast = lane_snapshot_metrics(
+        slots, target=target, queue_depth=queue_depth, counters=counters, backend="local"
+    )
+    assert fast == lane_metrics(stats, backend="local")
+    assert list(fast) == list(lane_metrics(stats, backend="local"))  # same order
