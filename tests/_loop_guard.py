@@ -345,7 +345,8 @@ def _made_by_an_allowed_owner() -> bool:
             frame = frame.f_back
             continue
         if name.startswith(_SITE):
-            if name[len(_SITE) :].lstrip("/").split("/", 1)[0] in _DEPENDENCIES:
+            top = name[len(_SITE) :].lstrip("/").split("/", 1)[0]
+            if top.removesuffix(".py") in _DEPENDENCIES:  # a package, or one module
                 return True
             frame = frame.f_back
             continue

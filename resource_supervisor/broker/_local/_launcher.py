@@ -68,6 +68,10 @@ none imports ``ctypes``, anyio, psutil or pydantic.
 """
 
 
+_FORK_STARTS: Final = threading.Lock()
+"""Held while a slot of any lane starts with ``"fork"``, until it adopted its pipes."""
+
+
 def kill_worker(pid: int) -> None:
     """
     Send SIGKILL to worker *pid*; a worker already gone is fine.
@@ -214,9 +218,19 @@ class SlotLauncher(AsyncClosable):
         if slot.pid:
             kill_worker(slot.pid)
 
-    async def open(self) -> OpenedSlot:
+    async def open(self, slot: Slot) -> OpenedSlot:
         """
-        Start a slot's executor and worker and wait until the worker answers.
+        Start a slot's executor and worker, wait until the worker answers, and let
+        *slot* adopt them (:meth:`._slot.Slot.adopt`).
+
+        With ``"fork"`` the slots of every lane of the process start one at a time
+        (:data:`_FORK_STARTS`): a worker forked while another slot's pipes are still
+        unowned would hold copies of them, and a pipe one of its ends stays open in
+        another worker never reports its own worker's death. Once *slot* has adopted
+        its pipes, a later fork closes them in the child (:mod:`._fork_guard`).
+
+        Args:
+            slot: The slot being started (in the lane's list, without a worker yet).
 
         Returns:
             What :func:`._slot.open_slot` started.
@@ -236,7 +250,9 @@ class SlotLauncher(AsyncClosable):
             raise UnguardedMainError(self._refused.main)
         try:
             with anyio.CancelScope(shield=True):
-                opened = await anyio.to_thread.run_sync(self._open_slot, limiter=self._limiter)
+                opened = await anyio.to_thread.run_sync(
+                    self._open_slot, slot, limiter=self._limiter
+                )
         except Exception as exc:
             if self._refused is None:
                 with anyio.CancelScope(shield=True):  # it stats a file: not on the loop
@@ -246,9 +262,13 @@ class SlotLauncher(AsyncClosable):
             raise
         return opened
 
-    def _open_slot(self) -> OpenedSlot:
-        """Create the context on first use and open a slot (blocking; in a thread)."""
-        return open_slot(self._mp_context(), self._lifeline, self._oom_score_adj, self._internals)
+    def _open_slot(self, slot: Slot) -> OpenedSlot:
+        """Create the context on first use, open a slot, adopt it (blocking; in a thread)."""
+        context = self._mp_context()
+        with _FORK_STARTS if self._start_method == "fork" else contextlib.nullcontext():
+            opened = open_slot(context, self._lifeline, self._oom_score_adj, self._internals)
+            slot.adopt(opened)
+        return opened
 
     async def shutdown(self, slot: Slot, loop: asyncio.AbstractEventLoop | None) -> None:
         """

@@ -211,7 +211,7 @@ class LaneSlotLife:
     # -- starting slots ----------------------------------------------------------------
     async def _start_slot(self: _Lane, slot: Slot) -> None:
         try:
-            opened = await self._launcher.open()  # shielded: a started worker is never lost
+            opened = await self._launcher.open(slot)  # shielded: a started worker is kept
         except Exception as exc:  # noqa: BLE001 - reported to the calls that waited for it
             slot.mark_dead()
             self._forget(slot)
@@ -222,7 +222,6 @@ class LaneSlotLife:
                     if self._finish(call, error):
                         self._counts.failed += 1
             return
-        slot.adopt(opened)
         slot.rss_bytes = opened.rss_bytes  # what the next worker is judged by
         if self._closed or slot.kill_reason is not None:
             slot.mark_killed(slot.kill_reason)

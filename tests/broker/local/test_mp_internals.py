@@ -113,7 +113,7 @@ async def test_fallback_finds_the_worker_process_through_active_children(
     launcher = SlotLauncher("spawn", PRELOAD, threads=1)
     assert not launcher.internals.processes_map
     slot = Slot()
-    slot.adopt(await launcher.open())
+    await launcher.open(slot)
     assert slot.executor is not None
     assert result_queue_writer(slot.executor, launcher.internals) is None
     process = worker_process(slot.executor, slot.pid, launcher.internals)

@@ -26,6 +26,7 @@ from resource_supervisor.broker._local._lane import ProcessLane
 from resource_supervisor.broker._local._protocol import RemoteTraceback
 from tests import _workers
 from tests._leaks import child_pids
+from tests._loop_guard import blocking_setup
 from tests._settings import lane_settings
 
 if TYPE_CHECKING:
@@ -117,6 +118,50 @@ async def test_other_start_methods_keep_the_contract(start_method: str, tmp_path
         assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
         assert lane.statistics().crashed_total == 1
     assert child_pids() == before
+
+
+@blocking_setup("lists a worker's descriptors in /proc")
+def _pipes_of(pid: int) -> set[str]:
+    """The pipes (``pipe:[inode]``) process *pid* holds a descriptor of."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("pipe:"):
+                held.add(link)
+    return held
+
+
+@blocking_setup("reads the slots' pipes with fstat")
+def _foreign_pipes(lane: ProcessLane) -> dict[int, set[str]]:
+    """For each worker: the pipes of *other* slots it holds a descriptor of."""
+    own = {
+        slot.pid: {f"pipe:[{os.fstat(fd).st_ino}]" for fd in (slot.reader_fd, slot.writer_fd)}
+        for slot in lane._slots
+    }
+    everyone = set().union(*own.values())
+    return {pid: _pipes_of(pid) & (everyone - mine) for pid, mine in own.items()}
+
+
+# CPython 3.12+ warns when a threaded process forks, which is why 'fork' is deprecated
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:start_method 'fork' is deprecated:DeprecationWarning")
+async def test_forked_workers_started_together_hold_no_other_slots_pipe() -> None:
+    """
+    With 'fork', workers that start at the same time each hold only their own slot's
+    pipes: a worker holding a copy of another slot's result pipe would keep that pipe
+    open after the other worker died, and the lane would never see the crash.
+    """
+    async with ProcessLane(lane_settings(start_method="fork"), max_workers=4) as lane:
+        pids = await asyncio.gather(
+            *(lane.run(_workers.sleep_pid, (0.3,), timeout=None) for _ in range(8))
+        )
+        assert len(set(pids)) == 4  # four workers started together
+        assert _foreign_pipes(lane) == {pid: set() for pid in set(pids)}
+        victim = pids[0]
+        os.kill(victim, signal.SIGKILL)  # its crash is seen: the next calls still run
+        await _until(lambda: victim not in lane.statistics().worker_pids)
+        assert await lane.run(_workers.add, (1, 1), timeout=None) == 2
 
 
 async def test_many_concurrent_calls_each_answered_once(process_lane: ProcessLane) -> None:

@@ -28,7 +28,7 @@ async def test_open_and_shutdown_leave_nothing_behind(start_method: str) -> None
     before = child_pids()
     launcher = SlotLauncher(start_method, PRELOAD, threads=2)
     slot = Slot()
-    slot.adopt(await launcher.open())
+    await launcher.open(slot)
     assert psutil.pid_exists(slot.pid)
     assert slot.pid in child_pids()
     assert slot.reader_fd >= 0
@@ -48,7 +48,7 @@ async def test_killed_worker_is_reaped_by_shutdown() -> None:
     before = child_pids()
     launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
     slot = Slot()
-    slot.adopt(await launcher.open())
+    await launcher.open(slot)
     kill_worker(slot.pid)
     await launcher.shutdown(slot, None)
     assert slot.process is not None
@@ -63,7 +63,7 @@ async def test_shutdown_completes_when_cancelled() -> None:
     before = child_pids()
     launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
     slot = Slot()
-    slot.adopt(await launcher.open())
+    await launcher.open(slot)
     async with anyio.create_task_group() as tg:
         tg.start_soon(launcher.shutdown, slot, None)
         await anyio.wait_all_tasks_blocked()
@@ -82,7 +82,7 @@ async def test_a_serving_worker_runs_batches_and_stops_on_shutdown() -> None:
     before = child_pids()
     launcher = SlotLauncher("forkserver", PRELOAD, threads=2)
     slot = Slot()
-    slot.adopt(await launcher.open())
+    await launcher.open(slot)
     assert slot.executor is not None
     serving = slot.executor.submit(_worker.serve)
     slot.outgoing += _protocol.encode_batch([(0, pickle_call(_workers.add, (2, 3)))])
